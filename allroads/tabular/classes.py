@@ -1,0 +1,238 @@
+r"""Reward classes R and policy classes Π on the tree, each a map from a flat float64 parameter vector θ.
+
+Reward classes (``.reward(θ)`` → r, shape (n_prompts, A**H)):
+* :class:`TabularReward` — every function of (s_0, ξ);
+* :class:`LinearReward` — R_sim = {φ(ξ)ᵀθ} for fixed features φ (paper Sec. 3.3, Thm 3.1);
+* :class:`LocalReward` — R(Π) = {r_π(ξ) = β Σ_h log π(a_h|s_h)/π_ref(a_h|s_h)} (paper Eq. 1).
+
+Policy classes (``.log_pi(θ)`` → per-level log-probs, ``.policy(θ)`` → :class:`TabularPolicy`):
+* :class:`TabularSoftmaxPolicy` — all Markovian policies (one logit per state and action);
+* :class:`LogLinearPolicy` — π(a|s) ∝ exp(φ(s, a)ᵀθ) for fixed (prefix, action) features;
+* :class:`SharedScorer` — one scorer f(sequence) = φ(sequence)ᵀθ (+ an optional per-node table) used both
+  as a global reward f(ξ) and as policy logits f(s∘a): the tabular analogue of one transformer used as
+  RM and policy. It is a reward class and a policy class at once;
+* :class:`SoftOptimalPolicyClass` — Π(R) = {π*_r : r ∈ R}, soft-optimal policies of a reward class
+  (Thm 3.1), differentiable through soft value iteration.
+
+Every class has ``n_params`` and ``init(generator, scale)``; θ is a 1-D float64 tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from .mdp import TreeMDP, as_float64
+from .policy import TabularPolicy, traj_log_probs_from_levels
+from .soft_rl import soft_value_iteration
+
+__all__ = [
+    "TabularReward",
+    "LinearReward",
+    "LocalReward",
+    "TabularSoftmaxPolicy",
+    "LogLinearPolicy",
+    "SharedScorer",
+    "SoftOptimalPolicyClass",
+    "node_counts",
+]
+
+
+def _check_theta(theta: torch.Tensor, n: int, who: str) -> torch.Tensor:
+    if theta.ndim != 1 or theta.shape[0] != n:
+        raise ValueError(f"{who}: theta must be a 1-D tensor of {n} parameters, got shape {tuple(theta.shape)}")
+    return theta
+
+
+class _Class:
+    n_params: int
+
+    def init(self, generator: torch.Generator | None = None, scale: float = 0.0) -> torch.Tensor:
+        """θ_0: zeros, or N(0, scale²) draws from ``generator`` when ``scale > 0``."""
+        if scale == 0.0 or generator is None:
+            return torch.zeros(self.n_params, dtype=torch.float64)
+        return scale * torch.randn(self.n_params, dtype=torch.float64, generator=generator)
+
+
+class _PolicyClass(_Class):
+    mdp: TreeMDP
+
+    def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def policy(self, theta: torch.Tensor) -> TabularPolicy:
+        """The policy π_θ."""
+        return TabularPolicy(self.mdp, tuple(self.log_pi(theta)))
+
+    def traj_log_probs(self, theta: torch.Tensor) -> torch.Tensor:
+        """log P_{π_θ}(ξ|s_0), shape (n_prompts, A**H)."""
+        return traj_log_probs_from_levels(self.log_pi(theta))
+
+
+# ---- reward classes ------------------------------------------------------------------------------
+class TabularReward(_Class):
+    """R = all functions r(s_0, ξ): θ is the reward table, flattened."""
+
+    def __init__(self, mdp: TreeMDP):
+        self.mdp = mdp
+        self.n_params = mdp.n_prompts * mdp.n_traj
+
+    def reward(self, theta: torch.Tensor) -> torch.Tensor:
+        return _check_theta(theta, self.n_params, "TabularReward").reshape(self.mdp.n_prompts, self.mdp.n_traj)
+
+
+class LinearReward(_Class):
+    r"""R_sim = {r_θ(ξ) = φ(s_0, ξ)ᵀθ}: features ``features`` of shape (n_prompts, A**H, d)."""
+
+    def __init__(self, mdp: TreeMDP, features):
+        f = as_float64(features, "features")
+        if f.ndim != 3 or f.shape[:2] != (mdp.n_prompts, mdp.n_traj):
+            raise ValueError(f"features must have shape (n_prompts, A**H, d) = ({mdp.n_prompts}, {mdp.n_traj}, d), got {tuple(f.shape)}")
+        if not torch.isfinite(f).all():
+            raise ValueError("features must be finite")
+        self.mdp, self.features, self.n_params = mdp, f, f.shape[2]
+
+    def reward(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.features @ _check_theta(theta, self.n_params, "LinearReward")
+
+
+class LocalReward(_Class):
+    r"""R(Π) (paper Eq. 1): r_θ(ξ) = β · (log P_{π_θ}(ξ|s_0) − log P_ref(ξ|s_0)); no reference ⇒ β·log P_{π_θ}.
+
+    ``policy_class`` is any policy class; θ is its parameter vector.
+    """
+
+    def __init__(self, policy_class: _PolicyClass, beta: float = 1.0, ref: TabularPolicy | None = None):
+        self.policy_class, self.beta, self.mdp = policy_class, float(beta), policy_class.mdp
+        self.n_params = policy_class.n_params
+        self._ref_lp = None if ref is None else ref.traj_log_probs().detach()
+
+    def reward(self, theta: torch.Tensor) -> torch.Tensor:
+        lp = self.policy_class.traj_log_probs(theta)
+        return self.beta * (lp if self._ref_lp is None else lp - self._ref_lp)
+
+    def init(self, generator=None, scale=0.0):
+        return self.policy_class.init(generator, scale)
+
+
+# ---- policy classes ------------------------------------------------------------------------------
+class TabularSoftmaxPolicy(_PolicyClass):
+    """Π = all Markovian policies on the tree: one logit per (state, action), softmax per state."""
+
+    def __init__(self, mdp: TreeMDP):
+        self.mdp = mdp
+        self._sizes = [mdp.n_prompts * mdp.n_actions ** (h + 1) for h in range(mdp.horizon)]
+        self.n_params = sum(self._sizes)
+
+    def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        _check_theta(theta, self.n_params, "TabularSoftmaxPolicy")
+        m = self.mdp
+        return [
+            torch.log_softmax(chunk.reshape(m.n_prompts, m.n_actions**h, m.n_actions), dim=-1)
+            for h, chunk in enumerate(torch.split(theta, self._sizes))
+        ]
+
+    def theta_from_policy(self, policy: TabularPolicy) -> torch.Tensor:
+        """A θ representing ``policy`` exactly (its log-probabilities as logits)."""
+        return torch.cat([lp.detach().reshape(-1).clamp_min(-700.0) for lp in policy.log_pi])
+
+
+class LogLinearPolicy(_PolicyClass):
+    r"""Π = {π_θ(a|s) ∝ exp(φ(s, a)ᵀθ)}: ``features[h]`` of shape (n_prompts, A**h, A, d), one per depth."""
+
+    def __init__(self, mdp: TreeMDP, features):
+        if len(features) != mdp.horizon:
+            raise ValueError(f"features must hold H={mdp.horizon} arrays (one per depth), got {len(features)}")
+        fs, d = [], None
+        for h, f in enumerate(features):
+            f = as_float64(f, f"features[{h}]")
+            want = (mdp.n_prompts, mdp.n_actions**h, mdp.n_actions)
+            if f.ndim != 4 or tuple(f.shape[:3]) != want:
+                raise ValueError(f"features[{h}] must have shape (n_prompts, A**h, A, d) = {want + ('d',)}, got {tuple(f.shape)}")
+            if d is not None and f.shape[3] != d:
+                raise ValueError(f"features[{h}] has {f.shape[3]} features, features[0] has {d}; use one d for all depths")
+            d = f.shape[3]
+            fs.append(f)
+        self.mdp, self.features, self.n_params = mdp, fs, d
+
+    def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        _check_theta(theta, self.n_params, "LogLinearPolicy")
+        return [torch.log_softmax(f @ theta, dim=-1) for f in self.features]
+
+
+def node_counts(mdp: TreeMDP) -> list[int]:
+    """Number of depth-h sequences (s_0 ∘ a_{0:h}) for h = 1..H, all prompts: n_prompts·A**h."""
+    return [mdp.n_prompts * mdp.n_actions**h for h in range(1, mdp.horizon + 1)]
+
+
+class SharedScorer(_PolicyClass):
+    r"""One scorer over sequences, used as a global reward *and* as policy logits.
+
+        f_θ(s) = φ(s)ᵀw + c · u[s]            for every sequence s = s_0 ∘ a_{0:h}, 1 ≤ h ≤ H
+        reward:  r_θ(ξ) = f_θ(ξ)              (depth-H sequences)
+        policy:  π_θ(a | s) ∝ exp(f_θ(s ∘ a))
+
+    θ = (w, u): ``node_features[h−1]`` has shape (n_prompts, A**h, d) for depth h = 1..H (e.g. simple
+    features: which tokens are present, counts, length); u is an optional per-sequence table scaled by
+    ``tabular_scale`` = c (0 disables it). With L2 on θ, c sets the prior scale of the table relative to
+    the features: features with scale ≫ c are "simple" functions learned from few samples.
+    """
+
+    def __init__(self, mdp: TreeMDP, node_features, tabular_scale: float = 0.0):
+        if len(node_features) != mdp.horizon:
+            raise ValueError(f"node_features must hold H={mdp.horizon} arrays (depths 1..H), got {len(node_features)}")
+        fs, d = [], None
+        for h, f in enumerate(node_features, start=1):
+            f = as_float64(f, f"node_features[{h - 1}]")
+            if f.ndim != 3 or tuple(f.shape[:2]) != (mdp.n_prompts, mdp.n_actions**h):
+                raise ValueError(
+                    f"node_features[{h - 1}] (depth {h}) must have shape (n_prompts, A**{h}, d) = "
+                    f"({mdp.n_prompts}, {mdp.n_actions**h}, d), got {tuple(f.shape)}"
+                )
+            if d is not None and f.shape[2] != d:
+                raise ValueError("node_features: every depth must have the same number of features d")
+            d = f.shape[2]
+            fs.append(f)
+        if tabular_scale < 0:
+            raise ValueError(f"tabular_scale must be >= 0, got {tabular_scale}")
+        self.mdp, self.node_features, self.n_features = mdp, fs, d
+        self.tabular_scale = float(tabular_scale)
+        self._counts = node_counts(mdp) if tabular_scale > 0 else []
+        self.n_params = d + sum(self._counts)
+
+    def scores(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        """f_θ at every depth h = 1..H: list of (n_prompts, A**h)."""
+        _check_theta(theta, self.n_params, "SharedScorer")
+        w = theta[: self.n_features]
+        out = [f @ w for f in self.node_features]
+        if self._counts:
+            tabs = torch.split(theta[self.n_features:], self._counts)
+            out = [o + self.tabular_scale * t.reshape(o.shape) for o, t in zip(out, tabs)]
+        return out
+
+    def reward(self, theta: torch.Tensor) -> torch.Tensor:
+        """Global reward r_θ(ξ) = f_θ(ξ), shape (n_prompts, A**H)."""
+        return self.scores(theta)[-1]
+
+    def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        m = self.mdp
+        return [
+            torch.log_softmax(s.reshape(m.n_prompts, m.n_actions**h, m.n_actions), dim=-1)
+            for h, s in enumerate(self.scores(theta))
+        ]
+
+
+class SoftOptimalPolicyClass(_PolicyClass):
+    r"""Π(R) = {π*_{r_θ} : r_θ ∈ R}: the soft-optimal policies of a reward class (paper Thm 3.1).
+
+    ``log_pi(θ)`` runs exact soft value iteration on ``reward_class.reward(θ)`` (with π_ref and β when
+    given), so gradients flow through the backward recursion.
+    """
+
+    def __init__(self, reward_class, beta: float = 1.0, ref: TabularPolicy | None = None):
+        self.reward_class, self.beta, self.ref = reward_class, float(beta), ref
+        self.mdp, self.n_params = reward_class.mdp, reward_class.n_params
+
+    def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        return list(soft_value_iteration(self.mdp, self.reward_class.reward(theta), ref=self.ref, beta=self.beta).policy.log_pi)
+
+    def init(self, generator=None, scale=0.0):
+        return self.reward_class.init(generator, scale)
