@@ -157,6 +157,8 @@ def check_traj_array(mdp: TreeMDP, x, name: str, allow_neg_inf: bool = False) ->
             f"{name} must have shape (n_prompts, A**H) = {want}, got {tuple(t.shape)}; index trajectories "
             "in the lexicographic order of TreeMDP.trajectories"
         )
+    if torch.isfinite(t.detach().sum()):  # one cheap pass; NaN / ±inf anywhere makes the sum non-finite
+        return t
     if torch.isnan(t).any():
         bad = torch.nonzero(torch.isnan(t))[0].tolist()
         raise ValueError(f"{name} contains NaN (first at [prompt, trajectory] = {bad}); replace it with a finite value")
