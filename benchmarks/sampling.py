@@ -1,0 +1,111 @@
+"""Sampling throughput (generated tokens / s) of allroads.llm.sample: HF ``generate`` and, when vLLM imports
+and a GPU exists, vLLM, on the same model and prompts.
+
+    python benchmarks/sampling.py                       # tiny random GPT-NeoX, CPU-friendly
+    python benchmarks/sampling.py --model EleutherAI/pythia-1b-deduped --n 25 --max-new-tokens 53
+
+Tokens counted = generated response tokens actually kept (EOS included), so early-stopping samples count
+what they produced. The first (warm-up) run is excluded; the median of ``--repeats`` timed runs is shown.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from allroads.llm.sample import SamplingConfig, sample, vllm_available
+
+TOKENIZER_JSON = "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json"
+
+
+def tiny_model(hidden: int, layers: int):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=50304, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=1024,
+    )
+    return transformers.GPTNeoXForCausalLM(cfg).eval()
+
+
+def load_tokenizer(name: str):
+    import transformers
+
+    if name.endswith(".json") and Path(name).exists():
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=name)
+        tok.eos_token = "<|endoftext|>"
+        return tok
+    return transformers.AutoTokenizer.from_pretrained(name)
+
+
+def timed(fn, repeats: int):
+    fn()  # warm-up
+    times, tokens = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = fn()
+        times.append(time.perf_counter() - t0)
+        tokens = sum(len(c.token_ids) for p in res for c in p.completions)
+    return tokens, statistics.median(times), res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="'tiny' or a hub id / directory")
+    ap.add_argument("--tokenizer", default=TOKENIZER_JSON)
+    ap.add_argument("--hidden", type=int, default=64, help="tiny model width")
+    ap.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-words", type=int, default=60)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=53)
+    ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(args.tokenizer if args.model == "tiny" else args.model)
+    if args.model == "tiny":
+        model = tiny_model(args.hidden, args.layers)
+    else:
+        import transformers
+
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    model = model.to(device)
+    words = "the quick brown fox jumps over the lazy dog and then".split()
+    prompts = [" ".join(words[(i + j) % len(words)] for j in range(args.prompt_words)) + "\nTL;DR:"
+               for i in range(args.prompts)]
+    cfg = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size, backend="hf")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device={device} model={args.model} params={n_params / 1e6:.2f}M threads={args.threads} "
+          f"prompts={args.prompts} n={args.n} max_new_tokens={args.max_new_tokens} T={args.temperature}")
+    rows = []
+    for logp in (False, True):
+        c = SamplingConfig(**{**cfg.__dict__, "compute_logp": logp})
+        tokens, secs, res = timed(lambda: sample(model, tok, prompts, c), args.repeats)
+        rows.append((f"hf (compute_logp={logp})", tokens, secs, res.n_unfinished, res.n_completions))
+    if vllm_available() and args.model != "tiny":
+        import vllm
+
+        llm = vllm.LLM(model=args.model, seed=0)
+        c = SamplingConfig(**{**cfg.__dict__, "backend": "vllm"})
+        tokens, secs, res = timed(lambda: sample(llm, tok, prompts, c), args.repeats)
+        rows.append(("vllm", tokens, secs, res.n_unfinished, res.n_completions))
+    else:
+        print("vllm: skipped (not importable, no GPU, or tiny model which vLLM cannot load from memory)")
+    print(f"{'backend':<26}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'unfinished':>12}")
+    for name, tokens, secs, unfinished, total in rows:
+        print(f"{name:<26}{tokens:>8}{secs:>10.3f}{tokens / secs:>11.1f}{unfinished:>8}/{total}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""ROUGE-L F1 (allroads.llm.rouge) against an independent LCS implementation."""
+import re
+
+import pytest
+
+pytest.importorskip("rouge_score")
+
+from allroads.llm.rouge import rank_by_rouge_l, rouge_l_f1, rouge_l_f1_batch, rouge_l_pair  # noqa: E402
+
+
+def lcs_len(a, b):
+    """Textbook O(|a||b|) dynamic programme."""
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def f1_reference(cand, ref):
+    c, r = re.findall(r"[a-z0-9]+", cand.lower()), re.findall(r"[a-z0-9]+", ref.lower())
+    lcs = lcs_len(c, r)
+    if lcs == 0:
+        return 0.0
+    p, q = lcs / len(c), lcs / len(r)
+    return 2 * p * q / (p + q)
+
+
+PAIRS = [
+    ("the cat sat on the mat", "the cat is on the mat"),
+    ("police killed the gunman", "the gunman police killed"),
+    ("My boyfriend forgot my birthday, am I overreacting?", "bf forgot my birthday; overreacting?"),
+    ("a b c d e f", "f e d c b a"),
+    ("completely different words", "nothing shared here"),
+    ("same same", "same same"),
+]
+
+
+@pytest.mark.parametrize("cand,ref", PAIRS)
+def test_rouge_l_f1_matches_independent_lcs(cand, ref):
+    assert rouge_l_f1(cand, ref) == pytest.approx(f1_reference(cand, ref), abs=1e-12)
+
+
+def test_known_values_and_batch():
+    assert rouge_l_f1("same same", "same same") == 1.0
+    assert rouge_l_f1("completely different words", "nothing shared here") == 0.0
+    # LCS("the cat sat on the mat", "the cat is on the mat") = 5 of 6 tokens each: F1 = 5/6
+    assert rouge_l_f1(*PAIRS[0]) == pytest.approx(5 / 6)
+    c, r = zip(*PAIRS)
+    assert rouge_l_f1_batch(list(c), list(r)) == [rouge_l_f1(x, y) for x, y in PAIRS]
+    with pytest.raises(ValueError, match="one reference per candidate"):
+        rouge_l_f1_batch(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="decode token ids"):
+        rouge_l_f1([1, 2], "a")
+
+
+def test_fig11_pair_takes_best_and_worst():
+    ref = "my dog ate my homework so i failed"
+    samples = ["dog ate homework", "i failed math", "my dog ate my homework so i failed", "unrelated text"]
+    assert rank_by_rouge_l(samples, ref) == [2, 0, 1, 3]
+    row = rouge_l_pair("PROMPT", samples, ref)
+    assert (row["chosen"], row["rejected"]) == (samples[2], samples[3])
+    assert (row["score_chosen"], row["score_rejected"]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        rouge_l_pair("P", ["one"], ref)
