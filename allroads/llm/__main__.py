@@ -1,0 +1,96 @@
+r"""CLI: ``python -m allroads.llm {sft,rm,local-rm,dpo} [--config FILE.json] [--preset tiny] [--key value ...]``.
+
+Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads.llm.config`);
+``--preset tiny`` sets the CPU preset (tiny GPT-NeoX, word-level tokenizer, synthetic data, small
+batches) before the config file and the overrides are applied. Under ``torchrun`` the same command
+runs data-parallel (DDP, or FSDP with ``--fsdp true``).
+
+Examples::
+
+    python -m allroads.llm sft --preset tiny --output_dir runs/tiny-sft
+    python -m allroads.llm dpo --preset tiny --model runs/tiny-sft/model --output_dir runs/tiny-dpo
+    python -m allroads.llm sft --data path/to/tldr_3_filtered_train.jsonl --model EleutherAI/pythia-1.4b-deduped
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TINY_PRESET = {
+    "model": "tiny", "tokenizer": "tiny", "data": "synthetic:1024", "batch_size": 32, "micro_batch_size": 16,
+    "lr": 1e-3, "device": "cpu", "bf16": False, "max_prompt_tokens": 64, "max_response_tokens": 8,
+}
+TINY_STAGE = {"sft": {"data": "synthetic:2048", "lr": 3e-3, "epochs": 3}, "dpo": {"lr": 3e-4, "beta": 0.1},
+              "local-rm": {"lr": 3e-4}}
+
+
+def _parse(argv: list[str]):
+    from .config import CONFIGS
+
+    p = argparse.ArgumentParser(prog="python -m allroads.llm", description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=sorted(CONFIGS))
+    p.add_argument("--config", default=None, help="JSON file of config fields")
+    p.add_argument("--preset", choices=["tiny"], default=None, help="CPU preset: tiny model + synthetic data")
+    args, rest = p.parse_known_args(argv)
+    overrides = {}
+    i = 0
+    while i < len(rest):
+        key = rest[i]
+        if not key.startswith("--") or i + 1 >= len(rest):
+            p.error(f"expected --key value pairs after the options, got {rest[i:]}")
+        overrides[key[2:].replace("-", "_")] = rest[i + 1]
+        i += 2
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from . import data as D
+    from . import models as M
+    from . import train as T
+    from .config import CONFIGS, load_config
+
+    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    cls = CONFIGS[args.stage]
+    # precedence: dataclass defaults < preset < --config file < --key value
+    values = {}
+    if args.preset == "tiny":
+        torch.set_num_threads(1)
+        values.update({**TINY_PRESET, **TINY_STAGE.get(args.stage, {})})
+    if args.config:
+        values.update({k: v for k, v in vars(load_config(cls, args.config)).items()
+                       if k in json.loads(Path(args.config).read_text())})
+    values.update(overrides)
+    cfg = load_config(cls, None, values)
+    cfg.validate()  # fail before loading anything (world size re-checked inside the loop)
+    tok = M.load_tokenizer(cfg.tokenizer or cfg.model)
+    kw = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)
+    if args.stage == "sft":
+        rows, report = D.load_sft_rows(cfg.data, cfg.data_split)
+        examples = D.tokenize_sft(rows, tok, report, **kw)
+    else:
+        rows, report = D.load_comparison_rows(cfg.data, cfg.data_split)
+        examples = D.tokenize_pairs(rows, tok, report, **kw)
+    print(report)
+    mk = dict(tokenizer=tok, dtype=cfg.dtype, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    if args.stage == "sft":
+        hist = T.train_sft(M.load_policy(cfg.model, **mk), examples, cfg, tokenizer=tok)
+    elif args.stage == "rm":
+        hist = T.train_rm(M.load_reward_model(cfg.model, **mk), examples, cfg, tokenizer=tok)
+    elif args.stage == "local-rm":
+        hist = T.train_local_rm(M.load_policy(cfg.model, **mk), examples, cfg, tokenizer=tok)
+    else:
+        policy = M.load_policy(cfg.model, **mk)
+        ref = M.load_policy(cfg.ref_model or cfg.model, **{**mk, "gradient_checkpointing": False})
+        hist = T.train_dpo(policy, ref, examples, cfg, tokenizer=tok)
+    last = hist.metrics[-1] if hist.metrics else {}
+    print(f"[{args.stage}] done: {hist.final_step} steps, final loss {last.get('loss', float('nan')):.4f}, "
+          f"output in {hist.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
