@@ -1,0 +1,269 @@
+r"""Shared machinery of the proof checks: random instances, the result records, the runner, the table.
+
+Every check is a :class:`Check`: a function ``instance(generator) -> (error, negative_error)`` run on
+``n`` random instances, each drawn from its own ``torch.Generator`` seeded from ``(seed, check name,
+instance index)``, so one instance can be replayed alone. A check passes when the largest error is at
+most its tolerance; its negative control "fails as expected" when the *smallest* negative-control error
+over the instances is at least ``min_margin`` × tolerance (default 100×), i.e. the control is reported
+by its weakest instance.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from allroads.tabular import LogLinearPolicy, TabularPolicy, TreeMDP
+
+__all__ = [
+    "MIN_MARGIN",
+    "Check",
+    "CheckResult",
+    "NegativeControl",
+    "instance_generator",
+    "randint",
+    "uniform",
+    "random_mdp",
+    "random_small_mdp",
+    "random_reward",
+    "random_loglinear",
+    "random_full_coverage_data",
+    "fit",
+    "fit_multistart",
+    "max_tv",
+    "run_check",
+    "format_table",
+]
+
+#: Default factor by which a negative control's error must exceed the tolerance.
+MIN_MARGIN = 100.0
+
+
+# ---- records ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NegativeControl:
+    """What a negative control breaks, and how clearly it failed."""
+
+    description: str
+    """Which assumption is broken and what is compared."""
+    error: float
+    """Smallest negative-control error over the instances (the weakest failure)."""
+    margin: float
+    """``error / tolerance``: how many tolerances the weakest control lies away from passing."""
+    failed_as_expected: bool
+    """Whether ``margin >= min_margin`` (the control is clearly not a pass)."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One row of the table / one entry of the JSON report."""
+
+    name: str
+    """Short name (``--only`` accepts it or its module name)."""
+    statement: str
+    """The paper statement checked, with equation numbers."""
+    instances: int
+    """Number of random instances run."""
+    max_error: float
+    """Largest error over the instances."""
+    tolerance: float
+    """Pass threshold for ``max_error``."""
+    passed: bool
+    """``max_error <= tolerance``."""
+    negative_control: NegativeControl
+    """The matching negative control."""
+    seconds: float = 0.0
+    """Wall time of the check."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        """The check passed and its negative control failed as designed."""
+        return self.passed and self.negative_control.failed_as_expected
+
+
+@dataclass(frozen=True)
+class Check:
+    """A statement to check on random instances."""
+
+    name: str
+    """Short name."""
+    statement: str
+    """Statement and equation numbers (one line)."""
+    tolerance: float
+    """Pass threshold on the per-instance error."""
+    negative_description: str
+    """What the negative control breaks."""
+    instance: Callable[[torch.Generator], tuple[float, float]] = field(repr=False)
+    """``instance(generator) -> (error, negative_control_error)`` for one random instance."""
+    min_margin: float = MIN_MARGIN
+    """Required ``negative_error / tolerance`` for the control to count as failing."""
+
+
+# ---- random instances ------------------------------------------------------------------------------
+def instance_generator(seed: int, name: str, index: int) -> torch.Generator:
+    """The generator of instance ``index`` of check ``name`` under ``--seed seed`` (independent streams)."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode()) * 7_919 + int(index)) % (2**63 - 1))
+    return g
+
+
+def randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """An int uniform on [lo, hi] (inclusive)."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    """A float uniform on [lo, hi)."""
+    return lo + (hi - lo) * float(torch.rand((), dtype=torch.float64, generator=g))
+
+
+def random_mdp(g: torch.Generator, prompts=(1, 2), actions=(2, 3), horizon=(1, 3)) -> TreeMDP:
+    """A TreeMDP with sizes uniform in the given inclusive ranges and a random (Dirichlet(1)) ρ_0."""
+    P, A, H = randint(g, *prompts), randint(g, *actions), randint(g, *horizon)
+    rho = -torch.log(torch.rand(P, dtype=torch.float64, generator=g))
+    return TreeMDP(P, A, H, prompt_probs=rho / rho.sum())
+
+
+#: (A, H) shapes for instances that run optimisers: at most 9 completions per prompt (≈ 0.3 s per fit).
+SMALL_SHAPES = ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))
+
+
+def random_small_mdp(g: torch.Generator, prompts=(1, 2)) -> TreeMDP:
+    """A TreeMDP with (A, H) drawn from :data:`SMALL_SHAPES` (for checks that fit by L-BFGS)."""
+    A, H = SMALL_SHAPES[randint(g, 0, len(SMALL_SHAPES) - 1)]
+    P = randint(g, *prompts)
+    rho = -torch.log(torch.rand(P, dtype=torch.float64, generator=g))
+    return TreeMDP(P, A, H, prompt_probs=rho / rho.sum())
+
+
+def random_reward(mdp: TreeMDP, g: torch.Generator, scale: float = 1.5) -> torch.Tensor:
+    """r(ξ) i.i.d. N(0, scale²), shape (P, A**H)."""
+    return scale * torch.randn(mdp.n_prompts, mdp.n_traj, dtype=torch.float64, generator=g)
+
+
+def random_loglinear(mdp: TreeMDP, g: torch.Generator, d: int) -> LogLinearPolicy:
+    """A log-linear policy class with i.i.d. N(0, 1) (state, action) features of dimension d."""
+    feats = [torch.randn(mdp.n_prompts, mdp.n_actions**h, mdp.n_actions, d, dtype=torch.float64, generator=g) for h in range(mdp.horizon)]
+    return LogLinearPolicy(mdp, feats)
+
+
+def random_full_coverage_data(mdp: TreeMDP, g: torch.Generator):
+    """Every same-prompt pair ξ_i ≠ ξ_j once, with random masses and random soft labels p_w ∈ (0.05, 0.95).
+
+    The labels come from no reward at all, so every BT / DPO fit is a genuine projection; with every pair
+    compared and labels strictly inside (0, 1), the BT likelihood of the tabular reward class is strictly
+    convex up to a per-prompt shift (a unique optimum: the paper's uniqueness assumption holds).
+    """
+    from allroads.tabular import PreferenceData
+
+    n = mdp.n_traj
+    i, j = torch.triu_indices(n, n, offset=1)
+    prompt = torch.arange(mdp.n_prompts).repeat_interleave(i.numel())
+    i, j = i.repeat(mdp.n_prompts), j.repeat(mdp.n_prompts)
+    weight = 0.2 + torch.rand(prompt.shape, dtype=torch.float64, generator=g)
+    p_w = 0.05 + 0.9 * torch.rand(prompt.shape, dtype=torch.float64, generator=g)
+    return PreferenceData(prompt, i, j, p_w=p_w, weight=weight)
+
+
+def fit(fitter, *args, theta0, tol: float = 1e-8, restarts: int = 4, **kw):
+    """Run an engine fit (``fit_soft_rl``, ``rkl_projection``, …) to max|∇| ≤ ``tol``, guarding two
+    ways in which a small gradient does not mean an optimum.
+
+    1. At tol ≈ 1e-8 scipy's L-BFGS-B sometimes stops on its relative-decrease test (the objective is
+       flat to float64 precision) a little above tol: restart from the returned θ (fresh curvature
+       memory), up to ``restarts`` times.
+    2. Softmax saturation: an early long L-BFGS step can drive some logits to ±10–20, where a
+       trajectory's probability is ~1e-5 or less and the gradient of the reverse KL / soft RL objective
+       with respect to it is proportional to that probability, so max|∇| ≤ tol holds at a spurious
+       boundary point (seen: TV 7e-5 and 0.2 to the true optimum). Guard: refit once from the shrunk
+       point θ/4 (logits quartered) and keep whichever run has the lower objective.
+
+    The last result is returned unraised: the checks judge the fitted *distributions*, so a fit that
+    failed shows up as an error in the table, not as an exception.
+    """
+
+    def run(th):
+        res = fitter(*args, theta0=th, tol=tol, raise_on_failure=False, **kw)
+        for _ in range(restarts):
+            if res.converged:
+                break
+            res = fitter(*args, theta0=res.theta, tol=tol, raise_on_failure=False, **kw)
+        return res
+
+    best = run(theta0)
+    shrunk = run(0.25 * best.theta)
+    return shrunk if shrunk.loss < best.loss else best
+
+
+def fit_multistart(fitter, *args, theta0s, **kw):
+    """:func:`fit` from each start in ``theta0s``; the run with the lowest objective (for objectives that
+    are non-convex in θ, e.g. soft RL / reverse KL over a log-linear class, which has local optima)."""
+    return min((fit(fitter, *args, theta0=t, **kw) for t in theta0s), key=lambda res: res.loss)
+
+
+def max_tv(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
+    """max over prompts of the total variation between two trajectory distributions (P, A**H)."""
+    return float((0.5 * (torch.exp(log_p) - torch.exp(log_q)).abs().sum(-1)).max())
+
+
+def policy_lp(policy_or_class, theta=None) -> torch.Tensor:
+    """Detached trajectory log-probs of a TabularPolicy, or of ``policy_class`` at ``theta``."""
+    if isinstance(policy_or_class, TabularPolicy):
+        return policy_or_class.traj_log_probs().detach()
+    return policy_or_class.traj_log_probs(theta).detach()
+
+
+# ---- runner and table ------------------------------------------------------------------------------
+def run_check(check: Check, n_instances: int, seed: int, progress: bool = True) -> CheckResult:
+    """Run ``check`` on ``n_instances`` random instances; tqdm progress on stderr."""
+    if n_instances < 1:
+        raise ValueError(f"n_instances must be >= 1, got {n_instances}")
+    t0 = time.perf_counter()
+    errs, negs = [], []
+    for k in tqdm(range(n_instances), desc=check.name, leave=False, disable=not progress, dynamic_ncols=True):
+        e, ne = check.instance(instance_generator(seed, check.name, k))
+        errs.append(float(e))
+        negs.append(float(ne))
+    max_err = max(errs)
+    if math.isnan(max_err):
+        max_err = math.inf
+    neg = min(negs)
+    if math.isnan(neg):
+        neg = 0.0
+    margin = neg / check.tolerance
+    return CheckResult(
+        name=check.name,
+        statement=check.statement,
+        instances=n_instances,
+        max_error=max_err,
+        tolerance=check.tolerance,
+        passed=bool(max_err <= check.tolerance),
+        negative_control=NegativeControl(check.negative_description, neg, margin, bool(margin >= check.min_margin)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """A plain-text table: statement, instances, max error, tolerance, negative-control error, verdict."""
+    head = ("check", "statement", "n", "max error", "tol", "neg. error", "neg/tol", "verdict", "s")
+    rows = []
+    for r in results:
+        nc = r.negative_control
+        verdict = "PASS" if r.ok else ("FAIL" if not r.passed else "FAIL (control passed)")
+        rows.append((
+            r.name, r.statement[:64], str(r.instances), f"{r.max_error:.2e}", f"{r.tolerance:.0e}",
+            f"{nc.error:.2e}", f"{nc.margin:.1e}", verdict, f"{r.seconds:.1f}",
+        ))
+    widths = [max(len(h), *(len(row[c]) for row in rows)) for c, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Every proof check passes on a few random instances and its negative control fails by its margin;
+the CLI's exit status, --only and --json behave as documented."""
+import json
+
+import pytest
+
+import proofs_check
+from proofs_check import ALL_CHECKS, select_checks
+from proofs_check.__main__ import main
+from proofs_check.common import instance_generator, run_check
+
+N_INSTANCES = 2
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=[c.name for c in ALL_CHECKS])
+def test_check_passes_and_control_fails(check):
+    res = run_check(check, N_INSTANCES, seed=123, progress=False)
+    assert res.passed, f"{check.name}: max error {res.max_error:.3e} > tolerance {res.tolerance:.1e}"
+    nc = res.negative_control
+    assert nc.failed_as_expected, f"{check.name}: negative control error {nc.error:.3e} only {nc.margin:.1f}× tolerance"
+    assert res.ok
+
+
+def test_instances_are_reproducible():
+    check = select_checks(["bt_gibbs"])[0]
+    a = check.instance(instance_generator(7, check.name, 3))
+    b = check.instance(instance_generator(7, check.name, 3))
+    assert a == b
+
+
+def test_select_checks_by_module_and_name():
+    assert [c.name for c in select_checks(["thm_2_4"])] == ["thm_2_4", "thm_2_4_mc"]
+    assert [c.name for c in select_checks(["thm_2_4_mc"])] == ["thm_2_4_mc"]
+    assert len(select_checks()) == len(ALL_CHECKS) == 10
+    with pytest.raises(KeyError):
+        select_checks(["no_such_check"])
+
+
+def test_every_module_docstring_quotes_its_statement():
+    for m in proofs_check.MODULES:
+        doc = m.__doc__
+        assert doc and "Negative control" in doc and "olerance" in doc, m.__name__
+
+
+def test_cli_json_and_exit_status(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["--instances", "1", "--seed", "5", "--only", "bt_gibbs", "--only", "q_logits", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["all_passed"] is True
+    assert [c["name"] for c in report["checks"]] == ["bt_gibbs", "q_logits"]
+    for c in report["checks"]:
+        assert set(c) >= {"name", "statement", "instances", "max_error", "tolerance", "passed", "negative_control"}
+        assert set(c["negative_control"]) == {"description", "error", "margin", "failed_as_expected"}
+        assert c["max_error"] <= 1e-8  # identities
+    assert "bt_gibbs" in capsys.readouterr().out
+    assert main(["--only", "nope", "--no-progress"]) == 2
+
+
+def test_cli_exit_status_nonzero_on_failure(monkeypatch):
+    """A check that fails (or whose control passes) must make the run exit 1."""
+    import dataclasses
+
+    bad = dataclasses.replace(select_checks(["bt_gibbs"])[0], tolerance=1e-30)
+    monkeypatch.setattr(proofs_check.__main__, "select_checks", lambda names: [bad])
+    assert main(["--instances", "1", "--no-progress"]) == 1
