@@ -282,12 +282,12 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
                progress=None) -> RegimeResult:
     r"""Every method on the same N pairs, for every seed and N (one batched fit per method):
 
-    rlhf (BT MLE r̂ in the class, then exact soft VI relative to π_ref), rlhf_projected (its RKL projection onto
-    the class), dpo (offline, π_ref), online_dpo (25 samples/prompt from π_ref ranked by r̂, best vs worst,
+    rlhf (BT MLE r̂ in the class, then exact soft VI relative to π_ref), rlhf_projected (opt-in: its unregularised
+    RKL projection onto the class — the class holds every policy, so it equals rlhf; slow, ~10⁴ L-BFGS steps), dpo (offline, π_ref), online_dpo (25 samples/prompt from π_ref ranked by r̂, best vs worst,
     hard labels, DPO with π_ref), online_dpo_soft (the same pairs labelled σ(r̂_w − r̂_l)), local_rm (ref-free
     DPO, for Fig. 7/8). L2 = ``l2_coef``/N on the mean loss for every fit from preferences.
     """
-    methods = methods or ("rlhf", "rlhf_projected", "dpo", "online_dpo", "online_dpo_soft", "local_rm")
+    methods = methods or ("rlhf", "dpo", "online_dpo", "online_dpo_soft", "local_rm")
     S, K, beta = len(seeds), len(n_pairs), problem.beta
     B = S * K
     data = _blocks(problem, n_pairs, seeds)
@@ -346,6 +346,10 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
                 "rkl_to_optimum": _to_grid(kl_to_optimum(lp, log_star), S, K),
                 "winrate": _to_grid(exact_win_rate(lp, ref_lp, problem.r_star), S, K),
             }
+        out.extra["ref_policy"] = {
+            "rkl_to_optimum": float(kl_to_optimum(ref_lp.unsqueeze(0), log_star)[0]),
+            "winrate": 0.5,
+        }
         out.extra["optimum"] = {
             "rkl_to_optimum": 0.0,
             "winrate": float(exact_win_rate(log_star.unsqueeze(0), ref_lp, problem.r_star)[0]),
@@ -385,3 +389,29 @@ def select_regularisation(problem: GVGapProblem, *, n_pairs: list, seeds: list, 
     best = int(torch.tensor(mean).argmin())
     return {"grid": list(grid), "heldout_nll_mean": mean, "heldout_nll": nll, "chosen": grid[best],
             "n_heldout": n_heldout, "selected_on": problem.name, "selected_by": "offline DPO implicit RM"}
+
+
+def summarize(x: torch.Tensor) -> dict:
+    """Mean and standard error over seeds (dim 0) of an (n_seeds, ...) tensor, as lists."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    sem = x.std(0, unbiased=True) / x.shape[0] ** 0.5 if x.shape[0] > 1 else torch.zeros_like(x[0])
+    return {"mean": x.mean(0).tolist(), "sem": sem.tolist()}
+
+
+def regime_to_json(res: RegimeResult) -> dict:
+    """The results.json entry of one regime (mean ± s.e.m. over seeds, per N)."""
+    ex = res.extra
+    return {
+        "n_pairs": res.n_pairs,
+        "seeds": res.seeds,
+        "methods": {m: {k: summarize(v) for k, v in d.items()} for m, d in res.metrics.items()},
+        "ref_policy": ex["ref_policy"],
+        "optimum": ex["optimum"],
+        "fig7_heldout_bt_nll": {k: summarize(v) for k, v in ex["fig7"].items()},
+        "fig7_bayes_floor": ex["fig7_bayes_floor"],
+        "fig8_bon_winrate_vs_ref": {"bon_n": ex["bon_n"], **{k: summarize(v) for k, v in ex["fig8"].items()}},
+        "online_dropped_prompts": ex.get("online_dropped_prompts"),
+        "n_online_samples": ex["n_online"],
+        "l2_coef": ex["l2_coef"],
+        "fits": ex["fits"],
+    }

@@ -1,0 +1,102 @@
+"""online.py over the tabular backend: pair selection, soft-label population optimum, best-of-N, win rate."""
+import itertools
+
+import pytest
+import torch
+
+from allroads.backend import Backend
+from allroads.online import best_of_n, online_dpo_pairs, win_rate
+from allroads.tabular import PreferenceData, TabularPolicy, TabularSoftmaxPolicy, TreeMDP, fit_policy_mle, soft_value_iteration
+from allroads.tabular.backend import TabularBackend
+from allroads.tabular.gv_gap import best_of_n_log_probs, exact_win_rate
+
+
+@pytest.fixture
+def setup():
+    g = torch.Generator().manual_seed(1)
+    mdp = TreeMDP(3, 2, 2)
+    pol = TabularPolicy.random(mdp, g)
+    r = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    return mdp, pol, r
+
+
+def test_tabular_backend_is_a_backend():
+    assert isinstance(TabularBackend(), Backend)
+
+
+def test_best_worst_pairs_match_brute_force(setup):
+    mdp, pol, r = setup
+    be, prompts = TabularBackend(), torch.tensor([0, 1, 2, 2, 0])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    op = online_dpo_pairs(be, pol, r, prompts, n_samples=6, generator=g1, soft_labels=True)
+    xi = be.sample(pol, prompts, 6, g2)  # the same draws
+    kept = 0
+    for b, p in enumerate(prompts.tolist()):
+        s = [float(r[p, x]) for x in xi[b].tolist()]
+        if max(s) == min(s):
+            assert not op.kept[b]
+            continue
+        w = xi[b][s.index(max(s))]
+        l = xi[b][s.index(min(s))]
+        assert op.kept[b] and op.chosen[kept] == w and op.rejected[kept] == l and op.prompts[kept] == p
+        assert abs(float(op.p_w[kept]) - 1 / (1 + torch.exp(-(r[p, w] - r[p, l])).item())) < 1e-12
+        kept += 1
+    assert kept == len(op.chosen) and op.n_dropped == len(prompts) - kept
+
+
+def test_all_equal_scores_are_dropped_and_counted(setup):
+    mdp, pol, _ = setup
+    op = online_dpo_pairs(TabularBackend(), pol, torch.zeros(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2]),
+                          n_samples=25, generator=torch.Generator().manual_seed(0))
+    assert op.n_dropped == 3 and len(op.chosen) == 0
+
+
+def test_soft_label_online_dpo_population_optimum_is_soft_optimal_policy(setup):
+    r"""Population of best/worst-of-2 pairs from π_s (ξ≠ξ' w.p. 2 q q', ordered by the RM), labelled σ(r_w − r_l):
+    soft-label DPO with π_ref := π_s over the tabular class recovers π ∝ π_s exp(r/β) = soft VI of r rel. π_s."""
+    mdp, pol, r = setup
+    beta, q = 0.7, pol.traj_probs()
+    rows = [(p, i, j) for p in range(3) for i in range(4) for j in range(4) if i != j and r[p, i] > r[p, j]]
+    p_, w_, l_ = (torch.tensor(c) for c in zip(*rows))
+    data = PreferenceData(p_, w_, l_, p_w=torch.sigmoid(r[p_, w_] - r[p_, l_]), weight=2 * q[p_, w_] * q[p_, l_])
+    cls = TabularSoftmaxPolicy(mdp)
+    res = fit_policy_mle(cls, data, beta=beta, ref=pol, tol=1e-9)
+    target = soft_value_iteration(mdp, r, ref=pol, beta=beta).policy.traj_log_probs()
+    torch.testing.assert_close(cls.traj_log_probs(res.theta), target, atol=1e-6, rtol=0)
+
+
+def test_best_of_n_exact_formula_matches_enumeration(setup):
+    mdp, pol, r = setup
+    n, lq = 3, pol.traj_log_probs()
+    exact = torch.exp(best_of_n_log_probs(r.unsqueeze(0), lq, n))[0]
+    brute = torch.zeros(3, 4, dtype=torch.float64)
+    q = torch.exp(lq)
+    for p in range(3):
+        for tup in itertools.product(range(4), repeat=n):
+            pr = torch.prod(torch.stack([q[p, x] for x in tup]))
+            brute[p, max(tup, key=lambda x: float(r[p, x]))] += pr
+    torch.testing.assert_close(exact, brute, atol=1e-12, rtol=0)
+
+
+def test_best_of_n_sampling_matches_exact_law(setup):
+    """Monte Carlo frequencies of online.best_of_n within 5 standard errors of the exact law (40k draws)."""
+    mdp, pol, r = setup
+    M = 40_000
+    sel = best_of_n(TabularBackend(), pol, r, torch.zeros(M, dtype=torch.int64), n=4, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(sel, minlength=4).to(torch.float64) / M
+    exact = torch.exp(best_of_n_log_probs(r.unsqueeze(0), pol.traj_log_probs(), 4))[0, 0]
+    se = (exact * (1 - exact) / M).sqrt()
+    assert ((freq - exact).abs() <= 5 * se + 1e-12).all()
+
+
+def test_win_rate_monte_carlo_and_exact(setup):
+    mdp, pol, r = setup
+    other = TabularPolicy.uniform(mdp)
+    lp, lo = pol.traj_log_probs(), other.traj_log_probs()
+    ex = float(exact_win_rate(lp.unsqueeze(0), lo, r)[0])
+    # independent formula: explicit double loop
+    loop = sum(float(torch.exp(lp[p, i] + lo[p, j]) * torch.sigmoid(r[p, i] - r[p, j])) for p in range(3) for i in range(4) for j in range(4)) / 3
+    assert abs(ex - loop) < 1e-12
+    assert abs(ex + float(exact_win_rate(lo.unsqueeze(0), lp, r)[0]) - 1.0) < 1e-12  # WR(π,π') + WR(π',π) = 1
+    est, se = win_rate(TabularBackend(), pol, other, r, torch.arange(3).repeat(10_000), n=1, generator=torch.Generator().manual_seed(3))
+    assert abs(est - ex) < 5 * se
