@@ -1,0 +1,219 @@
+r"""The LLM implementation of the backend protocol (:class:`allroads.backend.Backend`; DESIGN.md).
+
+Objects of this backend:
+
+* *policy*: a Hugging Face causal LM (``GPTNeoXForCausalLM`` …);
+* *prompts*: a list of B formatted prompt texts (``"SUBREDDIT: r/… TL;DR:"``, Table 1);
+* *completions*: a (B, n) nested list of :class:`allroads.llm.sample.Completion` (token ids with the EOS
+  kept, the decoded text, ``finished``);
+* *reward model*: one of the scorers below, each a small frozen object with
+  ``score(backend, prompts, completions) -> (B, n)``:
+
+  ====================  ===================================================  =====================
+  :class:`GlobalRM`     r(s_0, ξ): linear head at the last real token         Eq. 4–6, Table 2
+  :class:`LocalRM`      β·log π(ξ|s_0), β = 1/53                              Eq. 1, Eq. 7–9, Table 4
+  :class:`DPORM`        β·(log π(ξ|s_0) − log π_ref(ξ|s_0)), β = 0.05         Eq. 9, Table 3
+  :class:`RougeRM`      ROUGE-L F1 against the prompt's reference summary     Fig. 11, App. B.1
+  :class:`FunctionRM`   any ``f(prompt, text)`` (e.g. the synthetic known score)  tests / tiny preset
+  ====================  ===================================================  =====================
+
+Sampling goes through :func:`allroads.llm.sample.sample` (HF ``generate`` or vLLM; EOS handling there);
+sequence log-probs through :func:`allroads.llm.models.sequence_logps` (logits / T before the softmax).
+Randomness: ``sample`` draws its seed from the ``torch.Generator`` it is given, so the same generator
+state gives the same samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .data import collate_sequences
+from .models import rewards, sequence_logps
+from .sample import Completion, SamplingConfig, SamplingResult, sample
+
+__all__ = ["LLMBackend", "GlobalRM", "LocalRM", "DPORM", "RougeRM", "FunctionRM", "Completions"]
+
+Completions = list[list[Completion]]
+
+
+@dataclass
+class LLMBackend:
+    """Sample / seq_logp / score / take for Hugging Face models (the protocol of :mod:`allroads.backend`)."""
+
+    tokenizer: Any
+    """The policy's tokenizer (prompts are encoded with it, completions decoded with it)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Temperature (0.1 for online DPO / BoN, App. B.1.1/B.4), response budget (53), batch size, backend;
+    its ``n`` and ``seed`` are replaced per call by the ``n`` argument and the generator."""
+    micro_batch_size: int = 16
+    """Sequences per forward pass in :meth:`seq_logp` and in global-RM scoring."""
+    device: str = "cpu"
+    """Device of the forward passes in :meth:`seq_logp` / scoring."""
+    last_result: SamplingResult | None = None
+    """The :class:`SamplingResult` of the latest :meth:`sample` call (for its unfinished count)."""
+
+    def __post_init__(self):
+        if self.micro_batch_size < 1:
+            raise ValueError(f"LLMBackend(micro_batch_size={self.micro_batch_size}): must be >= 1")
+
+    # ------------------------------------------------------------------------------------ primitives
+    def sample(self, policy, prompts: Sequence[str], n: int, generator: torch.Generator) -> Completions:
+        """n completions per prompt from ``policy`` at ``sampling.temperature``; a (B, n) nested list.
+
+        The sampling seed is drawn from ``generator`` (one int), so the call is reproducible."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        cfg = replace(self.sampling, n=n, seed=seed)
+        self.last_result = sample(policy, self.tokenizer, list(prompts), cfg)
+        return [list(p.completions) for p in self.last_result.samples]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    def completions_from_texts(self, texts: Sequence[Sequence[str]]) -> Completions:
+        """Wrap texts (e.g. reference summaries) as finished completions ``" " + text + EOS`` (Table 1 format)."""
+        eos = self.tokenizer.eos_token_id
+        return [[Completion(t, tuple(self.tokenizer(" " + t, add_special_tokens=False)["input_ids"]) + (eos,), True)
+                 for t in row] for row in texts]
+
+    def _flat_batches(self, prompts: Sequence[str], completions: Completions):
+        """Yield ``(rows, batch)`` over the flattened (B·n) prompt+completion sequences."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} rows of completions")
+        p_ids = self.encode_prompts(prompts)
+        flat = [(b, j, p_ids[b], list(c.token_ids)) for b, row in enumerate(completions) for j, c in enumerate(row)]
+        empty = [(b, j) for b, j, _, r in flat if not r]
+        if empty:
+            raise ValueError(f"{len(empty)} completion(s) have no tokens (first at prompt {empty[0][0]}, "
+                             f"sample {empty[0][1]}); an empty response has no log-probability to score")
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(flat), self.micro_batch_size):
+            chunk = flat[s:s + self.micro_batch_size]
+            batch = collate_sequences([c[2] for c in chunk], [c[3] for c in chunk], pad, "right")
+            yield [(c[0], c[1]) for c in chunk], {k: v.to(self.device) for k, v in batch.items()}
+
+    def _grid(self, completions: Completions) -> torch.Tensor:
+        n = {len(r) for r in completions}
+        if len(n) != 1:
+            raise ValueError(f"completions must be a (B, n) grid with the same n per prompt, got row lengths {sorted(n)}")
+        return torch.full((len(completions), n.pop()), float("nan"), dtype=torch.float64)
+
+    @torch.no_grad()
+    def seq_logp(self, policy, prompts: Sequence[str], completions: Completions, temperature: float = 1.0) -> torch.Tensor:
+        r"""log π_T(ξ|s_0) = Σ_h log softmax(logits_h / T)[a_h] over response tokens (EOS included); (B, n) float64."""
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0 (logits are divided by it)")
+        out = self._grid(completions)
+        was_training = policy.training
+        policy.eval()
+        try:
+            for rows, batch in self._flat_batches(prompts, completions):
+                logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                         temperature)
+                for (b, j), v in zip(rows, logp.double().cpu().tolist()):
+                    out[b, j] = v
+        finally:
+            policy.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def global_scores(self, reward_model, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """r(s_0, ξ) of a ``*ForSequenceClassification`` read at the last real token; (B, n) float64."""
+        out = self._grid(completions)
+        was_training = reward_model.training
+        reward_model.eval()
+        try:
+            for rows, batch in self._flat_batches(prompts, completions):
+                r = rewards(reward_model, batch["input_ids"], batch["attention_mask"])
+                for (b, j), v in zip(rows, r.double().cpu().tolist()):
+                    out[b, j] = v
+        finally:
+            reward_model.train(was_training)
+        return out
+
+    def score(self, reward_model, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """The reward model's score of each completion, shape (B, n) float64 (dispatch to the scorer)."""
+        if not hasattr(reward_model, "score") or not callable(getattr(reward_model, "score")):
+            raise ValueError(f"{type(reward_model).__name__} is not an LLM-backend scorer; wrap it in GlobalRM, "
+                             "LocalRM, DPORM, RougeRM or FunctionRM")
+        return reward_model.score(self, prompts, completions)
+
+    def take(self, completions: Completions, index: torch.Tensor) -> list[Completion]:
+        """``completions[b][index[b]]`` for every prompt b; a list of B completions."""
+        if len(index) != len(completions):
+            raise ValueError(f"index has {len(index)} entries for {len(completions)} prompts")
+        return [row[int(i)] for row, i in zip(completions, index.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+@dataclass(frozen=True)
+class GlobalRM:
+    """Global RM (Eq. 4–6, Table 2): a ``*ForSequenceClassification`` with one label."""
+
+    model: Any
+    """The reward model (:func:`allroads.llm.models.load_reward_model`)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return backend.global_scores(self.model, prompts, completions)
+
+
+@dataclass(frozen=True)
+class LocalRM:
+    """Local RM (Eq. 1; Table 4): r(ξ) = β·log π(ξ|s_0) of a reference-free-DPO policy, β = 1/53."""
+
+    policy: Any
+    """The local RM's causal LM."""
+    beta: float = 1.0 / 53.0
+    """β = 1/H, H = 53 (Table 4)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return self.beta * backend.seq_logp(self.policy, prompts, completions)
+
+
+@dataclass(frozen=True)
+class DPORM:
+    """DPO implicit RM (Eq. 9; Table 3): r(ξ) = β·(log π(ξ|s_0) − log π_ref(ξ|s_0)), β = 0.05."""
+
+    policy: Any
+    """The DPO policy π."""
+    ref: Any
+    """Its reference π_ref (π_sft for offline DPO)."""
+    beta: float = 0.05
+    """β of Table 3."""
+    temperature: float = 1.0
+    """Temperature of both log-probs (the one DPO was trained with)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        lp = backend.seq_logp(self.policy, prompts, completions, self.temperature)
+        lr = backend.seq_logp(self.ref, prompts, completions, self.temperature)
+        return self.beta * (lp - lr)
+
+
+@dataclass(frozen=True)
+class RougeRM:
+    """ROUGE-L F1 against the prompt's reference (the preferred completion; Fig. 11, App. B.1)."""
+
+    references: dict
+    """prompt text → reference summary text."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        from .rouge import rouge_l_f1
+
+        missing = [i for i, p in enumerate(prompts) if p not in self.references]
+        if missing:
+            raise ValueError(f"RougeRM: {len(missing)} prompt(s) have no reference (first: index {missing[0]})")
+        return torch.tensor([[rouge_l_f1(c.text, self.references[p]) for c in row]
+                             for p, row in zip(prompts, completions)], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class FunctionRM:
+    """A known reward ``fn(prompt, completion_text) -> float`` (e.g. the synthetic score of the tiny preset)."""
+
+    fn: Callable[[str, str], float]
+    """The reward function."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return torch.tensor([[float(self.fn(p, c.text)) for c in row] for p, row in zip(prompts, completions)],
+                            dtype=torch.float64)

@@ -1,0 +1,199 @@
+r"""Evaluation of policies and reward models on TL;DR (Swamy et al. 2025, Sec. 3, App. B.4; Figs. 3–12).
+
+* :func:`policy_win_rate` — win rate against the dataset's reference summaries, judged pairwise by
+  ``gpt-4o`` through :mod:`allroads.llm.judge` (B.4: samples at T = 0.01; 600 SFT-test prompts, 6000 for
+  two-word TL;DR). Figs. 3, 5, 6, 10, 12.
+* :func:`policy_rouge` — mean ROUGE-L F1 against the preferred completion (Fig. 11).
+* :func:`validation_likelihood` — BT log-likelihood / accuracy of an RM on held-out pairs with its own
+  scaling (Fig. 7): global r; local β·log π, β = 1/53 (Table 4); DPO β(log π − log π_ref), β = 0.05
+  (Table 3). The scaling is carried by the scorer objects of :mod:`allroads.llm.backend`.
+* :func:`best_of_n_curve` — BoN win rate against the references for several RMs and N ≤ 25 (Fig. 8, 9),
+  from one pass of ``N_max`` samples at T = 0.1 (the first N samples form the BoN-N candidate set).
+* :func:`eq2_objective` — the unified objective (Eq. 2), ``KL(P_D‖P_π) + β·KL(P_π‖P_ref)``, with the
+  forward-KL (data) term as the BT negative log-likelihood of the policy's implied reward
+  β(log π − log π_ref) on the preference data, and the reverse KL estimated on-policy:
+  ``E_{ξ∼π}[log π(ξ) − log π_ref(ξ)]`` over samples at T = 1 (Fig. 4).
+* :func:`rm_size_grid`, :func:`dataset_fraction` — the RM-size × policy-size grid of Fig. 9 and the
+  nested data subsets of Fig. 12.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..losses import bt_logits, select_best_of_n
+from .backend import DPORM, LLMBackend
+
+__all__ = ["BTValidation", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
+           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "rm_size_grid", "dataset_fraction"]
+
+
+@dataclass(frozen=True)
+class BTValidation:
+    """Held-out BT fit of one RM (Fig. 7)."""
+
+    loglik: float
+    """Mean log σ(r(ξ_w) − r(ξ_l)) (the validation likelihood; higher is better)."""
+    loglik_se: float
+    """Standard error of the mean."""
+    accuracy: float
+    """Fraction of pairs with r(ξ_w) > r(ξ_l) (ties count 1/2)."""
+    n: int
+    """Number of pairs."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def bt_validation(r_w: torch.Tensor, r_l: torch.Tensor) -> BTValidation:
+    """BT validation log-likelihood (Eq. 4) and accuracy from per-pair scores, shape (N,) each (already scaled)."""
+    if r_w.shape != r_l.shape or r_w.ndim != 1 or r_w.numel() == 0:
+        raise ValueError(f"need two equal non-empty 1-D score vectors, got {tuple(r_w.shape)} and {tuple(r_l.shape)}")
+    ll = torch.nn.functional.logsigmoid(bt_logits(r_w.double(), r_l.double()))
+    acc = ((r_w > r_l).double() + 0.5 * (r_w == r_l).double()).mean()
+    se = float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else float("nan")
+    return BTValidation(float(ll.mean()), se, float(acc), int(ll.numel()))
+
+
+def validation_likelihood(backend: LLMBackend, scorer, prompts: Sequence[str], chosen: Sequence[str],
+                          rejected: Sequence[str]) -> BTValidation:
+    """Fig. 7: BT validation likelihood of ``scorer`` (GlobalRM / LocalRM(β=1/53) / DPORM(β=0.05)) on the
+    held-out pairs ``chosen[i] ≻ rejected[i]`` for ``prompts[i]`` (responses in the ``" " + text + EOS`` format)."""
+    if not (len(prompts) == len(chosen) == len(rejected)) or not prompts:
+        raise ValueError("validation_likelihood: prompts, chosen and rejected must be equal-length and non-empty")
+    comps = backend.completions_from_texts([[w, l] for w, l in zip(chosen, rejected)])
+    s = backend.score(scorer, list(prompts), comps)  # (N, 2)
+    return bt_validation(s[:, 0], s[:, 1])
+
+
+def policy_samples(backend: LLMBackend, policy, prompts: Sequence[str], *, n: int, temperature: float,
+                   seed: int, max_new_tokens: int | None = None):
+    """n samples per prompt at ``temperature`` (B.4: 0.01 for win rate / ROUGE-L, 0.1 for BoN). Returns
+    the (B, n) completions and the number of unfinished ones (no EOS within the budget; kept, counted)."""
+    sampling = dataclasses.replace(backend.sampling, temperature=temperature,
+                                   max_new_tokens=max_new_tokens or backend.sampling.max_new_tokens)
+    b = dataclasses.replace(backend, sampling=sampling)
+    comps = b.sample(policy, list(prompts), n, torch.Generator().manual_seed(seed))
+    return comps, sum(not c.finished for row in comps for c in row)
+
+
+def _empty_to_placeholder(texts: list[str]) -> tuple[list[str], int]:
+    """The judge refuses nothing, but an empty summary is a valid (bad) answer: keep it as "" and count it."""
+    return texts, sum(not t.strip() for t in texts)
+
+
+def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], posts: Sequence[str],
+                    references: Sequence[str], *, temperature: float = 0.01, seed: int = 0) -> dict:
+    """Win rate of ``policy`` against the reference summaries, judged by ``judge`` (B.4; Figs. 3, 5, 6, 10, 12).
+
+    One sample per prompt at T = 0.01. Returns the judge's summary (wins, losses, unparseable, errors,
+    win_rate) plus ``unfinished`` (samples cut at the budget) and ``empty`` (empty summaries)."""
+    from .judge import win_rate
+
+    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed)
+    texts, empty = _empty_to_placeholder([row[0].text for row in comps])
+    res = win_rate(judge, list(posts), texts, list(references))
+    return {**res.summary(), "unfinished": unfinished, "empty": empty, "samples": texts}
+
+
+def policy_rouge(backend: LLMBackend, policy, prompts: Sequence[str], references: Sequence[str], *,
+                 temperature: float = 0.01, seed: int = 0) -> dict:
+    """Mean ROUGE-L F1 of one T = 0.01 sample per prompt against ``references`` (Fig. 11)."""
+    from .rouge import rouge_l_f1_batch
+
+    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed)
+    f1 = torch.tensor(rouge_l_f1_batch([r[0].text for r in comps], list(references)), dtype=torch.float64)
+    return {"rouge_l": float(f1.mean()), "se": float(f1.std() / math.sqrt(len(f1))) if len(f1) > 1 else float("nan"),
+            "n": len(f1), "unfinished": unfinished}
+
+
+def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge, prompts: Sequence[str],
+                    posts: Sequence[str], references: Sequence[str], *, ns: Sequence[int], temperature: float = 0.1,
+                    seed: int = 0) -> dict:
+    """Fig. 8 / 9: BoN win rate against the references for each RM in ``scorers`` and each N in ``ns``.
+
+    ``max(ns)`` samples per prompt are drawn once at T = 0.1 (B.4); BoN-N picks the RM's best among the
+    first N (ties → lowest index, :func:`allroads.losses.select_best_of_n`). Returns
+    ``{rm_name: {N: judge summary}}`` plus the unfinished count."""
+    ns = sorted(set(int(n) for n in ns))
+    if not ns or ns[0] < 1:
+        raise ValueError(f"ns={ns}: need N >= 1")
+    comps, unfinished = policy_samples(backend, policy, prompts, n=ns[-1], temperature=temperature, seed=seed)
+    out: dict = {"unfinished": unfinished, "n_prompts": len(prompts), "curves": {}}
+    from .judge import win_rate
+
+    for name, scorer in scorers.items():
+        scores = backend.score(scorer, list(prompts), comps)  # (B, N_max)
+        curve = {}
+        for n in ns:
+            idx = select_best_of_n(scores[:, :n])
+            texts = [c.text for c in backend.take(comps, idx)]
+            curve[n] = win_rate(judge, list(posts), texts, list(references)).summary()
+        out["curves"][name] = curve
+    return out
+
+
+@dataclass(frozen=True)
+class Eq2Estimate:
+    """The unified objective of Eq. 2 for one policy (lower is better; Fig. 4)."""
+
+    data_nll: float
+    """KL(P_D‖P_π) up to the data's entropy: mean −log σ(β[(log π − log π_ref)(ξ_w) − (·)(ξ_l)]) on D."""
+    reverse_kl: float
+    """On-policy estimate of KL(P_π‖P_ref) = E_{ξ∼π}[log π(ξ) − log π_ref(ξ)] (per prompt, averaged)."""
+    reverse_kl_se: float
+    """Its Monte-Carlo standard error."""
+    beta: float
+    """β of Eq. 2 (= DPO's β, 0.05)."""
+    n_samples: int
+    """On-policy samples used for the reverse KL."""
+    n_unfinished: int
+    """Of those, samples cut at the budget (their log-probs are of the cut trajectory, which is what π draws)."""
+
+    @property
+    def objective(self) -> float:
+        return self.data_nll + self.beta * self.reverse_kl
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "objective": self.objective}
+
+
+def eq2_objective(backend: LLMBackend, policy, ref, *, beta: float, pair_prompts: Sequence[str],
+                  chosen: Sequence[str], rejected: Sequence[str], kl_prompts: Sequence[str], n_samples: int,
+                  seed: int = 0) -> Eq2Estimate:
+    r"""Eq. 2, ``KL(P_D‖P_π) + β·KL(P_π‖P_ref)``, with the reverse KL sampled on-policy at T = 1 (Fig. 4).
+
+    The data term is the BT negative log-likelihood of the implied reward β·log(π/π_ref) (Eq. 9), i.e. the
+    forward KL from the empirical preference distribution to the policy's BT model minus the (constant)
+    entropy of the hard labels, which is 0. The reverse-KL estimator is unbiased: the log-ratio of each
+    sample is an exact sequence log-probability difference.
+    """
+    if beta <= 0 or n_samples < 1:
+        raise ValueError(f"beta ({beta}) must be > 0 and n_samples ({n_samples}) >= 1")
+    val = validation_likelihood(backend, DPORM(policy, ref, beta), pair_prompts, chosen, rejected)
+    comps, unfinished = policy_samples(backend, policy, kl_prompts, n=n_samples, temperature=1.0, seed=seed)
+    ratio = backend.seq_logp(policy, list(kl_prompts), comps) - backend.seq_logp(ref, list(kl_prompts), comps)  # (B, n)
+    flat = ratio.reshape(-1)
+    se = float(flat.std() / math.sqrt(flat.numel())) if flat.numel() > 1 else float("nan")
+    return Eq2Estimate(-val.loglik, float(flat.mean()), se, beta, int(flat.numel()), unfinished)
+
+
+def rm_size_grid(policy_sizes: Sequence[str], rm_sizes: Sequence[str]) -> list[tuple[str, str]]:
+    """Fig. 9: every (policy size, global-RM size) combination, e.g. sizes ``1.4b``, ``2.8b``, ``6.9b``."""
+    if not policy_sizes or not rm_sizes:
+        raise ValueError("rm_size_grid: need at least one policy size and one RM size")
+    return [(p, r) for p in policy_sizes for r in rm_sizes]
+
+
+def dataset_fraction(n: int, fraction: float, seed: int) -> list[int]:
+    """Fig. 12: indices of a ``fraction`` of ``n`` pairs; nested across fractions for one seed (a prefix of
+    one fixed permutation), so a smaller fraction is a subset of a larger one."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: must be in (0, 1]")
+    k = max(1, int(round(fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[:k])

@@ -1,0 +1,85 @@
+"""Online-DPO pairs on the LLM backend (App. B.1.1) against brute force over the saved scored samples."""
+import torch
+
+from allroads.llm.backend import FunctionRM
+from allroads.llm.online_data import OnlineDataConfig, ScoredSamples, build_online_pairs, rerank, to_tokenized_pairs
+
+from . import _tiny
+
+
+def _rm_a(prompt, text):
+    return float(len(text.split()) + (sum(map(ord, text)) % 5) / 10)
+
+
+def _rm_b(prompt, text):
+    return float(-len(text))
+
+
+def _brute(scored: ScoredSamples):
+    """argmax / argmin with ties to the lowest index; prompts with all-equal scores dropped."""
+    out = []
+    for row, s in zip(scored.completions, scored.scores.tolist()):
+        if max(s) == min(s):
+            out.append(None)
+            continue
+        w = min(j for j in range(len(s)) if s[j] == max(s))
+        l = min(j for j in range(len(s)) if s[j] == min(s))
+        out.append((row[w], row[l]))
+    return out
+
+
+def _check(pairs, scored, rep):
+    brute = _brute(scored)
+    kept = [b for b in brute if b is not None]
+    assert rep.n_dropped_ties == sum(b is None for b in brute) == pairs.n_dropped
+    assert rep.n_pairs == len(kept) == len(pairs.chosen)
+    assert [c.token_ids for c in pairs.chosen] == [w.token_ids for w, _ in kept]
+    assert [c.token_ids for c in pairs.rejected] == [l.token_ids for _, l in kept]
+    assert pairs.kept.tolist() == [b is not None for b in brute]
+    assert rep.n_unfinished == scored.n_unfinished
+
+
+def test_best_worst_matches_brute_force_and_rerank(tmp_path):
+    tok = _tiny.tok()
+    pol = _tiny.policy(tok)
+    prompts, _ = _tiny.prompts(tok, n=5)
+    be = _tiny.backend(tok)
+    cfg = OnlineDataConfig(n_samples=6, temperature=1.0, max_new_tokens=4, seed=3)
+    pairs, scored, rep = build_online_pairs(be, pol, FunctionRM(_rm_a), prompts, cfg)
+    assert scored.scores.shape == (5, 6)
+    # the scores are those of the RM on the stored samples
+    assert torch.equal(scored.scores, FunctionRM(_rm_a).score(be, prompts, scored.completions))
+    _check(pairs, scored, rep)
+
+    # saved samples reload exactly and can be re-ranked by another RM without resampling
+    path = scored.save(tmp_path / "scored.jsonl")
+    loaded = ScoredSamples.load(path)
+    assert loaded.prompts == scored.prompts and torch.equal(loaded.scores, scored.scores)
+    assert [[c.token_ids for c in r] for r in loaded.completions] == [[c.token_ids for c in r] for r in scored.completions]
+    pairs_b, scored_b, rep_b = rerank(be, loaded, FunctionRM(_rm_b))
+    _check(pairs_b, scored_b, rep_b)
+
+    # same seed, same samples
+    _, scored2, _ = build_online_pairs(be, pol, FunctionRM(_rm_a), prompts, cfg)
+    assert [[c.token_ids for c in r] for r in scored2.completions] == [[c.token_ids for c in r] for r in scored.completions]
+
+    tp = to_tokenized_pairs(be, pairs)
+    assert len(tp) == rep.n_pairs
+    assert all(list(p.chosen_ids) == list(c.token_ids) for p, c in zip(tp, pairs.chosen))
+
+
+def test_all_ties_are_dropped_and_counted():
+    tok = _tiny.tok()
+    prompts, _ = _tiny.prompts(tok, n=3)
+    pairs, scored, rep = build_online_pairs(_tiny.backend(tok), _tiny.policy(tok), FunctionRM(lambda p, t: 1.0), prompts,
+                                            OnlineDataConfig(n_samples=3, temperature=1.0, max_new_tokens=3))
+    assert rep.n_pairs == 0 and rep.n_dropped_ties == 3
+
+
+def test_config_errors():
+    import pytest
+
+    with pytest.raises(ValueError, match="n_samples"):
+        OnlineDataConfig(n_samples=1).validate()
+    with pytest.raises(ValueError, match="temperature"):
+        OnlineDataConfig(temperature=0).validate()

@@ -1,0 +1,66 @@
+"""End to end over the cached stage graph: JSON + PNG per figure, and a rerun does no work."""
+import json
+
+import pytest
+
+from allroads.llm.pipeline import FigureConfig, JudgeFactory, Pipeline, load_figure_config, run_figure, tiny_settings
+
+from . import _tiny
+
+
+def _run(root, out, settings, figure, **kw):
+    judges = JudgeFactory("tiny", root)
+    pipe = Pipeline(root, settings, judges, log=lambda m: None)
+    try:
+        res = run_figure(pipe, FigureConfig(figure=figure, seeds=(0,), **kw), out)
+    finally:
+        judges.close()
+    return pipe, res
+
+
+def test_fig7_small_end_to_end_and_rerun_is_free(tmp_path):
+    s = _tiny.small_settings()
+    pipe, res = _run(tmp_path / "root", tmp_path / "out", s, "fig7")
+    assert (tmp_path / "out" / "fig7.json").is_file() and (tmp_path / "out" / "fig7.png").stat().st_size > 0
+    assert sorted(pipe.executed) == sorted(["sft", "rm", "local_rm", "dpo", "eval_valid", "eval_valid", "eval_valid"])
+    assert set(res["bars"]) == {"global", "local", "dpo"}
+    assert all(v["mean"] < 0 for v in res["bars"].values())
+    pipe2, res2 = _run(tmp_path / "root", tmp_path / "out2", s, "fig7")
+    assert pipe2.executed == []
+    assert res2["bars"] == res["bars"]
+
+
+def test_fig3_small_end_to_end_and_extension_reuses_stages(tmp_path):
+    s = _tiny.small_settings()
+    pipe, res = _run(tmp_path / "root", tmp_path / "out", s, "fig3")
+    saved = json.loads((tmp_path / "out" / "fig3.json").read_text())
+    assert set(saved["bars"]) == {"SFT", "DPO", "DPO (2x)", "Online DPO (SFT)", "Online DPO (DPO)"}
+    assert (tmp_path / "out" / "fig3.png").is_file()
+    assert pipe.executed.count("online_pairs") == 2 and pipe.executed.count("online_dpo") == 2
+    scored = list((tmp_path / "root").glob("online_pairs-*/scored.jsonl"))
+    assert len(scored) == 2
+    # Fig. 8 on the same root trains nothing already trained (SFT, global RM, DPO are shared)
+    pipe8, res8 = _run(tmp_path / "root", tmp_path / "out", s, "fig8", bon_ns=(1, 3))
+    assert "sft" not in pipe8.executed and "rm" not in pipe8.executed and "dpo" not in pipe8.executed
+    assert set(res8["curves"]) == {"SFT", "DPO"} and (tmp_path / "out" / "fig8.png").is_file()
+
+
+def test_figure_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="figure"):
+        FigureConfig(figure="fig99").validate()
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"figure": "fig3", "sedes": [0]}))
+    with pytest.raises(ValueError, match="unknown"):
+        load_figure_config(p)
+
+
+@pytest.mark.slow
+def test_tiny_preset_fig3_runner(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "llm"))
+    import run
+
+    assert run.main(["--preset", "tiny", "--figure", "fig3", "--root", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "fig3.json").is_file() and (tmp_path / "o" / "fig3.png").is_file()
