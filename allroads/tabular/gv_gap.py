@@ -30,7 +30,7 @@ from .policy import TabularPolicy
 
 __all__ = [
     "REGIMES", "GVGapProblem", "make_problem", "BatchedScorer", "Pairs", "fit_batched", "kl_to_optimum",
-    "exact_win_rate", "heldout_bt_nll", "best_of_n_log_probs", "run_regime", "select_regularisation",
+    "exact_win_rate", "heldout_bt_nll", "best_of_n_log_probs", "run_regime", "heldout_pairs", "select_regularisation",
 ]
 
 REGIMES = ("gv_gap", "bandit_h1", "lookup_reward")
@@ -178,6 +178,7 @@ def fit_batched(scorer: BatchedScorer, kind: str, pairs: Pairs | None, l2: torch
 
     * ``"rm"``: BT MLE of r_θ = f_θ(ξ) (Eq. 5–6);
     * ``"dpo"``: DPO through π_θ ∝ exp(ref_base + f_θ), reference ``ref_lp`` (Eq. 9, Thm 2.3), hard or soft labels;
+      ``ref_base`` entries and ``ref_lp`` may be shared, (1, P, ·) / (P, T), or per block, (B, P, ·) / (B, P, T);
     * ``"local"``: reference-free DPO, local reward β·log π_θ(ξ), π_θ ∝ exp(f_θ) (Eq. 7–9, the local RM);
     * ``"rkl"``: E_{s_0} KL(P_{π_θ} ‖ target_b) with π_θ ∝ exp(ref_base + f_θ) (Lemma 2.1).
     """
@@ -191,7 +192,10 @@ def fit_batched(scorer: BatchedScorer, kind: str, pairs: Pairs | None, l2: torch
             per = _bt(r_w, r_l, pairs.p_w)
         elif kind == "dpo":
             lp_w, lp_l = pairs.gather(scorer.traj_log_probs(th, ref_base))
-            rf_w, rf_l = ref_lp[pairs.prompt, pairs.xi_w], ref_lp[pairs.prompt, pairs.xi_l]
+            if ref_lp.ndim == 3:  # one reference per block (online DPO from a fitted policy)
+                rf_w, rf_l = pairs.gather(ref_lp)
+            else:
+                rf_w, rf_l = ref_lp[pairs.prompt, pairs.xi_w], ref_lp[pairs.prompt, pairs.xi_l]
             per = dpo_loss(lp_w, lp_l, rf_w, rf_l, beta) if pairs.p_w is None else dpo_soft_loss(lp_w, lp_l, rf_w, rf_l, beta, pairs.p_w)
         elif kind == "local":
             lp_w, lp_l = pairs.gather(scorer.traj_log_probs(th))
@@ -273,21 +277,46 @@ def _blocks(problem, n_pairs, seeds, n_heldout=0):
     return data
 
 
+def _online_pairs(problem, data, sampler, r_hat, n_online, seed_offset):
+    """Online-DPO datasets of every block: for each prompt of block b's dataset, ``n_online`` samples from
+    ``sampler(b)`` ranked by r̂_b (``allroads.online.online_dpo_pairs``, the code the LLM runs use).
+    Returns (hard-label Pairs, soft-label Pairs, prompts dropped per block)."""
+    backend, hard, soft, dropped = TabularBackend(), [], [], []
+    for b, d in enumerate(data):
+        g = torch.Generator().manual_seed(20_011 * (b + 1) + seed_offset)
+        op = online_dpo_pairs(backend, sampler(b), r_hat[b].detach(), d.prompt, n_samples=n_online, generator=g,
+                              soft_labels=True)
+        dropped.append(op.n_dropped)
+        hard.append(PreferenceData(op.prompts, op.chosen, op.rejected))
+        soft.append(PreferenceData(op.prompts, op.chosen, op.rejected, p_w=op.p_w))
+    return Pairs.from_blocks(hard), Pairs.from_blocks(soft), dropped
+
+
 def _to_grid(x: torch.Tensor, n_seeds: int, n_n: int) -> torch.Tensor:
     return x.detach().reshape(n_seeds, n_n)
 
 
 def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: float, n_online: int = 25,
                bon_n: tuple = (1, 2, 4, 8, 16, 32, 64), methods: tuple | None = None, tol: float = 1e-7,
-               progress=None) -> RegimeResult:
+               heldout: PreferenceData | None = None, progress=None) -> RegimeResult:
     r"""Every method on the same N pairs, for every seed and N (one batched fit per method):
 
-    rlhf (BT MLE r̂ in the class, then exact soft VI relative to π_ref), rlhf_projected (opt-in: its unregularised
-    RKL projection onto the class — the class holds every policy, so it equals rlhf; slow, ~10⁴ L-BFGS steps), dpo (offline, π_ref), online_dpo (25 samples/prompt from π_ref ranked by r̂, best vs worst,
-    hard labels, DPO with π_ref), online_dpo_soft (the same pairs labelled σ(r̂_w − r̂_l)), local_rm (ref-free
-    DPO, for Fig. 7/8). L2 = ``l2_coef``/N on the mean loss for every fit from preferences.
+    * rlhf — BT MLE r̂ in the class, then exact soft VI relative to π_ref;
+    * rlhf_projected (opt-in) — its unregularised RKL projection onto the class; the class holds every policy,
+      so it equals rlhf (slow, ~10⁴ L-BFGS steps);
+    * dpo — offline DPO with π_ref;
+    * online_dpo — the paper's "Online DPO (SFT)": 25 samples per prompt from π_ref ranked by r̂, best vs
+      worst, hard labels, DPO with π_ref; online_dpo_soft — the same pairs labelled σ(r̂_w − r̂_l);
+    * online_dpo_from_dpo / online_dpo_soft_from_dpo — the paper's "Online DPO (DPO)": the same recipe with
+      the offline DPO policy as the sampler *and* as π_ref (the fit starts at, and is shrunk toward, it);
+    * local_rm — reference-free DPO, for Fig. 7/8.
+
+    L2 = ``l2_coef``/N on the mean loss for every fit from preferences. With ``heldout`` pairs, the BT NLL of the
+    offline DPO implicit reward and of the global RM on them is recorded (``extra["heldout_nll"]``) for
+    :func:`select_regularisation`.
     """
-    methods = methods or ("rlhf", "dpo", "online_dpo", "online_dpo_soft", "local_rm")
+    methods = methods or ("rlhf", "dpo", "online_dpo", "online_dpo_soft", "online_dpo_from_dpo",
+                          "online_dpo_soft_from_dpo", "local_rm")
     S, K, beta = len(seeds), len(n_pairs), problem.beta
     B = S * K
     data = _blocks(problem, n_pairs, seeds)
@@ -326,20 +355,29 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
         th_loc = timed_fit("local_rm", "local", pairs, l2)
         rms["local"] = beta * sc.traj_log_probs(th_loc)
     if "online_dpo" in methods or "online_dpo_soft" in methods:
-        backend, hard, soft, dropped = TabularBackend(), [], [], []
-        for b, d in enumerate(data):
-            g = torch.Generator().manual_seed(20_011 * (b + 1) + 7)
-            op = online_dpo_pairs(backend, ref, r_hat[b].detach(), d.prompt, n_samples=n_online, generator=g, soft_labels=True)
-            dropped.append(op.n_dropped)
-            hard.append(PreferenceData(op.prompts, op.chosen, op.rejected))
-            soft.append(PreferenceData(op.prompts, op.chosen, op.rejected, p_w=op.p_w))
+        hard, soft, dropped = _online_pairs(problem, data, lambda b: ref, r_hat, n_online, seed_offset=7)
         out.extra["online_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
         if "online_dpo" in methods:
-            th = timed_fit("online_dpo", "dpo", Pairs.from_blocks(hard), l2, ref_base=base, ref_lp=ref_lp)
+            th = timed_fit("online_dpo", "dpo", hard, l2, ref_base=base, ref_lp=ref_lp)
             policies["online_dpo"] = sc.traj_log_probs(th, base)
         if "online_dpo_soft" in methods:
-            th = timed_fit("online_dpo_soft", "dpo", Pairs.from_blocks(soft), l2, ref_base=base, ref_lp=ref_lp)
+            th = timed_fit("online_dpo_soft", "dpo", soft, l2, ref_base=base, ref_lp=ref_lp)
             policies["online_dpo_soft"] = sc.traj_log_probs(th, base)
+    if "online_dpo_from_dpo" in methods or "online_dpo_soft_from_dpo" in methods:
+        # the offline DPO policy is the sampler and the new reference: π_θ ∝ exp(dpo_scores + f_θ), θ = 0 at it
+        dpo_base = [(s + b).detach() for s, b in zip(sc.scores(th_dpo), base)]  # (B, P, A**h)
+        m = problem.mdp
+        sampler = lambda b: TabularPolicy.from_logits(  # noqa: E731
+            m, [s[b].reshape(m.n_prompts, m.n_actions**h, m.n_actions) for h, s in enumerate(dpo_base)])
+        hard, soft, dropped = _online_pairs(problem, data, sampler, r_hat, n_online, seed_offset=11)
+        out.extra["online_from_dpo_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
+        dpo_lp = policies["dpo"].detach()
+        if "online_dpo_from_dpo" in methods:
+            th = timed_fit("online_dpo_from_dpo", "dpo", hard, l2, ref_base=dpo_base, ref_lp=dpo_lp)
+            policies["online_dpo_from_dpo"] = sc.traj_log_probs(th, dpo_base)
+        if "online_dpo_soft_from_dpo" in methods:
+            th = timed_fit("online_dpo_soft_from_dpo", "dpo", soft, l2, ref_base=dpo_base, ref_lp=dpo_lp)
+            policies["online_dpo_soft_from_dpo"] = sc.traj_log_probs(th, dpo_base)
     with torch.no_grad():
         for name, lp in policies.items():
             out.metrics[name] = {
@@ -354,6 +392,10 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
             "rkl_to_optimum": 0.0,
             "winrate": float(exact_win_rate(log_star.unsqueeze(0), ref_lp, problem.r_star)[0]),
         }
+        if heldout is not None:
+            out.extra["heldout_nll"] = {k: _to_grid(bt_loss(rms[v][:, heldout.prompt, heldout.xi_w],
+                                                            rms[v][:, heldout.prompt, heldout.xi_l]).mean(-1), S, K)
+                                        for k, v in (("dpo", "dpo"), ("rm", "global"))}
         fig7 = {k: _to_grid(heldout_bt_nll(v, ref_lp, problem.r_star), S, K) for k, v in rms.items()}
         fig7_floor = float(heldout_bt_nll(problem.r_star.unsqueeze(0), ref_lp, problem.r_star)[0])
         fig8 = {}
@@ -366,29 +408,26 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
     return out
 
 
-def select_regularisation(problem: GVGapProblem, *, n_pairs: list, seeds: list, grid: list, n_heldout: int,
-                          tol: float = 1e-7, heldout_seed: int = 999) -> dict:
-    r"""Choose the L2 coefficient c (L2 = c/N) once, for every DPO-type fit, by the held-out BT NLL of the
-    offline DPO implicit reward β(log π − log π_ref) on ``n_heldout`` fresh pairs from π_ref labelled by
-    BT(r*), averaged over seeds and N. Returns the grid, the held-out NLL per c, and the choice.
+def heldout_pairs(problem: GVGapProblem, n_heldout: int, seed: int = 999) -> PreferenceData:
+    """Fresh validation pairs ξ, ξ' ∼ π_ref labelled by BT(r*), independent of every training set."""
+    return sample_preferences(problem.mdp, problem.ref_log_probs, problem.r_star, n_heldout, torch.Generator().manual_seed(seed))
+
+
+def select_regularisation(runs: dict) -> dict:
+    r"""Choose the L2 coefficient c (L2 = c/N) once, for every fit from preferences, by the held-out BT NLL of the
+    offline DPO implicit reward β(log π − log π_ref) on fresh pairs (:func:`heldout_pairs`), averaged over seeds
+    and N. ``runs`` maps each candidate c to the :class:`RegimeResult` of ``run_regime(..., heldout=...)``.
+    The global RM's held-out NLL per c is reported alongside (``rm_would_choose``) but does not vote.
     """
-    S, K = len(seeds), len(n_pairs)
-    B = S * K
-    pairs = Pairs.from_blocks(_blocks(problem, n_pairs, seeds))
-    ref_lp = problem.ref_log_probs
-    held = sample_preferences(problem.mdp, ref_lp, problem.r_star, n_heldout, torch.Generator().manual_seed(heldout_seed))
-    sc, base = BatchedScorer(problem), [s.unsqueeze(0) for s in problem.ref_scores]
-    nll = []
-    for c in grid:
-        l2 = torch.tensor([c / n for _ in seeds for n in n_pairs], dtype=torch.float64)
-        th, _ = fit_batched(sc, "dpo", pairs, l2, B=B, ref_base=base, ref_lp=ref_lp, tol=tol, beta=problem.beta)
-        r = problem.beta * (sc.traj_log_probs(th, base) - ref_lp).detach()
-        per = bt_loss(r[:, held.prompt, held.xi_w], r[:, held.prompt, held.xi_l]).mean(-1)  # (B,)
-        nll.append(_to_grid(per, S, K).tolist())
-    mean = [float(torch.tensor(x).mean()) for x in nll]
+    grid = list(runs)
+    mean = [float(runs[c].extra["heldout_nll"]["dpo"].mean()) for c in grid]
+    mean_rm = [float(runs[c].extra["heldout_nll"]["rm"].mean()) for c in grid]
     best = int(torch.tensor(mean).argmin())
-    return {"grid": list(grid), "heldout_nll_mean": mean, "heldout_nll": nll, "chosen": grid[best],
-            "n_heldout": n_heldout, "selected_on": problem.name, "selected_by": "offline DPO implicit RM"}
+    return {"grid": grid, "heldout_nll_mean": mean, "chosen": grid[best],
+            "chosen_at_grid_edge": len(grid) > 1 and best in (0, len(grid) - 1),
+            "heldout_nll": [runs[c].extra["heldout_nll"]["dpo"].tolist() for c in grid],
+            "rm_heldout_nll_mean": mean_rm, "rm_would_choose": grid[int(torch.tensor(mean_rm).argmin())],
+            "selected_by": "offline DPO implicit RM, held-out BT NLL (mean over seeds and N)"}
 
 
 def summarize(x: torch.Tensor) -> dict:
@@ -411,6 +450,7 @@ def regime_to_json(res: RegimeResult) -> dict:
         "fig7_bayes_floor": ex["fig7_bayes_floor"],
         "fig8_bon_winrate_vs_ref": {"bon_n": ex["bon_n"], **{k: summarize(v) for k, v in ex["fig8"].items()}},
         "online_dropped_prompts": ex.get("online_dropped_prompts"),
+        "online_from_dpo_dropped_prompts": ex.get("online_from_dpo_dropped_prompts"),
         "n_online_samples": ex["n_online"],
         "l2_coef": ex["l2_coef"],
         "fits": ex["fits"],
