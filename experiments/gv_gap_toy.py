@@ -143,10 +143,10 @@ def table(name: str, reg: dict) -> str:
     ns = reg["n_pairs"]
     lines = [f"== {name}   KL(P_pi || P*) [win rate vs pi_ref], mean ± s.e.m. over {len(reg['seeds'])} seeds; "
              f"pi_ref: KL {reg['ref_policy']['rkl_to_optimum']:.3f}, optimum win rate {reg['optimum']['winrate']:.3f}",
-             f"{'method':<16}" + "".join(f"{'N=' + str(n):>24}" for n in ns)]
+             f"{'method':<26}" + "".join(f"{'N=' + str(n):>24}" for n in ns)]
     for m, d in reg["methods"].items():
         k, w = d["rkl_to_optimum"], d["winrate"]
-        lines.append(f"{m:<16}" + "".join(f"{k['mean'][i]:>9.3f}±{k['sem'][i]:.3f} [{w['mean'][i]:.3f}]" for i in range(len(ns))))
+        lines.append(f"{m:<26}" + "".join(f"{k['mean'][i]:>9.3f}±{k['sem'][i]:.3f} [{w['mean'][i]:.3f}]" for i in range(len(ns))))
     f7 = reg["fig7_heldout_bt_nll"]
     lines.append(f"held-out BT NLL (Fig. 7; Bayes floor {reg['fig7_bayes_floor']:.4f}):")
     for k, v in f7.items():

@@ -341,6 +341,11 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
         step(name)
         return th
 
+    def online_fits(*named_pairs, ref_base, ref_lp):  # DPO on online pairs with π_ref := the sampling policy
+        for name, prs in named_pairs:
+            if name in methods:
+                policies[name] = sc.traj_log_probs(timed_fit(name, "dpo", prs, l2, ref_base=ref_base, ref_lp=ref_lp), ref_base)
+
     th_rm = timed_fit("rm", "rm", pairs, l2)
     r_hat = sc.reward(th_rm)  # (B, P, T)
     rms["global"] = r_hat
@@ -357,12 +362,7 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
     if "online_dpo" in methods or "online_dpo_soft" in methods:
         hard, soft, dropped = _online_pairs(problem, data, lambda b: ref, r_hat, n_online, seed_offset=7)
         out.extra["online_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
-        if "online_dpo" in methods:
-            th = timed_fit("online_dpo", "dpo", hard, l2, ref_base=base, ref_lp=ref_lp)
-            policies["online_dpo"] = sc.traj_log_probs(th, base)
-        if "online_dpo_soft" in methods:
-            th = timed_fit("online_dpo_soft", "dpo", soft, l2, ref_base=base, ref_lp=ref_lp)
-            policies["online_dpo_soft"] = sc.traj_log_probs(th, base)
+        online_fits(("online_dpo", hard), ("online_dpo_soft", soft), ref_base=base, ref_lp=ref_lp)
     if "online_dpo_from_dpo" in methods or "online_dpo_soft_from_dpo" in methods:
         # the offline DPO policy is the sampler and the new reference: π_θ ∝ exp(dpo_scores + f_θ), θ = 0 at it
         dpo_base = [(s + b).detach() for s, b in zip(sc.scores(th_dpo), base)]  # (B, P, A**h)
@@ -371,13 +371,8 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
             m, [s[b].reshape(m.n_prompts, m.n_actions**h, m.n_actions) for h, s in enumerate(dpo_base)])
         hard, soft, dropped = _online_pairs(problem, data, sampler, r_hat, n_online, seed_offset=11)
         out.extra["online_from_dpo_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
-        dpo_lp = policies["dpo"].detach()
-        if "online_dpo_from_dpo" in methods:
-            th = timed_fit("online_dpo_from_dpo", "dpo", hard, l2, ref_base=dpo_base, ref_lp=dpo_lp)
-            policies["online_dpo_from_dpo"] = sc.traj_log_probs(th, dpo_base)
-        if "online_dpo_soft_from_dpo" in methods:
-            th = timed_fit("online_dpo_soft_from_dpo", "dpo", soft, l2, ref_base=dpo_base, ref_lp=dpo_lp)
-            policies["online_dpo_soft_from_dpo"] = sc.traj_log_probs(th, dpo_base)
+        online_fits(("online_dpo_from_dpo", hard), ("online_dpo_soft_from_dpo", soft), ref_base=dpo_base,
+                    ref_lp=policies["dpo"].detach())
     with torch.no_grad():
         for name, lp in policies.items():
             out.metrics[name] = {
