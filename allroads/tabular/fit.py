@@ -72,6 +72,11 @@ def minimize_lbfgs(
     """Minimise a differentiable scalar ``fun(θ) -> torch scalar`` with scipy's L-BFGS-B, gradients by autograd.
 
     Converged means max|∇fun(θ)| ≤ ``tol`` at the returned θ; otherwise raise :class:`ConvergenceError`.
+
+    Caveat (first-order stopping): where a softmax saturates the gradient is proportional to a tiny
+    probability, so a small gradient does not certify a point near the optimum — a fit started with
+    saturated logits can stop "converged" far from it. Start from moderate logits (the classes' ``init()``
+    is θ = 0), add L2, or compare fits from several starts (``proofs_check`` does) when that matters.
     """
     theta0 = torch.as_tensor(theta0, dtype=torch.float64).detach().reshape(-1)
 
