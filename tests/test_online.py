@@ -60,7 +60,7 @@ def test_soft_label_online_dpo_population_optimum_is_soft_optimal_policy(setup):
     p_, w_, l_ = (torch.tensor(c) for c in zip(*rows))
     data = PreferenceData(p_, w_, l_, p_w=torch.sigmoid(r[p_, w_] - r[p_, l_]), weight=2 * q[p_, w_] * q[p_, l_])
     cls = TabularSoftmaxPolicy(mdp)
-    res = fit_policy_mle(cls, data, beta=beta, ref=pol, tol=1e-9)
+    res = fit_policy_mle(cls, data, beta=beta, ref=pol, tol=1e-8)
     target = soft_value_iteration(mdp, r, ref=pol, beta=beta).policy.traj_log_probs()
     torch.testing.assert_close(cls.traj_log_probs(res.theta), target, atol=1e-6, rtol=0)
 

@@ -227,7 +227,7 @@ def test_rkl_projection_onto_tabular_class_returns_target():
     g = torch.Generator().manual_seed(6)
     target = gibbs_log_probs(mdp, rand_reward(mdp, g), 0.8, TabularPolicy.random(mdp, g).traj_log_probs())
     cls = TabularSoftmaxPolicy(mdp)
-    fit = rkl_projection(cls, target, theta0=cls.init(g, 1.0), tol=1e-9)
+    fit = rkl_projection(cls, target, theta0=cls.init(g, 1.0), tol=1e-8)
     assert float(tv_distance(cls.traj_log_probs(fit.theta), target).max()) < 1e-6
 
 
@@ -237,10 +237,10 @@ def test_tabular_dpo_equals_rlhf_with_reference():
     g = torch.Generator().manual_seed(7)
     ref = TabularPolicy.random(mdp, g)
     data = population_preferences(mdp, rand_reward(mdp, g))
-    r_hat = TabularReward(mdp).reward(fit_bt_reward(TabularReward(mdp), data, tol=1e-9).theta)
+    r_hat = TabularReward(mdp).reward(fit_bt_reward(TabularReward(mdp), data, tol=1e-8).theta)
     rlhf = soft_value_iteration(mdp, r_hat, ref=ref, beta=beta).policy
     cls = TabularSoftmaxPolicy(mdp)
-    dpo = fit_policy_mle(cls, data, beta=beta, ref=ref, theta0=cls.init(g, 0.5), tol=1e-9)
+    dpo = fit_policy_mle(cls, data, beta=beta, ref=ref, theta0=cls.init(g, 0.5), tol=1e-8)
     assert float(tv_distance(cls.traj_log_probs(dpo.theta), rlhf.traj_log_probs()).max()) < 1e-6
 
 
