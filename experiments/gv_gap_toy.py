@@ -119,17 +119,21 @@ def run(cfg: Config, progress: bool = True) -> dict:
     held = heldout_pairs(gv, cfg.n_heldout)
     runs = {c: run_regime(gv, l2_coef=c, heldout=held, **common) for c in cfg.l2_grid}
     sel = select_regularisation(runs)
-    c = sel["chosen"]
+    c, c_rm = sel["chosen"], sel["chosen_rm"]
     sensitivity = {str(cc): {m: regime_to_json(r)["methods"][m]["rkl_to_optimum"] for m in r.metrics} for cc, r in runs.items()}
-    regimes = {}
-    for name in cfg.regimes:
-        regimes[name] = regime_to_json(runs[c] if name == "gv_gap" else run_regime(make_problem(name, **pk), l2_coef=c, **common))
+    # main tables: the DPO-validated c shared by every fit (the RM too), so bandit_h1 stays an exact control
+    # (Thm 2.2 needs identical regularisers). Secondary: each stage at its own validated c (RM at c_rm).
+    own = {"rlhf_at_c_rm": sensitivity[str(c_rm)]["rlhf"],
+           **{m: sensitivity[str(c)][m] for m in sensitivity[str(c)] if m != "rlhf"}}
+    regimes = {name: regime_to_json(runs[c] if name == "gv_gap" else run_regime(make_problem(name, **pk), l2_coef=c, **common))
+               for name in cfg.regimes}
     bar.close()
     fits = [f for r in regimes.values() for f in r["fits"].values()]
     return {
         "config": dataclasses.asdict(cfg),
         "git_revision": git_revision(),
-        "regularisation": {**sel, "sensitivity_gv_gap_rkl_to_optimum": sensitivity},
+        "regularisation": {**sel, "sensitivity_gv_gap_rkl_to_optimum": sensitivity,
+                           "gv_gap_each_stage_own_c_rkl_to_optimum": own},
         "regimes": regimes,
         "timing": {
             "wall_seconds": time.perf_counter() - t0,
@@ -207,14 +211,18 @@ def main(argv=None) -> dict:
     (out / "config.json").write_text(json.dumps({"config": results["config"], "git_revision": results["git_revision"]}, indent=1))
     plot(results, out)
     sel = results["regularisation"]
-    print(f"shared L2 = c/N, c chosen on held-out pairs by offline DPO: {sel['chosen']} "
-          f"(held-out NLL per c {dict(zip(sel['grid'], [round(x, 4) for x in sel['heldout_nll_mean']]))}; the global RM's "
-          f"own held-out NLL would pick {sel['rm_would_choose']})" + (" WARNING: at the grid's edge" if sel["chosen_at_grid_edge"] else ""))
+    nll = lambda key: dict(zip(sel["grid"], [round(x, 4) for x in sel[key]]))  # noqa: E731
+    print(f"L2 = c/N chosen once on held-out pairs by offline DPO: c = {sel['chosen']}, shared by every fit "
+          f"(DPO held-out NLL per c {nll('heldout_nll_mean')}); the global RM's own held-out NLL picks c_rm = "
+          f"{sel['chosen_rm']} ({nll('rm_heldout_nll_mean')})" + (" WARNING: at the grid's edge" if sel["chosen_at_grid_edge"] else ""))
     for name, reg in results["regimes"].items():
         print(table(name, reg))
     print("sensitivity (gv_gap, KL to optimum at each N) per c:")
     for c, d in sel["sensitivity_gv_gap_rkl_to_optimum"].items():
         print(f"  c={c}: " + "; ".join(f"{m} " + " ".join(f"{x:.3f}" for x in v["mean"]) for m, v in d.items()))
+    own = sel["gv_gap_each_stage_own_c_rkl_to_optimum"]
+    print(f"gv_gap, each stage at its own validated c (rlhf: RM at c_rm = {sel['chosen_rm']}; others at c = {sel['chosen']}): "
+          + "; ".join(f"{m} " + " ".join(f"{x:.3f}" for x in v["mean"]) for m, v in own.items()))
     t = results["timing"]
     print(f"wall {t['wall_seconds']:.1f} s; {t['seconds_per_fit_mean'] * 1e3:.1f} ms per fit (batched); written to {out}/")
     return results

@@ -41,7 +41,13 @@ def test_results_schema(small_run):
                 assert all(x == x for x in d["mean"])  # no NaN
         assert all(0 <= x <= 1 for x in reg["methods"]["rlhf"]["winrate"]["mean"])
         assert all(x >= 0 for m in reg["methods"].values() for x in m["rkl_to_optimum"]["mean"])
-    assert small_run["regularisation"]["chosen"] in (1.0, 3.0)
+    sel = small_run["regularisation"]
+    assert sel["chosen"] in (1.0, 3.0) and sel["chosen_rm"] in (1.0, 3.0)
+    # the selections are the argmins of the recorded held-out NLLs (mean over seeds and N)
+    assert sel["chosen"] == sel["grid"][min(range(2), key=lambda i: sel["heldout_nll_mean"][i])]
+    assert sel["chosen_rm"] == sel["grid"][min(range(2), key=lambda i: sel["rm_heldout_nll_mean"][i])]
+    own = sel["gv_gap_each_stage_own_c_rkl_to_optimum"]
+    assert own["rlhf_at_c_rm"] == sel["sensitivity_gv_gap_rkl_to_optimum"][str(sel["chosen_rm"])]["rlhf"]
     assert set(small_run["regularisation"]["sensitivity_gv_gap_rkl_to_optimum"]) == {"1.0", "3.0"}
     assert small_run["git_revision"]
 
