@@ -194,17 +194,26 @@ class DPORM:
 class RougeRM:
     """ROUGE-L F1 against the prompt's reference (the preferred completion; Fig. 11, App. B.1)."""
 
-    references: dict
-    """prompt text → reference summary text."""
+    references: dict | tuple
+    """Either a dict prompt text → reference summary text, or a tuple of reference texts aligned with the
+    prompts of each ``score`` call (row i scored against ``references[i]``; for data where one prompt occurs
+    in several preference rows, each with its own preferred completion)."""
 
     def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
         from .rouge import rouge_l_f1
 
-        missing = [i for i, p in enumerate(prompts) if p not in self.references]
-        if missing:
-            raise ValueError(f"RougeRM: {len(missing)} prompt(s) have no reference (first: index {missing[0]})")
-        return torch.tensor([[rouge_l_f1(c.text, self.references[p]) for c in row]
-                             for p, row in zip(prompts, completions)], dtype=torch.float64)
+        if isinstance(self.references, dict):
+            missing = [i for i, p in enumerate(prompts) if p not in self.references]
+            if missing:
+                raise ValueError(f"RougeRM: {len(missing)} prompt(s) have no reference (first: index {missing[0]})")
+            refs = [self.references[p] for p in prompts]
+        else:
+            if len(self.references) != len(prompts):
+                raise ValueError(f"RougeRM: {len(self.references)} aligned references for {len(prompts)} prompts; "
+                                 "pass one reference per prompt row (or a dict prompt -> reference)")
+            refs = list(self.references)
+        return torch.tensor([[rouge_l_f1(c.text, ref) for c in row] for ref, row in zip(refs, completions)],
+                            dtype=torch.float64)
 
 
 @dataclass(frozen=True)

@@ -181,10 +181,18 @@ class DPOConfig(TrainConfig):
     """π_ref weights (the SFT policy); empty = a frozen copy of the initial ``model``."""
     precompute_ref: bool = True
     """Compute π_ref's sequence log-probs once in a pass before training and store them
-    (``output_dir/ref_logps.pt``), so π_ref need not stay in memory during training."""
+    (``output_dir/ref_logps.pt``, with a key of π_ref's weights, ``ref_temperature``, the pairs and the
+    numerics), so π_ref need not stay in memory during training. A stored table is reused only when its key
+    matches (resume); otherwise it is recomputed."""
     temperature: float = 1.0
-    """Divide policy and reference logits by this before the softmax (online DPO on samples drawn at
-    temperature 0.1 uses 0.1, i.e. logits × 10; Table 3 caption)."""
+    """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
+    at its own temperature). Setting it to the sampling temperature as well gives the other reading of the
+    Table 3 caption (both π and π_ref at T); the issue and this codebase use π only at 1."""
+    ref_temperature: float = 1.0
+    """Divide *π_ref's* logits by this before the softmax in log π_ref(ξ), live or precomputed. Offline DPO:
+    1 (π_ref = π_sft, Table 3). Online DPO: the sampling temperature, 0.1 in the paper: π_ref is "whatever
+    generated the training data … scale logits by the inverse of the sampling temperature 1/0.1 = 10 before
+    taking the softmax" (Table 3 caption), i.e. the tempered distribution the pairs were drawn from."""
 
     @property
     def stage(self) -> str:
@@ -192,8 +200,9 @@ class DPOConfig(TrainConfig):
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)
-        if self.beta <= 0 or self.temperature <= 0:
-            raise ValueError(f"beta ({self.beta}) and temperature ({self.temperature}) must be > 0")
+        if self.beta <= 0 or self.temperature <= 0 or self.ref_temperature <= 0:
+            raise ValueError(f"beta ({self.beta}), temperature ({self.temperature}) and ref_temperature "
+                             f"({self.ref_temperature}) must be > 0")
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,8 @@ class LocalRMConfig(DPOConfig):
     ref_model: str = ""
     """Unused: a local RM has no π_ref (Table 4)."""
     precompute_ref: bool = False
+    """Unused: there is no reference."""
+    ref_temperature: float = 1.0
     """Unused: there is no reference."""
 
     @property

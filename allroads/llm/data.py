@@ -50,6 +50,7 @@ __all__ = [
     "TokenizedSFT",
     "TokenizedPair",
     "PROMPT_TEMPLATE",
+    "TWO_WORD_PROMPT_TEMPLATE",
     "format_prompt",
     "load_sft_rows",
     "load_comparison_rows",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
+TWO_WORD_PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTwo-Word TL;DR:"
+"""Fig. 10 (App. B.1): the standard prompt with "TL;DR:" replaced by "Two-Word TL;DR:"."""
 _PROMPT_RE = re.compile(r"^SUBREDDIT: r/(?P<subreddit>.*?)\n\nTITLE: (?P<title>.*?)\n\nPOST: (?P<post>.*)\n\nTL;DR:\s*$", re.S)
 _HUB_DEFAULT_CONFIG = {"openai/summarize_from_feedback": "comparisons"}
 
@@ -312,10 +315,13 @@ def _n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def format_prompt(subreddit: str, title: str, post: str, tokenizer, max_tokens: int = 512, where: str = "") -> tuple[str, bool]:
+def format_prompt(subreddit: str, title: str, post: str, tokenizer, max_tokens: int = 512, where: str = "", *,
+                  template: str = PROMPT_TEMPLATE) -> tuple[str, bool]:
     r"""The paper's prompt, with the post cut until the prompt fits ``max_tokens`` tokens (Table 1).
 
         "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
+
+    (``template=TWO_WORD_PROMPT_TEMPLATE`` ends in "Two-Word TL;DR:" instead, Fig. 10.)
 
     Cutting rule, applied repeatedly until it fits: drop the post's text from its last newline on
     (Stiennon et al.'s preprocessing); if the post has no newline, drop it from its last whitespace;
@@ -325,7 +331,7 @@ def format_prompt(subreddit: str, title: str, post: str, tokenizer, max_tokens: 
     """
     cut = False
     while True:
-        prompt = PROMPT_TEMPLATE.format(subreddit=subreddit, title=title, post=post)
+        prompt = template.format(subreddit=subreddit, title=title, post=post)
         n = _n_tokens(tokenizer, prompt)
         if n <= max_tokens:
             return prompt, cut

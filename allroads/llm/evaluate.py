@@ -87,14 +87,17 @@ def _empty_to_placeholder(texts: list[str]) -> tuple[list[str], int]:
 
 
 def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], posts: Sequence[str],
-                    references: Sequence[str], *, temperature: float = 0.01, seed: int = 0) -> dict:
+                    references: Sequence[str], *, temperature: float = 0.01, seed: int = 0,
+                    max_new_tokens: int | None = None) -> dict:
     """Win rate of ``policy`` against the reference summaries, judged by ``judge`` (B.4; Figs. 3, 5, 6, 10, 12).
 
-    One sample per prompt at T = 0.01. Returns the judge's summary (wins, losses, unparseable, errors,
-    win_rate) plus ``unfinished`` (samples cut at the budget) and ``empty`` (empty summaries)."""
+    One sample per prompt at T = 0.01 (``max_new_tokens``: the backend's budget unless given; 5 for the
+    two-word TL;DR of Fig. 10). Returns the judge's summary (wins, losses, unparseable, errors, win_rate)
+    plus ``unfinished`` (samples cut at the budget) and ``empty`` (empty summaries)."""
     from .judge import win_rate
 
-    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed)
+    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed,
+                                       max_new_tokens=max_new_tokens)
     texts, empty = _empty_to_placeholder([row[0].text for row in comps])
     res = win_rate(judge, list(posts), texts, list(references))
     return {**res.summary(), "unfinished": unfinished, "empty": empty, "samples": texts}
@@ -102,13 +105,23 @@ def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], 
 
 def policy_rouge(backend: LLMBackend, policy, prompts: Sequence[str], references: Sequence[str], *,
                  temperature: float = 0.01, seed: int = 0) -> dict:
-    """Mean ROUGE-L F1 of one T = 0.01 sample per prompt against ``references`` (Fig. 11)."""
+    """Mean ROUGE-L F1 of one T = 0.01 sample per prompt against ``references`` (Fig. 11; B.4: the preferred
+    completions of the PFT validation set).
+
+    ``prompts[i]``/``references[i]`` are rows; a prompt that occurs in several rows (one post, several
+    comparisons) is sampled once and its sample is scored against each row's reference, so every row counts
+    once. Returns the mean over rows, its standard error, ``n`` rows, ``n_prompts`` distinct prompts and
+    ``unfinished`` (of the distinct samples)."""
     from .rouge import rouge_l_f1_batch
 
-    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed)
-    f1 = torch.tensor(rouge_l_f1_batch([r[0].text for r in comps], list(references)), dtype=torch.float64)
+    if len(prompts) != len(references) or not prompts:
+        raise ValueError(f"policy_rouge: {len(prompts)} prompts and {len(references)} references; need equal, non-zero")
+    distinct = list(dict.fromkeys(prompts))
+    comps, unfinished = policy_samples(backend, policy, distinct, n=1, temperature=temperature, seed=seed)
+    text = {p: row[0].text for p, row in zip(distinct, comps)}
+    f1 = torch.tensor(rouge_l_f1_batch([text[p] for p in prompts], list(references)), dtype=torch.float64)
     return {"rouge_l": float(f1.mean()), "se": float(f1.std() / math.sqrt(len(f1))) if len(f1) > 1 else float("nan"),
-            "n": len(f1), "unfinished": unfinished}
+            "n": len(f1), "n_prompts": len(distinct), "unfinished": unfinished}
 
 
 def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge, prompts: Sequence[str],

@@ -30,7 +30,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-__all__ = ["RuleJudgeServer", "overlap_score", "split_judge_prompt"]
+__all__ = ["RuleJudgeServer", "overlap_score", "split_judge_prompt", "split_summary_prompt"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -58,6 +58,16 @@ def split_judge_prompt(prompt: str) -> tuple[str, str, str] | None:
     return strip(sections["Post"]), strip(sections["Summary A"]), strip(sections["Summary B"])
 
 
+_SUMMARY_PROMPT = re.compile(r"^Given the following forum post, please write a summary of the post of length at\n"
+                             r"most two words\..*?\n### Post:\n(?P<post>.*)\n\n### Instructions:\n", re.S)
+
+
+def split_summary_prompt(prompt: str) -> str | None:
+    """The post of a rendered two-word summary-writing prompt (App. B.1, Fig. 10), or None if it is not one."""
+    m = _SUMMARY_PROMPT.match(prompt)
+    return None if m is None else m["post"]
+
+
 class RuleJudgeServer:
     """OpenAI-compatible ``POST /v1/chat/completions`` on ``127.0.0.1:<free port>``.
 
@@ -70,6 +80,10 @@ class RuleJudgeServer:
             error body) before answering normally.
         fail_status: the status used by ``fail_first`` (429 rate limit, or 500/502/503 server errors).
         malformed: ``malformed(prompt) -> bool``; when True the answer has no valid ``Preferred:`` line.
+        write: ``write(post, k) -> str``, the stand-in writer of two-word summaries: a two-word summary-writing
+            prompt (App. B.1) is answered ``Summary: <write(post, k)>`` where k counts the earlier requests
+            of the same prompt (0, 1, …), so the two samples of one post differ. None: such prompts get the
+            "could not find" answer.
         host: a loopback address; anything else raises ValueError.
         port: 0 = a free port chosen by the OS.
 
@@ -85,6 +99,7 @@ class RuleJudgeServer:
         fail_first: int = 0,
         fail_status: int = 429,
         malformed: Callable[[str], bool] | None = None,
+        write: Callable[[str, int], str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ):
@@ -99,7 +114,8 @@ class RuleJudgeServer:
             raise ValueError(
                 f"RuleJudgeServer(fail_status={fail_status}): use 429 (rate limit) or a 5xx server error."
             )
-        self.score, self.respond, self.malformed = score, respond, malformed
+        self.score, self.respond, self.malformed, self.write = score, respond, malformed, write
+        self._written: dict[str, int] = {}
         self.fail_first, self.fail_status = fail_first, fail_status
         self.n_requests = 0
         self.n_answered = 0
@@ -141,6 +157,11 @@ class RuleJudgeServer:
         """The assistant message for ``prompt`` (no failure injection)."""
         if self.respond is not None:
             return self.respond(prompt)
+        if self.write is not None and (post := split_summary_prompt(prompt)) is not None:
+            with self._lock:
+                k = self._written.get(prompt, 0)
+                self._written[prompt] = k + 1
+            return f"Summary: {self.write(post, k)}"
         if self.malformed is not None and self.malformed(prompt):
             return "Comparison: Both summaries are fine.\nPreferred: both"
         split = split_judge_prompt(prompt)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 __all__ = [
     "HubUnreachableError",
     "tiny_config",
+    "tiny_shape",
     "load_tokenizer",
     "build_tiny_tokenizer",
     "load_policy",
@@ -119,16 +120,36 @@ def _from_pretrained(cls, name: str, what: str, **kw):
         raise _hub_error(name, what, err) from err
 
 
+def tiny_shape(name: str) -> tuple[int, int] | None:
+    """``(hidden, layers)`` of a tiny model name: ``"tiny"`` = (64, 2), ``"tiny:HIDDENxLAYERS"`` (e.g.
+    ``"tiny:96x2"``, the tiny stand-ins of the Pythia sizes in Fig. 9); None for any other name.
+    HIDDEN must be a positive multiple of the 4 attention heads."""
+    if name == "tiny":
+        return 64, 2
+    if not name.startswith("tiny:"):
+        return None
+    try:
+        hidden, layers = (int(v) for v in name[len("tiny:"):].split("x"))
+    except ValueError:
+        raise ValueError(f"model {name!r}: a tiny model is 'tiny' or 'tiny:HIDDENxLAYERS', e.g. 'tiny:96x2'") from None
+    if hidden <= 0 or hidden % 4 or layers <= 0:
+        raise ValueError(f"model {name!r}: HIDDEN must be a positive multiple of 4 (heads) and LAYERS >= 1")
+    return hidden, layers
+
+
 def load_policy(name: str, *, tokenizer=None, dtype: str = "float32", seed: int = 0, gradient_checkpointing: bool = False):
-    """A causal LM: ``"tiny"`` (random init from ``seed``, vocabulary of ``tokenizer``), a directory,
+    """A causal LM: ``"tiny"`` or ``"tiny:HIDDENxLAYERS"`` (random init from ``seed``, vocabulary of
+    ``tokenizer``; :func:`tiny_shape`), a directory,
     or a hub id (``EleutherAI/pythia-1.4b-deduped`` …)."""
     from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
 
-    if name == "tiny":
+    shape = tiny_shape(name)
+    if shape is not None:
         if tokenizer is None:
-            raise ValueError("load_policy('tiny') needs the tokenizer to size the vocabulary")
+            raise ValueError(f"load_policy({name!r}) needs the tokenizer to size the vocabulary")
         torch.manual_seed(seed)
-        cfg = tiny_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        cfg = tiny_config(len(tokenizer), hidden=shape[0], layers=shape[1], pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
         model = GPTNeoXForCausalLM(cfg).to(_DTYPES[dtype])
     else:
         model = _from_pretrained(AutoModelForCausalLM, name, "policy model", dtype=_DTYPES[dtype])
@@ -164,7 +185,7 @@ def load_reward_model(name: str, *, tokenizer=None, dtype: str = "float32", seed
     directory, a hub id) turned into one by :func:`reward_model_from_policy`."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if name != "tiny" and Path(name).is_dir():
+    if tiny_shape(name) is None and Path(name).is_dir():
         cfg = AutoConfig.from_pretrained(name)
         if any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
             rm = AutoModelForSequenceClassification.from_pretrained(name, dtype=_DTYPES[dtype])

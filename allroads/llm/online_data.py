@@ -11,10 +11,9 @@ inverse of the sampling temperature 1/0.1 = 10 before taking the softmax" (Table
   prompt augmentation of Fig. 5), scores with a reward model and forms best/worst pairs through
   :func:`allroads.online.online_dpo_pairs`; the scored samples are kept (:class:`ScoredSamples`, saved as
   jsonl) so that :func:`rerank` can redo the ranking with another RM without resampling.
-* :func:`reference_logps` computes log π_ref,T(ξ) with logits / T (T = the sampling temperature) and
-  :func:`train_online_dpo` hands them to :func:`allroads.llm.train.train_dpo` as its precomputed
-  reference table, so π_ref is the *tempered* sampling policy while the trained policy keeps its own
-  temperature (``DPOConfig.temperature``, 1 by default here).
+* :func:`train_online_dpo` is :func:`allroads.llm.train.train_dpo` with ``DPOConfig.ref_temperature`` set to
+  the sampling temperature, so π_ref is the *tempered* sampling policy, log π_ref,T(ξ) with logits / T
+  (:func:`reference_logps`), while the trained policy keeps its own temperature (``DPOConfig.temperature``, 1).
 """
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ import torch
 from ..online import OnlinePairs, online_dpo_pairs
 from .backend import Completions, LLMBackend
 from .config import DPOConfig
-from .data import TokenizedPair, collate_pairs
-from .models import sequence_logps
+from .data import TokenizedPair
 from .sample import Completion
 
 __all__ = ["OnlineDataConfig", "ScoredSamples", "OnlineDataReport", "build_online_pairs", "rerank",
@@ -197,53 +195,43 @@ def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[Tokenize
             for p, w, l, q in zip(p_ids, pairs.chosen, pairs.rejected, p_w)]
 
 
-@torch.no_grad()
 def reference_logps(ref, pairs: Sequence[TokenizedPair], *, temperature: float, micro_batch_size: int = 8,
                     device: str = "cpu", padding_side: str = "right") -> torch.Tensor:
     r"""log π_ref,T(ξ_w), log π_ref,T(ξ_l) for every pair with logits / T before the softmax (Table 3 caption):
 
         log π_ref,T(ξ) = Σ_h log softmax(logits_ref(s_h) / T)[a_h]
 
-    Returns shape (N, 2) float64, the table :func:`allroads.llm.train.train_dpo` stores as ``ref_logps.pt``.
+    A convenience wrapper of :func:`allroads.llm.train.precompute_ref_logps` (the code path training uses)
+    with ``ref_temperature = temperature``. Returns shape (N, 2) float64.
     """
+    from .train import precompute_ref_logps
+
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}: must be > 0")
-    was = ref.training
-    ref.to(device).eval()
-    table = torch.zeros((len(pairs), 2), dtype=torch.float64)
-    try:
-        for s in range(0, len(pairs), micro_batch_size):
-            idx = list(range(s, min(s + micro_batch_size, len(pairs))))
-            b = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], ref.config.pad_token_id,
-                                                            padding_side).items()}
-            logp, _ = sequence_logps(ref, b["input_ids"], b["attention_mask"], b["response_mask"], temperature)
-            table[idx] = torch.stack(logp.double().chunk(2), dim=1).cpu()
-    finally:
-        ref.train(was)
-    return table
+    cfg = DPOConfig(ref_temperature=temperature, micro_batch_size=micro_batch_size, device=device,
+                    padding_side=padding_side, bf16=False)
+    return precompute_ref_logps(ref, pairs, cfg)
 
 
-def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, ref_temperature: float,
+def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
                      tokenizer=None):
-    r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = the sampling policy at temperature ``ref_temperature``.
+    r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
+    temperature it sampled with:
 
-    ``train_dpo`` divides the logits of π and π_ref by the same ``cfg.temperature``; the paper scales only
-    π_ref's. So the reference table is computed here (:func:`reference_logps` at ``ref_temperature``) and
-    written to ``cfg.output_dir/ref_logps.pt``, which ``train_dpo`` (``precompute_ref=True``) loads instead
-    of recomputing. ``cfg.output_dir`` must be set.
+        cfg.ref_temperature := sampling_temperature   (0.1 in the paper: logits × 10 before the softmax)
+
+    The trained policy keeps ``cfg.temperature`` (1). A ``cfg.ref_temperature`` other than 1 (the default)
+    that disagrees with ``sampling_temperature`` raises, so the two can never silently differ. The reference
+    table goes through :func:`allroads.llm.train.train_dpo`'s keyed cache (``ref_logps.pt``).
     """
     from .train import train_dpo
 
-    if not cfg.output_dir:
-        raise ValueError("train_online_dpo needs cfg.output_dir (the reference table is written there)")
+    if sampling_temperature <= 0:
+        raise ValueError(f"sampling_temperature={sampling_temperature}: must be > 0")
+    if cfg.ref_temperature not in (1.0, sampling_temperature):
+        raise ValueError(f"cfg.ref_temperature={cfg.ref_temperature} contradicts sampling_temperature="
+                         f"{sampling_temperature}; online DPO's π_ref is the sampler at its own temperature")
     if not pairs:
         raise ValueError("train_online_dpo: no pairs (every prompt tied?)")
-    table = reference_logps(ref, pairs, temperature=ref_temperature, micro_batch_size=cfg.micro_batch_size,
-                            device=cfg.device or "cpu", padding_side=cfg.padding_side)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "ref_logps.pt.tmp"
-    torch.save(table, tmp)
-    tmp.replace(out / "ref_logps.pt")
-    (out / "ref_temperature.json").write_text(json.dumps({"ref_temperature": ref_temperature}))
-    return train_dpo(policy, None, pairs, dataclasses.replace(cfg, precompute_ref=True), tokenizer=tokenizer)
+    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, ref_temperature=sampling_temperature),
+                     tokenizer=tokenizer)

@@ -4,6 +4,12 @@ r"""The cached stage graph of the TL;DR experiments (Swamy et al. 2025, Sec. 3; 
      │  └─► local RM ──┤
      └────► DPO (1x/2x)┴─► sample (25 @ T=0.1) ─► score ─► best/worst pairs ─► online DPO ─► evaluate
 
+The PFT pairs are the human comparisons, or a model-generated dataset built by a stage of its own and
+consumed by the same RM / DPO stages: ``gpt_label_data`` (Fig. 6: two SFT samples, the judge picks),
+``two_word_data`` (Fig. 10: judge-written two-word summaries, judge-ranked) and ``rouge_data`` (Fig. 11: 25 SFT
+samples ranked by ROUGE-L against the preferred completion). Fig. 9 runs the SFT / RM stages once per model
+size (:meth:`Pipeline.for_model`).
+
 Every stage writes one directory ``<root>/<stage>-<hash>`` where the hash is that of the stage's config
 **and its inputs' hashes**; a stage whose directory holds ``DONE`` is not run again, so an interrupted or
 extended run redoes nothing already done (:attr:`Pipeline.executed` lists the stages a run actually
@@ -20,6 +26,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,7 +61,8 @@ class Settings:
     pft_limit: int = 0
     """Use only the first N PFT training pairs (0 = all)."""
     valid_limit: int = 0
-    """PFT validation pairs for Fig. 7 (0 = all 83.8K)."""
+    """PFT validation rows for Fig. 7's likelihoods and Fig. 11's ROUGE-L evaluation (0 = all 83.8K; B.4 does not
+    say how many rows Fig. 11 used)."""
     n_test: int = 600
     """SFT-test prompts for win rates (B.4: 600; 6000 for two-word)."""
     sft: SFTConfig = SFTConfig()
@@ -79,10 +87,32 @@ class Settings:
     """Name of the judge (B.4: gpt-4o); part of every evaluation stage's hash."""
     known_score: bool = False
     """Tiny preset: also report the synthetic data's known score of each policy's samples."""
+    data_seed: int = 0
+    """Seed of the sampling passes that build the model-generated preference datasets of Figs. 6 and 11 (built
+    once and shared by every training seed, like the human data they replace)."""
+    two_word_tokens: int = 5
+    """Response budget of two-word TL;DR (Fig. 10, B.1: 5 tokens), for sampling, online data and evaluation."""
+    n_test_two_word: int = 6000
+    """SFT-test prompts for the two-word win rates (B.4: 6000)."""
+    two_word_temperature: float = 1.0
+    """Temperature of the judge model when it writes two-word summaries (training pairs and the test references
+    of Fig. 10); the paper does not state it, 1.0 makes the two summaries of a post differ."""
+    size_models: tuple[tuple[str, str], ...] = (
+        ("1.4b", "EleutherAI/pythia-1.4b-deduped"), ("2.8b", "EleutherAI/pythia-2.8b-deduped"),
+        ("6.9b", "EleutherAI/pythia-6.9b-deduped"))
+    """Fig. 9: size label → base model of that size's SFT policy and global RM (B.2: Pythia deduped)."""
 
     @property
     def tokenizer_name(self) -> str:
         return self.tokenizer or self.model
+
+    def size_model(self, label: str) -> str:
+        """The base model of size ``label`` (Fig. 9), from :attr:`size_models`."""
+        known = dict(self.size_models)
+        if label not in known:
+            raise ValueError(f"model size {label!r} is not in Settings.size_models {sorted(known)}; add it there "
+                             "or use one of those labels in the figure config")
+        return known[label]
 
 
 def paper_settings(**overrides) -> Settings:
@@ -102,7 +132,8 @@ def tiny_settings(**overrides) -> Settings:
         local_rm=LocalRMConfig(**common, lr=1e-3, data="synthetic:160"),
         dpo=DPOConfig(**common, lr=1e-3, data="synthetic:160"),
         online=OnlineDataConfig(n_samples=6, temperature=0.7, max_new_tokens=8, sample_batch_size=32),
-        eq2_samples=4, judge_id="rule:synthetic_score", known_score=True,
+        eq2_samples=4, judge_id="rule:synthetic_score", known_score=True, n_test_two_word=24,
+        size_models=(("1.4b", "tiny"), ("2.8b", "tiny:96x2"), ("6.9b", "tiny:128x2")),
     )
     return dataclasses.replace(s, **overrides)
 
@@ -119,11 +150,10 @@ class FigureConfig:
     """N of best-of-N (Fig. 8, 9; N ≤ 25)."""
     fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     """Fractions of the PFT data (Fig. 12)."""
-    policy_sizes: tuple[str, ...] = ("EleutherAI/pythia-1.4b-deduped", "EleutherAI/pythia-2.8b-deduped")
-    """Policy base models (Fig. 9)."""
-    rm_sizes: tuple[str, ...] = ("EleutherAI/pythia-1.4b-deduped", "EleutherAI/pythia-2.8b-deduped",
-                                 "EleutherAI/pythia-6.9b-deduped")
-    """Global-RM base models (Fig. 9)."""
+    policy_sizes: tuple[str, ...] = ("1.4b", "2.8b")
+    """Policy sizes of Fig. 9 (labels of ``Settings.size_models``): BoN samples come from each size's SFT policy."""
+    rm_sizes: tuple[str, ...] = ("1.4b", "2.8b", "6.9b")
+    """Global-RM sizes of Fig. 9 (labels of ``Settings.size_models``); each RM is trained from its size's SFT."""
     notes: str = ""
     """What the figure shows (copied into its JSON)."""
 
@@ -134,6 +164,10 @@ class FigureConfig:
             raise ValueError("seeds: need at least one seed")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions={self.fractions}: each must be in (0, 1]")
+        if not self.policy_sizes or not self.rm_sizes:
+            raise ValueError("policy_sizes and rm_sizes: need at least one size each (Fig. 9)")
+        if not self.bon_ns or min(self.bon_ns) < 1:
+            raise ValueError(f"bon_ns={self.bon_ns}: need N >= 1")
 
 
 @dataclass(frozen=True)
@@ -189,8 +223,12 @@ class Pipeline:
         partial = self.root / f"{kind}-{h}.partial"
         partial.mkdir(parents=True, exist_ok=True)
         self.log(f"[pipeline] running {kind}-{h}")
+        t0 = time.perf_counter()
         build(partial)
+        seconds = time.perf_counter() - t0
         (partial / "stage.json").write_text(key)
+        (partial / "time.json").write_text(json.dumps({"seconds": seconds}))
+        self.log(f"[pipeline] finished {kind}-{h} in {seconds:.1f} s")
         shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the final model is in model/
         if final.exists():
             shutil.rmtree(final)
@@ -230,8 +268,42 @@ class Pipeline:
             self._rows[key] = rows
         return self._rows[key]
 
-    def prompt_text(self, r) -> str:
-        return D.format_prompt(r.subreddit, r.title, r.post, self.tokenizer, self.s.sft.max_prompt_tokens, r.where)[0]
+    def for_model(self, model: str) -> "Pipeline":
+        """This pipeline with ``model`` as the base model of every stage (Fig. 9's per-size SFT policies and RMs):
+        same cache root, judges, data and list of executed stages; ``self`` when ``model`` is already its model.
+        Every size keeps this pipeline's tokenizer (the Pythia suite shares one)."""
+        if model == self.s.model:
+            return self
+        s, tok = self.s, self.s.tokenizer_name
+        sub = dataclasses.replace(
+            s, model=model, tokenizer=tok, sft=dataclasses.replace(s.sft, model=model, tokenizer=tok),
+            rm=dataclasses.replace(s.rm, model=model, tokenizer=tok),
+            local_rm=dataclasses.replace(s.local_rm, model=model, tokenizer=tok),
+            dpo=dataclasses.replace(s.dpo, model=model, tokenizer=tok))
+        other = Pipeline(self.root, sub, self.judge_factory, log=self.log)
+        other.executed, other._rows, other._judges, other._tok = self.executed, self._rows, self._judges, self.tokenizer
+        return other
+
+    def prompt_text(self, r, two_word: bool = False) -> str:
+        """The paper's prompt of row ``r`` (Table 1); ``two_word``: ending in "Two-Word TL;DR:" (Fig. 10)."""
+        template = D.TWO_WORD_PROMPT_TEMPLATE if two_word else D.PROMPT_TEMPLATE
+        return D.format_prompt(r.subreddit, r.title, r.post, self.tokenizer, self.s.sft.max_prompt_tokens, r.where,
+                               template=template)[0]
+
+    def _distinct_prompts(self, rows, two_word: bool = False) -> tuple[list[str], list[str]]:
+        """Distinct prompts of ``rows`` in first-occurrence order, and the post of each (what the judge reads)."""
+        first: dict[str, str] = {}
+        for r in rows:
+            first.setdefault(self.prompt_text(r, two_word), r.post)
+        return list(first), list(first.values())
+
+    @staticmethod
+    def _write_pairs(out: Path, pairs: list[D.TokenizedPair]) -> None:
+        if not pairs:
+            raise ValueError(f"{out.name}: the stage produced no preference pairs (see its report.json)")
+        with (out / "pairs.jsonl").open("w") as f:
+            for p in pairs:
+                f.write(json.dumps(dataclasses.asdict(p)) + "\n")
 
     def human_pairs(self, fraction: float = 1.0, seed: int = 0) -> list[D.TokenizedPair]:
         from .evaluate import dataset_fraction
@@ -274,7 +346,7 @@ class Pipeline:
         return [D.TokenizedPair(**json.loads(l)) for l in (pairs.path / "pairs.jsonl").read_text().splitlines()]
 
     def _pair_spec(self, pairs: Artifact | None, fraction: float) -> dict:
-        return {"pairs": "human" if pairs is None else "online", "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
+        return {"pairs": "human" if pairs is None else pairs.kind, "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
                 "fraction": fraction}
 
     def rm(self, sft: Artifact, seed: int, pairs: Artifact | None = None, base: str = "") -> Artifact:
@@ -331,46 +403,185 @@ class Pipeline:
         raise ValueError(f"unknown RM kind {kind!r}; use global, local, dpo or known")
 
     def online_pairs(self, start: Artifact, rm: Artifact | None, rm_kind: str, seed: int, *, sft: Artifact | None = None,
-                     augment: bool = False, fraction: float = 1.0) -> Artifact:
+                     augment: bool = False, fraction: float = 1.0, two_word: bool = False) -> Artifact:
         """Sample once from ``start`` over all PFT prompts (+ SFT prompts if ``augment``, Fig. 5), score with the
-        RM, keep best/worst (B.1.1). Writes ``scored.jsonl`` (re-rankable), ``pairs.jsonl``, ``report.json``."""
+        RM, keep best/worst (B.1.1). ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10).
+        Writes ``scored.jsonl`` (re-rankable), ``pairs.jsonl``, ``report.json``."""
         ocfg = dataclasses.replace(self.s.online, seed=seed, prompt_augmentation=augment)
+        if two_word:
+            ocfg = dataclasses.replace(ocfg, max_new_tokens=self.s.two_word_tokens)
 
         def build(out: Path):
             from .evaluate import dataset_fraction
+            from .online_data import to_tokenized_pairs
 
             rows = self.pft_rows("train", self.s.pft_limit)
             if fraction < 1.0:
                 rows = [rows[i] for i in dataset_fraction(len(rows), fraction, seed)]
-            prompts = list(dict.fromkeys(self.prompt_text(r) for r in rows))  # one pass per distinct prompt
+            prompts, _ = self._distinct_prompts(rows, two_word)  # one pass per distinct prompt
             if augment:
-                prompts = list(dict.fromkeys(prompts + [self.prompt_text(r) for r in self.sft_rows("train", self.s.sft_limit)]))
+                prompts = list(dict.fromkeys(prompts + self._distinct_prompts(self.sft_rows("train", self.s.sft_limit),
+                                                                              two_word)[0]))
             be = self.backend()
             pairs, scored, rep = build_online_pairs(be, self.policy(start), self.scorer(rm_kind, rm, sft), prompts, ocfg)
             scored.save(out / "scored.jsonl")
-            from .online_data import to_tokenized_pairs
-
-            with (out / "pairs.jsonl").open("w") as f:
-                for p in to_tokenized_pairs(be, pairs):
-                    f.write(json.dumps(dataclasses.asdict(p)) + "\n")
+            self._write_pairs(out, to_tokenized_pairs(be, pairs))
             _atomic_json(out / "report.json", rep.to_dict())
             self.log(f"[online_pairs] {rep.to_dict()}")
 
         inputs = [start] + ([rm] if rm else []) + ([sft] if sft and rm_kind == "dpo" else [])
         spec = {"cfg": ocfg, "rm_kind": rm_kind, "fraction": fraction, "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
-                "sft_data": self.s.sft_data if augment else ""}
+                "sft_data": self.s.sft_data if augment else "", "two_word": two_word}
         return self.stage("online_pairs", spec, inputs, build)
+
+    # ------------------------------------------------------------------------------------ generated preference data
+    def rouge_data(self, sft: Artifact) -> Artifact:
+        """Fig. 11's preference data (App. B.1): ``online.n_samples`` (25) samples of π_sft at ``online.temperature``
+        (0.1) per distinct PFT-train prompt; each PFT-train row becomes the pair (best, worst) of its prompt's
+        samples by ROUGE-L F1 against *that row's* preferred completion (ties → lowest index; rows whose samples
+        all score the same are dropped and counted). Built once (``data_seed``) and shared by every training seed.
+        Writes ``scored.jsonl`` (per row: samples + ROUGE-L), ``references.json``, ``pairs.jsonl``, ``report.json``."""
+        o = self.s.online
+
+        def build(out: Path):
+            from .evaluate import policy_samples
+            from .online_data import rerank, to_tokenized_pairs
+
+            rows = self.pft_rows("train", self.s.pft_limit)
+            row_prompts = [self.prompt_text(r) for r in rows]
+            distinct = list(dict.fromkeys(row_prompts))
+            be = self.backend()
+            comps, unfinished = policy_samples(be, self.policy(sft), distinct, n=o.n_samples, temperature=o.temperature,
+                                               seed=self.s.data_seed, max_new_tokens=o.max_new_tokens)
+            by_prompt = dict(zip(distinct, comps))
+            per_row = ScoredSamples(row_prompts, [by_prompt[p] for p in row_prompts],
+                                    torch.zeros((len(rows), o.n_samples), dtype=torch.float64))
+            pairs, scored, rep = rerank(be, per_row, RougeRM(tuple(r.chosen for r in rows)))
+            scored.save(out / "scored.jsonl")
+            _atomic_json(out / "references.json", [r.chosen for r in rows])
+            report = {**rep.to_dict(), "n_rows": len(rows), "n_distinct_prompts": len(distinct),
+                      "n_unfinished_distinct_samples": unfinished}
+            _atomic_json(out / "report.json", report)
+            self.log(f"[rouge_data] {report}")
+            self._write_pairs(out, to_tokenized_pairs(be, pairs))
+
+        spec = {"online": o, "data_seed": self.s.data_seed, "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
+                "tokenizer": self.s.tokenizer_name}
+        return self.stage("rouge_data", spec, [sft], build)
+
+    def gpt_label_data(self, sft: Artifact) -> Artifact:
+        """Fig. 6's "GPT-label" preference data (App. B.1): two samples of π_sft at ``online.temperature`` (0.1) per
+        distinct PFT-train prompt, the winner picked by the judge with the standard evaluation prompt (B.4).
+        Pairs whose two samples have the same text carry no preference and are dropped; unparseable answers are
+        dropped; both are counted in ``report.json``. A failed judge request fails the stage (rerun to retry it;
+        answers already received are cached). Writes ``labelled.jsonl`` (texts), ``pairs.jsonl``, ``report.json``."""
+        o = self.s.online
+
+        def build(out: Path):
+            from .evaluate import policy_samples
+            from .judge import gpt_label_dataset
+
+            prompts, posts = self._distinct_prompts(self.pft_rows("train", self.s.pft_limit))
+            be = self.backend()
+            comps, unfinished = policy_samples(be, self.policy(sft), prompts, n=2, temperature=o.temperature,
+                                               seed=self.s.data_seed, max_new_tokens=o.max_new_tokens)
+            differ = [i for i, (a, b) in enumerate(comps) if a.text != b.text]
+            labelled, result = gpt_label_dataset(self.judge("standard"), [prompts[i] for i in differ],
+                                                 [posts[i] for i in differ], [comps[i][0].text for i in differ],
+                                                 [comps[i][1].text for i in differ])
+            _raise_on_judge_errors(result, "gpt_label_data")
+            pairs = []
+            for rec in result.records:
+                if rec.first_wins is not None:
+                    i = differ[rec.index]
+                    w, l = comps[i] if rec.first_wins else comps[i][::-1]
+                    pairs.append(D.TokenizedPair(be.encode_prompts([prompts[i]])[0], list(w.token_ids), list(l.token_ids)))
+            with (out / "labelled.jsonl").open("w") as f:
+                for row in labelled:
+                    f.write(json.dumps(row) + "\n")
+            report = {"n_prompts": len(prompts), "n_identical_samples": len(prompts) - len(differ),
+                      "n_pairs": len(pairs), "unparseable": result.unparseable, "n_unfinished_samples": unfinished,
+                      "judge": result.summary()}
+            _atomic_json(out / "report.json", report)
+            self.log(f"[gpt_label_data] {report}")
+            self._write_pairs(out, pairs)
+
+        spec = {"online": o, "data_seed": self.s.data_seed, "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
+                "judge": self.s.judge_id, "tokenizer": self.s.tokenizer_name}
+        return self.stage("gpt_label_data", spec, [sft], build)
+
+    def two_word_data(self) -> Artifact:
+        """Fig. 10's preference data (App. B.1): for every distinct PFT-train post the judge model writes two
+        two-word summaries (the B.1 prompt, temperature ``two_word_temperature``) and picks the winner with the
+        two-word B.4 prompt; pairs are ("Two-Word TL;DR:" prompt, " " + summary + EOS cut to ``two_word_tokens``).
+        Posts without two valid ``Summary:`` answers, with two equal summaries, or with an unparseable verdict
+        are dropped and counted in ``report.json``; a failed verdict request fails the stage."""
+        def build(out: Path):
+            from .judge import generate_two_word_summaries, two_word_preference_dataset
+
+            prompts, posts = self._distinct_prompts(self.pft_rows("train", self.s.pft_limit), two_word=True)
+            judge = self.judge("two_word")
+            sums = generate_two_word_summaries(judge, posts, n=2, temperature=self.s.two_word_temperature)
+            missing = sum(a is None or b is None for a, b in sums)
+            keep = [i for i, (a, b) in enumerate(sums) if a is not None and b is not None and a != b]
+            labelled, result = two_word_preference_dataset(judge, [prompts[i] for i in keep], [posts[i] for i in keep],
+                                                           [sums[i][0] for i in keep], [sums[i][1] for i in keep])
+            _raise_on_judge_errors(result, "two_word_data")
+            tok, budget, cut = self.tokenizer, self.s.two_word_tokens, 0
+            pairs = []
+            for row in labelled:
+                ids = []
+                for text in (row["chosen"], row["rejected"]):
+                    full = tok(" " + text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                    cut += len(full) > budget
+                    ids.append(full[:budget])
+                pairs.append(D.TokenizedPair(tok(row["prompt"], add_special_tokens=False)["input_ids"], *ids))
+            with (out / "labelled.jsonl").open("w") as f:
+                for row in labelled:
+                    f.write(json.dumps(row) + "\n")
+            report = {"n_prompts": len(prompts), "n_missing_summary": missing,
+                      "n_identical_summaries": len(prompts) - missing - len(keep), "n_pairs": len(pairs),
+                      "unparseable": result.unparseable, "n_responses_cut": cut, "judge": result.summary()}
+            _atomic_json(out / "report.json", report)
+            self.log(f"[two_word_data] {report}")
+            self._write_pairs(out, pairs)
+
+        spec = {"pft": self.s.pft_data, "pft_limit": self.s.pft_limit, "judge": self.s.judge_id,
+                "T": self.s.two_word_temperature, "tokens": self.s.two_word_tokens, "tokenizer": self.s.tokenizer_name,
+                "max_prompt_tokens": self.s.sft.max_prompt_tokens}
+        return self.stage("two_word_data", spec, [], build)
+
+    def two_word_refs(self) -> Artifact:
+        """Fig. 10's test references (Sec. 3.3: gpt-4o "provide[s] the reference summaries on the SFT prompt
+        holdout set"): one two-word summary per SFT-test post (first ``n_test_two_word``) from the judge model.
+        Posts without a valid ``Summary:`` answer are left out of the evaluation and counted."""
+        def build(out: Path):
+            from .judge import generate_two_word_summaries
+
+            rows = self.sft_rows("test", self.s.n_test_two_word)
+            sums = generate_two_word_summaries(self.judge("two_word"), [r.post for r in rows], n=1,
+                                               temperature=self.s.two_word_temperature)
+            refs = [{"index": i, "reference": s[0]} for i, s in enumerate(sums) if s[0] is not None]
+            if not refs:
+                raise ValueError("two_word_refs: the judge wrote no valid two-word reference")
+            _atomic_json(out / "refs.json", refs)
+            _atomic_json(out / "report.json", {"n_posts": len(rows), "n_refs": len(refs),
+                                               "n_missing": len(rows) - len(refs)})
+
+        spec = {"sft_data": self.s.sft_data, "n": self.s.n_test_two_word, "judge": self.s.judge_id,
+                "T": self.s.two_word_temperature}
+        return self.stage("two_word_refs", spec, [], build)
 
     def online_dpo(self, start: Artifact, pairs: Artifact, seed: int) -> Artifact:
         """DPO on online pairs from ``start`` with π_ref = ``start`` at the sampling temperature (Table 3)."""
-        cfg = dataclasses.replace(self.s.dpo, seed=seed)
-        t_ref = self.s.online.temperature
+        cfg = dataclasses.replace(self.s.dpo, seed=seed, ref_temperature=self.s.online.temperature)
 
         def build(out: Path):
             train_online_dpo(self.policy(start), self.policy(start), self._pairs(pairs, 1.0, seed),
-                             dataclasses.replace(cfg, output_dir=str(out)), ref_temperature=t_ref, tokenizer=self.tokenizer)
+                             dataclasses.replace(cfg, output_dir=str(out)), sampling_temperature=cfg.ref_temperature,
+                             tokenizer=self.tokenizer)
 
-        return self.stage("online_dpo", {"cfg": cfg, "ref_temperature": t_ref}, [start, pairs], build)
+        return self.stage("online_dpo", {"cfg": cfg}, [start, pairs], build)
 
     # ------------------------------------------------------------------------------------ evaluation stages
     def _test(self):
@@ -399,15 +610,42 @@ class Pipeline:
 
         return self._result("eval_winrate", {"seed": seed, "T": self.s.eval_temperature}, [policy], compute)
 
+    def win_rate_two_word(self, policy: Artifact, seed: int = 0) -> dict:
+        """Fig. 10: two-word win rate (B.4's two-word prompt) of one T = 0.01, 5-token sample per "Two-Word TL;DR:"
+        SFT-test prompt against the judge-written references of :meth:`two_word_refs`."""
+        refs = self.two_word_refs()
+
+        def compute():
+            from .evaluate import policy_win_rate
+            from .synthetic import synthetic_score
+
+            rows = self.sft_rows("test", self.s.n_test_two_word)
+            ref = json.loads((refs.path / "refs.json").read_text())
+            sel = [rows[d["index"]] for d in ref]
+            posts = [r.post for r in sel]
+            res = policy_win_rate(self.backend(), self.policy(policy), self.judge("two_word"),
+                                  [self.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
+                                  temperature=self.s.eval_temperature, seed=seed, max_new_tokens=self.s.two_word_tokens)
+            if self.s.known_score:
+                res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
+            return res
+
+        spec = {"seed": seed, "T": self.s.eval_temperature, "tokens": self.s.two_word_tokens,
+                "n_test_two_word": self.s.n_test_two_word}
+        return self._result("eval_winrate_2w", spec, [policy, refs], compute)
+
     def rouge(self, policy: Artifact, seed: int = 0) -> dict:
+        """Fig. 11: mean ROUGE-L F1 of one T = 0.01 sample per prompt against the preferred completion of each
+        PFT-validation row (first ``valid_limit`` rows; B.4)."""
         def compute():
             from .evaluate import policy_rouge
 
-            prompts, _, refs = self._test()
-            return policy_rouge(self.backend(), self.policy(policy), prompts, refs, temperature=self.s.eval_temperature,
-                                seed=seed)
+            rows = self.pft_rows("validation", self.s.valid_limit)
+            return policy_rouge(self.backend(), self.policy(policy), [self.prompt_text(r) for r in rows],
+                                [r.chosen for r in rows], temperature=self.s.eval_temperature, seed=seed)
 
-        return self._result("eval_rouge", {"seed": seed}, [policy], compute)
+        spec = {"seed": seed, "T": self.s.eval_temperature, "valid_limit": self.s.valid_limit, "pft": self.s.pft_data}
+        return self._result("eval_rouge", spec, [policy], compute)
 
     def validation(self, kind: str, rm: Artifact, sft: Artifact) -> dict:
         """Fig. 7: BT validation likelihood on the PFT validation split with the RM's own scaling."""
@@ -422,19 +660,25 @@ class Pipeline:
                 "beta_dpo": self.s.dpo.beta}
         return self._result("eval_valid", spec, [rm, sft], compute)
 
-    def bon(self, policy: Artifact, rms: dict[str, Artifact], sft: Artifact, ns, seed: int = 0) -> dict:
-        """Fig. 8: BoN win-rate curves of each RM on samples of ``policy`` (T = 0.1)."""
+    def bon(self, policy: Artifact, rms: dict[str, Artifact], sft: Artifact, ns, seed: int = 0, *,
+            kinds: dict[str, str] | None = None) -> dict:
+        """Fig. 8 / 9: BoN win-rate curves of each RM on samples of ``policy`` (T = 0.1). ``rms`` maps a curve name
+        to an RM artifact; ``kinds`` maps the name to its :meth:`scorer` kind (default: the name is the kind)."""
+        names = sorted(rms)
+        kinds = {k: (kinds or {}).get(k, k) for k in names}
+
         def compute():
             from .evaluate import best_of_n_curve
 
             prompts, posts, refs = self._test()
-            scorers = {k: self.scorer(k, a, sft) for k, a in rms.items()}
+            scorers = {k: self.scorer(kinds[k], rms[k], sft) for k in names}
             return best_of_n_curve(self.backend(), self.policy(policy), scorers, self.judge(), prompts, posts, refs,
                                    ns=ns, temperature=self.s.bon_temperature, seed=seed)
 
-        names = sorted(rms)
-        return self._result("eval_bon", {"rms": names, "ns": list(ns), "seed": seed, "T": self.s.bon_temperature},
-                            [policy, sft] + [rms[k] for k in names], compute)
+        spec = {"rms": names, "ns": list(ns), "seed": seed, "T": self.s.bon_temperature}
+        if any(kinds[k] != k for k in names):
+            spec["kinds"] = kinds
+        return self._result("eval_bon", spec, [policy, sft] + [rms[k] for k in names], compute)
 
     def eq2(self, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
         """Fig. 4: Eq. 2 with π_ref = π_sft, β = 0.05, data term on the PFT validation pairs."""
@@ -578,24 +822,107 @@ def _rm_fraction(pipe: Pipeline, sft: Artifact, seed: int, fraction: float) -> A
     return pipe.stage("rm", {"cfg": cfg, "base": "", **pipe._pair_spec(None, fraction)}, [sft], build)
 
 
-def _not_wired(name: str, why: str) -> Callable[[Pipeline, FigureConfig], dict]:
-    def f(pipe: Pipeline, fig: FigureConfig) -> dict:
-        raise NotImplementedError(f"{name}: {why}")
+def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 6: SFT, DPO, Online DPO (SFT), Online DPO (DPO) when the preference data are two SFT samples per
+    prompt labelled by the judge (:meth:`Pipeline.gpt_label_data`); the RM is trained on the same data."""
+    sft = pipe.sft()
+    data = pipe.gpt_label_data(sft)
 
-    f.__doc__ = f"{name}: not wired into the stage graph yet ({why})."
-    return f
+    def per_seed(seed, sft):
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        return {"DPO": dpo,
+                "Online DPO (SFT)": pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed), seed),
+                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+
+    out = _winrates(pipe, fig, per_seed)
+    out["data"] = json.loads((data.path / "report.json").read_text())
+    return out
+
+
+def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 9: BoN win rate vs N on samples of each policy size's SFT policy, one curve per global-RM size (each RM
+    trained on the human data from its own size's SFT checkpoint)."""
+    for label in tuple(fig.policy_sizes) + tuple(fig.rm_sizes):
+        pipe.s.size_model(label)  # unknown labels fail before any training
+    sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
+    sfts = {label: sub.sft() for label, sub in sized.items()}
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for seed in fig.seeds:
+        rms = {f"RM {r}": sized[r].rm(sfts[r], seed) for r in fig.rm_sizes}
+        for p in fig.policy_sizes:
+            res = sized[p].bon(sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms})
+            for rm_name, curve in res["curves"].items():
+                for n, summ in curve.items():
+                    curves.setdefault(f"policy {p}", {}).setdefault(rm_name, {}).setdefault(int(n), []).append(
+                        summ["win_rate"])
+    return {"metric": "BoN win rate vs reference (global RM per size)",
+            "models": {label: pipe.s.size_model(label) for label in sized},
+            "curves": {b: {rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
+                       for b, d in curves.items()}}
+
+
+def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 10: two-word TL;DR. DPO and a global RM are trained from SFT on judge-written, judge-ranked two-word
+    pairs (:meth:`Pipeline.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
+    Win rates against judge-written two-word references with the two-word judge prompt."""
+    sft = pipe.sft()
+    data = pipe.two_word_data()
+    vals: dict[str, list[float]] = {}
+    known: dict[str, list[float]] = {}
+
+    def add(name: str, r: dict) -> None:
+        vals.setdefault(name, []).append(r["win_rate"])
+        if "known_score" in r:
+            known.setdefault(name, []).append(r["known_score"])
+
+    add("SFT", pipe.win_rate_two_word(sft))
+    for seed in fig.seeds:
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        online = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, two_word=True), seed)
+        add("DPO", pipe.win_rate_two_word(dpo, seed))
+        add("Online DPO (DPO)", pipe.win_rate_two_word(online, seed))
+    out = {"metric": "two-word win rate vs judge-written reference", "bars": {k: _mean_se(v) for k, v in vals.items()},
+           "data": json.loads((data.path / "report.json").read_text()),
+           "references": json.loads((pipe.two_word_refs().path / "report.json").read_text())}
+    if known:
+        out["known_score"] = {k: _mean_se(v) for k, v in known.items()}
+    return out
+
+
+def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 11: ROUGE-L as the label (:meth:`Pipeline.rouge_data`) and the metric (:meth:`Pipeline.rouge`). DPO and
+    DPO (2x) train on the ROUGE-ranked pairs, a global RM learns from them, and one iteration of online DPO from
+    the DPO policy uses that RM's feedback (Sec. 3.3). SFT is shown for reference."""
+    sft = pipe.sft()
+    data = pipe.rouge_data(sft)
+    vals: dict[str, list[float]] = {"SFT": [pipe.rouge(sft)["rouge_l"]]}
+    for seed in fig.seeds:
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        arts = {"DPO": dpo, "DPO (2x)": pipe.dpo(sft, seed, epochs=2, pairs=data),
+                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+        for name, art in arts.items():
+            vals.setdefault(name, []).append(pipe.rouge(art, seed)["rouge_l"])
+    return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
+            "bars": {k: _mean_se(v) for k, v in vals.items()},
+            "data": json.loads((data.path / "report.json").read_text())}
+
+
+def _raise_on_judge_errors(result, stage: str) -> None:
+    if result.errors:
+        raise RuntimeError(f"{stage}: {result.errors} judge request(s) failed after all retries; rerun to retry them "
+                           "(answers already received are cached and cost nothing again)")
 
 
 FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
     "fig3": figure_3,
     "fig4": figure_4,
     "fig5": figure_5,
-    "fig6": _not_wired("fig6", "needs the GPT-label dataset stage (allroads.llm.judge.gpt_label_dataset) as a PFT source"),
+    "fig6": figure_6,
     "fig7": figure_7,
     "fig8": figure_8,
-    "fig9": _not_wired("fig9", "needs per-size SFT stages (Settings per policy size; rm(base=...) exists)"),
-    "fig10": _not_wired("fig10", "needs the two-word data stage (judge.two_word_preference_dataset) and its prompt"),
-    "fig11": _not_wired("fig11", "needs the ROUGE-labelled PFT stage (online_data.rerank with RougeRM)"),
+    "fig9": figure_9,
+    "fig10": figure_10,
+    "fig11": figure_11,
     "fig12": figure_12,
 }
 
@@ -637,7 +964,7 @@ def plot_figure(result: dict, png: str | Path) -> Path:
                             yerr=[p["se"] or 0.0 for p in pts.values()], marker="o", label=name, capsize=3)
             ax.set_title(f"samples from {panel}")
             ax.legend()
-            if result["figure"] == "fig8":
+            if result["figure"] in ("fig8", "fig9"):
                 ax.set_xscale("log")
     fig.suptitle(f"{result['figure']}: {result.get('metric', '')}")
     fig.tight_layout()
@@ -660,7 +987,8 @@ def load_figure_config(path: str | Path, **overrides) -> FigureConfig:
 
 class JudgeFactory:
     """Judges for :class:`Pipeline`: ``tiny`` starts the loopback rule judge (:mod:`allroads.llm.judge_server`,
-    scoring with the synthetic data's known score) behind the OpenAI protocol; ``paper`` uses ``gpt-4o`` with the
+    scoring with the synthetic data's known score, writing two-word summaries with
+    :func:`allroads.llm.synthetic.synthetic_two_word_summary`) behind the OpenAI protocol; ``paper`` uses ``gpt-4o`` with the
     API key read by the openai client from ``OPENAI_API_KEY`` (never logged). Answers are cached in ``root``."""
 
     def __init__(self, preset: str, root: str | Path, *, model: str = "gpt-4o"):
@@ -681,10 +1009,10 @@ class JudgeFactory:
         import openai
 
         from .judge_server import RuleJudgeServer
-        from .synthetic import synthetic_score
+        from .synthetic import synthetic_score, synthetic_two_word_summary
 
         if self.server is None:
-            self.server = RuleJudgeServer(score=synthetic_score).start()
+            self.server = RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary).start()
         client = openai.OpenAI(base_url=self.server.base_url, api_key="loopback-placeholder", max_retries=0)
         return Judge(cfg, client=client)
 

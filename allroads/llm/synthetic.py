@@ -32,6 +32,7 @@ __all__ = [
     "synthetic_score",
     "synthetic_vocabulary",
     "post_facts",
+    "synthetic_two_word_summary",
 ]
 
 FACT_SLOTS: dict[str, tuple[str, ...]] = {
@@ -135,3 +136,20 @@ def make_synthetic_comparisons(n: int, seed: int, *, length_probs=(0.25, 0.25, 0
         )
         i += 1
     return rows
+
+
+def synthetic_two_word_summary(post: str, k: int) -> str:
+    """The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10, App. B.1).
+
+    Even ``k``: the post's person and action facts (known score 2). Odd ``k``: the person and the first
+    action word that is *not* the post's (known score 0). So the two summaries of a post always differ
+    and the rule judge always prefers the even one. Deterministic (no randomness).
+    """
+    words = post.split()
+    slot = {s: next((w for w in words if w in FACT_SLOTS[s]), None) for s in ("person", "action")}
+    if slot["person"] is None or slot["action"] is None:
+        raise ValueError(f"synthetic_two_word_summary: not a synthetic post (no person/action fact): {post[:80]!r}")
+    if k % 2 == 0:
+        return f"{slot['person']} {slot['action']}"
+    wrong = next(w for w in FACT_SLOTS["action"] if w != slot["action"])
+    return f"{slot['person']} {wrong}"

@@ -23,6 +23,7 @@ handed to one optimisation loop, :func:`_optimize`, which does what every stage 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -40,7 +41,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, ini
 from .metrics import MetricsWriter, plot_metrics
 from .models import RewardModel, sequence_logps
 
-__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "precompute_ref_logps", "resolve_device"]
+__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
 
 StepLoss = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -311,56 +312,100 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
 
 @torch.no_grad()
 def precompute_ref_logps(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, info: DistInfo | None = None) -> torch.Tensor:
-    r"""log π_ref(ξ_w), log π_ref(ξ_l) of every pair, in one pass before training. Shape (N, 2).
+    r"""log π_ref,T(ξ_w), log π_ref,T(ξ_l) of every pair, in one pass before training. Shape (N, 2) float64.
 
-    Computed with the same temperature, padding side, micro-batch size and autocast as training.
-    Under torchrun each rank computes every ``world_size``-th micro-batch and a sum all-reduce
-    assembles the table (entries of other ranks are 0 before it).
+        log π_ref,T(ξ) = Σ_h log softmax(logits_ref(s_h) / T)[a_h],   T = ``cfg.ref_temperature``
+
+    (T = 1 for offline DPO; the sampling temperature 0.1 for online DPO, Table 3 caption.) Computed with
+    the same padding side, micro-batch size and autocast as training. Under torchrun each rank computes
+    every ``world_size``-th micro-batch and a sum all-reduce assembles the table (entries of other ranks
+    are 0 before it). ``ref``'s train/eval mode is restored afterwards.
     """
     info = info or init_distributed()
     device = resolve_device(cfg, info)
+    was_training = ref.training
     ref.to(device).eval()
     pad = ref.config.pad_token_id
     table = torch.zeros((len(pairs), 2), dtype=torch.float64)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     starts = list(range(0, len(pairs), cfg.micro_batch_size))
-    for j, s in enumerate(starts):
-        if j % info.world_size != info.rank:
-            continue
-        idx = list(range(s, min(s + cfg.micro_batch_size, len(pairs))))
-        batch = _to(collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side), device)
-        with autocast:
-            logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"], cfg.temperature)
-        table[idx] = torch.stack(logp.double().chunk(2), dim=1).cpu()
+    try:
+        for j, s in enumerate(starts):
+            if j % info.world_size != info.rank:
+                continue
+            idx = list(range(s, min(s + cfg.micro_batch_size, len(pairs))))
+            batch = _to(collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side), device)
+            with autocast:
+                logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                         cfg.ref_temperature)
+            table[idx] = torch.stack(logp.double().chunk(2), dim=1).cpu()
+    finally:
+        ref.train(was_training)
     return all_reduce_sum(table.to(device) if info.enabled and device.type == "cuda" else table, info).cpu()
+
+
+def ref_table_key(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, device_type: str) -> str:
+    """SHA-256 naming what a precomputed reference table depends on: every tensor of π_ref's state dict
+    (names, dtypes, shapes, bytes), ``cfg.ref_temperature``, the pairs' token ids, the padding side and
+    whether bf16 autocast is on. A stored table is reused only under an equal key, so a table of another
+    π_ref, temperature or dataset can never be picked up silently (hashing costs one pass over the weights)."""
+    h = hashlib.sha256()
+    for name, t in sorted(ref.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    h.update(json.dumps({"ref_temperature": float(cfg.ref_temperature), "padding_side": cfg.padding_side,
+                         "autocast_bf16": bool(cfg.bf16 and device_type == "cuda")}, sort_keys=True).encode())
+    for p in pairs:
+        h.update(json.dumps([list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)]).encode())
+    return h.hexdigest()
+
+
+def _load_or_compute_ref_table(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, info: DistInfo) -> torch.Tensor:
+    """The reference table of ``output_dir/ref_logps.pt`` if its key matches (resume), else computed and saved."""
+    if ref is None:
+        raise ValueError("train_dpo needs the reference model π_ref (also with precompute_ref: the stored table "
+                         "is only reused after checking it was computed from this π_ref)")
+    path = _output_dir(cfg) / "ref_logps.pt"
+    key = ref_table_key(ref, pairs, cfg, resolve_device(cfg, info).type)
+    if path.is_file():
+        stored = torch.load(path)
+        if isinstance(stored, dict) and stored.get("key") == key and tuple(stored["table"].shape) == (len(pairs), 2):
+            return stored["table"]
+        if info.is_main:
+            print(f"[{cfg.stage}] {path} was computed for another π_ref / ref_temperature / pairs: recomputing it")
+    table = precompute_ref_logps(ref, pairs, cfg, info=info)
+    if info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"key": key, "ref_temperature": float(cfg.ref_temperature), "table": table}, tmp)
+        tmp.replace(path)
+    return table
 
 
 def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
               info: DistInfo | None = None, stop_after: int | None = None) -> History:
-    r"""Offline DPO (Eq. 9 with a reference, Table 3): :func:`allroads.losses.dpo_loss` with
-    π_ref = π_sft, β = 0.05. Chosen and rejected go through one concatenated forward pass.
+    r"""DPO (Eq. 9 with a reference, Table 3): :func:`allroads.losses.dpo_loss` with β = 0.05,
 
-    With ``cfg.precompute_ref`` the reference log-probs are computed once (:func:`precompute_ref_logps`)
-    and stored in ``output_dir/ref_logps.pt`` (reused on resume); otherwise ``ref`` runs under
-    ``no_grad`` on every micro-batch. Logits of both are divided by ``cfg.temperature``.
+        log π(ξ) at ``cfg.temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
+
+    offline: π_ref = π_sft at T = 1; online: π_ref = the sampling policy at the sampling temperature
+    (:func:`allroads.llm.online_data.train_online_dpo`). Chosen and rejected go through one concatenated
+    forward pass. With ``cfg.precompute_ref`` the reference log-probs are computed once
+    (:func:`precompute_ref_logps`) and stored in ``output_dir/ref_logps.pt`` under :func:`ref_table_key`
+    (reused on resume only when the key matches); otherwise ``ref`` runs under ``no_grad`` on every micro-batch.
     """
     _hard_labels_only(pairs, "train_dpo")
     info = info or init_distributed()
+    cfg.validate(info.world_size)
     pad = policy.config.pad_token_id
     ref_table = None
     if cfg.precompute_ref:
-        path = _output_dir(cfg) / "ref_logps.pt"
-        if path.is_file() and torch.load(path).shape == (len(pairs), 2):
-            ref_table = torch.load(path)
-        else:
-            ref_table = precompute_ref_logps(ref, pairs, cfg, info=info)
-            if info.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(ref_table, tmp)
-                tmp.replace(path)
+        ref_table = _load_or_compute_ref_table(ref, pairs, cfg, info)
         ref = None  # not needed any more: free it
     else:
+        if ref is None:
+            raise ValueError("train_dpo(precompute_ref=False) needs the reference model π_ref")
         ref.to(resolve_device(cfg, info)).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -380,7 +425,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
         else:
             with torch.no_grad():
                 ref_logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                             cfg.temperature)
+                                             cfg.ref_temperature)
             ref_w, ref_l = ref_logp.to(logp.dtype).chunk(2)
         loss = dpo_loss(logp_w, logp_l, ref_w, ref_l, cfg.beta)
         return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta))

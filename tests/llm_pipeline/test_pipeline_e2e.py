@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from allroads.llm.pipeline import FigureConfig, JudgeFactory, Pipeline, load_figure_config, run_figure, tiny_settings
+from allroads.llm.pipeline import (FigureConfig, JudgeFactory, Pipeline, load_figure_config, paper_settings, run_figure,
+                                   tiny_settings)
 
 from . import _tiny
 
@@ -64,3 +65,37 @@ def test_tiny_preset_fig3_runner(tmp_path):
 
     assert run.main(["--preset", "tiny", "--figure", "fig3", "--root", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "fig3.json").is_file() and (tmp_path / "o" / "fig3.png").is_file()
+
+
+def test_every_paper_figure_has_a_config_and_is_wired():
+    from pathlib import Path
+
+    from allroads.llm.pipeline import FIGURES
+
+    configs = Path(__file__).resolve().parents[2] / "experiments" / "llm" / "configs"
+    assert sorted(FIGURES) == sorted(f"fig{i}" for i in range(3, 13))
+    for name in FIGURES:
+        fig = load_figure_config(configs / f"{name}.json")
+        fig.validate()
+        assert fig.figure == name and fig.seeds == (0, 1, 2)
+        for label in fig.policy_sizes + fig.rm_sizes:  # Fig. 9's size labels resolve in both presets
+            tiny_settings().size_model(label)
+            assert paper_settings().size_model(label).startswith("EleutherAI/pythia-")
+
+
+@pytest.mark.slow
+def test_tiny_preset_generated_data_figures_runner_and_rerun(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "llm"))
+    import run
+
+    args = ["--preset", "tiny", "--figure", "fig6", "fig9", "fig10", "fig11", "--root", str(tmp_path / "r"),
+            "--out", str(tmp_path / "o")]
+    assert run.main(args) == 0
+    for f in ("fig6", "fig9", "fig10", "fig11"):
+        assert (tmp_path / "o" / f"{f}.json").is_file() and (tmp_path / "o" / f"{f}.png").is_file()
+    capsys.readouterr()
+    assert run.main(args) == 0
+    assert "stages executed: 0 []" in capsys.readouterr().out

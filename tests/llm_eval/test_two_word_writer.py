@@ -1,0 +1,25 @@
+"""The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10), through the real openai client."""
+import openai
+
+from allroads.llm.judge import Judge, JudgeConfig, generate_two_word_summaries, render_two_word_summary_prompt, win_rate
+from allroads.llm.judge_server import RuleJudgeServer, split_summary_prompt
+from allroads.llm.synthetic import make_synthetic_sft, synthetic_score, synthetic_two_word_summary
+
+
+def test_writer_answers_summary_prompts_and_still_judges(tmp_path):
+    posts = [r["post"] for r in make_synthetic_sft(5, 3)]
+    assert split_summary_prompt(render_two_word_summary_prompt(posts[0])) == posts[0]
+    assert split_summary_prompt("Which of the following summaries ...") is None
+    with RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="loopback", max_retries=0)
+        judge = Judge(JudgeConfig(model="rule", variant="two_word", max_workers=1,
+                                  cache_path=str(tmp_path / "c.sqlite")), client=client)
+        sums = generate_two_word_summaries(judge, posts, n=2)
+        for post, pair in zip(posts, sums):
+            # the two requests of one post get the two variants (in request order, max_workers=1)
+            assert pair == [synthetic_two_word_summary(post, 0), synthetic_two_word_summary(post, 1)]
+            assert [synthetic_score(post, s) for s in pair] == [2.0, 0.0]
+        # judge prompts are still answered by the score rule: the good variant always wins
+        res = win_rate(judge, posts, [p[0] for p in sums], [p[1] for p in sums])
+        assert res.wins == len(posts) and res.unparseable == 0
+        judge.close()
