@@ -19,6 +19,7 @@ reference. Each level is one reshape of the next: no loop over trajectories.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -47,18 +48,35 @@ def logsumexp_children(x: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class SoftVIResult:
     """Output of :func:`soft_value_iteration`. Values are kept in units of β (``v = V/β``, ``q = Q/β``)
-    and scaled on access, so the recursion writes each level once."""
+    and scaled on access, so the recursion writes each level once. The policy and the reference's
+    trajectory log-probabilities are derived on first access (``log π* = log π_ref + q − v``): a caller
+    that needs only V, log Z or the trajectory distribution never pays for the per-level log π."""
 
-    policy: TabularPolicy
-    """The soft-optimal policy π*_r (relative to π_ref when one was given)."""
     v: tuple
     """``v[h]`` = V_h/β, shape (n_prompts, A**h), h = 0..H−1."""
     q: tuple
     """``q[h]`` = Q_h/β, shape (n_prompts, A**h, A), h = 0..H−1."""
     beta: float
     """The temperature used."""
-    ref_traj_log_probs: torch.Tensor | None = None
-    """log P_ref(ξ|s_0) when a reference was used (kept for :meth:`traj_log_probs`)."""
+    mdp: TreeMDP
+    """The tree the values live on."""
+    ref: TabularPolicy | None = None
+    """π_ref when one was given (MinRelEnt RL, Lemma A.1), else ``None``."""
+
+    @cached_property
+    def policy(self) -> TabularPolicy:
+        """The soft-optimal policy π*_r (relative to π_ref when one was given):
+        log π*(a|s) = log π_ref(a|s) + Q_h(s, a)/β − V_h(s)/β."""
+        log_pi = []
+        for h, (q, v) in enumerate(zip(self.q, self.v)):
+            logits = q if self.ref is None else q + self.ref.log_pi[h]
+            log_pi.append(logits - v.unsqueeze(-1))
+        return TabularPolicy(self.mdp, tuple(log_pi))
+
+    @cached_property
+    def ref_traj_log_probs(self) -> torch.Tensor | None:
+        """log P_ref(ξ|s_0) when a reference was used, else ``None``."""
+        return None if self.ref is None else self.ref.traj_log_probs()
 
     @property
     def V(self) -> tuple:
@@ -80,7 +98,7 @@ class SoftVIResult:
         ``policy.log_pi`` telescope to this; Eq. 11 / Lemma A.1). Shape (n_prompts, A**H)."""
         P = self.q[-1].shape[0]
         x = self.q[-1].reshape(P, -1) - self.log_Z.unsqueeze(-1)
-        return x if self.ref_traj_log_probs is None else x + self.ref_traj_log_probs
+        return x if self.ref is None else x + self.ref_traj_log_probs
 
 
 def soft_value_iteration(mdp: TreeMDP, reward, ref: TabularPolicy | None = None, beta: float = 1.0) -> SoftVIResult:
@@ -91,25 +109,23 @@ def soft_value_iteration(mdp: TreeMDP, reward, ref: TabularPolicy | None = None,
         reward: r(ξ), shape (n_prompts, A**H), finite (may carry autograd).
         ref: π_ref for MinRelEnt RL (Lemma A.1); ``None`` for entropy regularisation (Eq. 10).
         beta: temperature β > 0.
-    Returns: :class:`SoftVIResult` with the policy, V and Q (see the module docstring for the recursion).
+    Returns: :class:`SoftVIResult` with V and Q; its policy (log π*) is derived from them on first access
+    (see the module docstring for the recursion).
     """
     beta = _check_beta(beta)
     r = mdp.check_traj_array(reward, "reward")
     if ref is not None and (ref.mdp.n_prompts, ref.mdp.n_traj) != (mdp.n_prompts, mdp.n_traj):
         raise ValueError("ref must be a TabularPolicy on the same TreeMDP as the reward")
     P, A, H = mdp.n_prompts, mdp.n_actions, mdp.horizon
-    v_all, q_all, log_pi = [None] * H, [None] * H, [None] * H
+    v_all, q_all = [None] * H, [None] * H
     q = (r if beta == 1.0 else r / beta).reshape(P, A ** (H - 1), A)  # Q_{H-1}/β
     for h in range(H - 1, -1, -1):
         q_all[h] = q
-        logits = q if ref is None else q + ref.log_pi[h]
-        v = logsumexp_children(logits)  # (P, A**h)
-        log_pi[h] = logits - v.unsqueeze(-1)
+        v = logsumexp_children(q if ref is None else q + ref.log_pi[h])  # V_h/β, (P, A**h)
         v_all[h] = v
         if h:
             q = v.reshape(P, A ** (h - 1), A)
-    ref_lp = None if ref is None else ref.traj_log_probs()
-    return SoftVIResult(TabularPolicy(mdp, tuple(log_pi)), tuple(v_all), tuple(q_all), beta, ref_lp)
+    return SoftVIResult(tuple(v_all), tuple(q_all), beta, mdp, ref)
 
 
 def gibbs_log_probs(mdp: TreeMDP, reward, beta: float = 1.0, ref_log_probs=None) -> torch.Tensor:
