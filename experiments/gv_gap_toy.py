@@ -18,7 +18,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import time
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import matplotlib

@@ -98,7 +98,6 @@ def mc_instance(g: torch.Generator, n_per_demo: int = 2000, n_demos: int = 8) ->
     mdp = random_mdp(g, horizon=(2, 3))
     cls = random_loglinear(mdp, g, d=MC_DIM)
     theta = cls.init(g, 1.0)
-    ref_lp = TabularPolicy.random(mdp, g).traj_log_probs()
     prompt, xi = _demos(mdp, g, n_demos)
     g_sft = sft_gradient(cls, theta, prompt, xi)
     # exact per-trajectory gradients of the SPIN on-policy term, −∇ log(P_θ/P_ref)(ξ|s_0): (P, n, d)

@@ -22,7 +22,6 @@ handed to one optimisation loop, :func:`_optimize`, which does what every stage 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math

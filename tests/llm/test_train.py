@@ -1,6 +1,5 @@
 """Training: losses through the LLM path = the loss core; accumulation = full batch; resume = uninterrupted;
 DPO on synthetic data raises the known score of greedy outputs."""
-import dataclasses
 import json
 
 import pytest

@@ -1,5 +1,4 @@
 """ROUGE-L F1 (allroads.llm.rouge) against an independent LCS implementation."""
-import re
 
 import pytest
 
@@ -7,23 +6,7 @@ pytest.importorskip("rouge_score")
 
 from allroads.llm.rouge import rank_by_rouge_l, rouge_l_f1, rouge_l_f1_batch, rouge_l_pair  # noqa: E402
 
-
-def lcs_len(a, b):
-    """Textbook O(|a||b|) dynamic programme."""
-    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
-    return table[-1][-1]
-
-
-def f1_reference(cand, ref):
-    c, r = re.findall(r"[a-z0-9]+", cand.lower()), re.findall(r"[a-z0-9]+", ref.lower())
-    lcs = lcs_len(c, r)
-    if lcs == 0:
-        return 0.0
-    p, q = lcs / len(c), lcs / len(r)
-    return 2 * p * q / (p + q)
+from ._rouge_reference import f1_reference  # noqa: E402
 
 
 PAIRS = [

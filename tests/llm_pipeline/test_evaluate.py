@@ -8,6 +8,8 @@ from allroads.llm.backend import DPORM, LocalRM
 from allroads.llm.evaluate import bt_validation, dataset_fraction, eq2_objective, validation_likelihood
 from allroads.llm.sample import Completion
 
+from llm_eval._rouge_reference import f1_reference
+
 from . import _tiny
 
 
@@ -70,22 +72,9 @@ def test_dataset_fraction_nested():
 
 def test_policy_rouge_scores_every_row_once_and_samples_each_prompt_once():
     """Rows sharing a prompt (one post, several comparisons) share that prompt's sample; each row counts once."""
-    import re
-
     from allroads.llm.backend import RougeRM
     from allroads.llm.evaluate import policy_rouge, policy_samples
 
-    def lcs(a, b):
-        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for i, x in enumerate(a):
-            for j, y in enumerate(b):
-                t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
-        return t[-1][-1]
-
-    def f1(c, r):
-        c, r = re.findall(r"[a-z0-9]+", c.lower()), re.findall(r"[a-z0-9]+", r.lower())
-        k = lcs(c, r)
-        return 0.0 if k == 0 else 2 * k / (len(c) + len(r))
 
     tok = _tiny.tok()
     pol = _tiny.policy(tok, 0)
@@ -96,7 +85,7 @@ def test_policy_rouge_scores_every_row_once_and_samples_each_prompt_once():
     got = policy_rouge(be, pol, rows, refs, temperature=1.0, seed=5)
     comps, _ = policy_samples(be, pol, prompts, n=1, temperature=1.0, seed=5)  # drawn independently, same seed
     text = {p: row[0].text for p, row in zip(prompts, comps)}
-    want = [f1(text[p], r) for p, r in zip(rows, refs)]
+    want = [f1_reference(text[p], r) for p, r in zip(rows, refs)]
     assert got["n"] == 3 and got["n_prompts"] == 2
     assert abs(got["rouge_l"] - sum(want) / 3) < 1e-12
     with pytest.raises(ValueError, match="references"):

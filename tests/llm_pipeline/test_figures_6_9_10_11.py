@@ -5,7 +5,6 @@ ordered by the known score (Fig. 10), one SFT / RM per model size (Fig. 9); a re
 import dataclasses
 import json
 import math
-import re
 
 import pytest
 
@@ -13,6 +12,8 @@ from allroads.llm import models as M
 from allroads.llm.data import TokenizedPair
 from allroads.llm.pipeline import Artifact, FigureConfig, JudgeFactory, Pipeline, run_figure
 from allroads.llm.synthetic import synthetic_score
+
+from llm_eval._rouge_reference import f1_reference
 
 from . import _tiny
 
@@ -87,18 +88,6 @@ def test_rerun_executes_no_stage(ran):
 
 
 # ---------------------------------------------------------------------------------------------- Fig. 11
-def _lcs(a, b):
-    t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
-    return t[-1][-1]
-
-
-def _f1(cand, ref):
-    c, r = re.findall(r"[a-z0-9]+", cand.lower()), re.findall(r"[a-z0-9]+", ref.lower())
-    k = _lcs(c, r)
-    return 0.0 if k == 0 else 2 * (k / len(c)) * (k / len(r)) / (k / len(c) + k / len(r))
 
 
 def test_fig11_pairs_are_rouge_argmax_argmin_per_pft_row(ran):
@@ -111,7 +100,7 @@ def test_fig11_pairs_are_rouge_argmax_argmin_per_pft_row(ran):
     expected, ties = [], 0
     for r, srow in zip(rows, scored):
         assert srow["prompt"] == pipe.prompt_text(r) and len(srow["completions"]) == n
-        f1 = [_f1(c["text"], r.chosen) for c in srow["completions"]]  # independent ROUGE-L F1 vs the row's preferred
+        f1 = [f1_reference(c["text"], r.chosen) for c in srow["completions"]]  # independent ROUGE-L F1 vs the row's preferred
         if max(f1) == min(f1):
             ties += 1
             continue
