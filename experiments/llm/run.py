@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from allroads.llm.pipeline import JudgeFactory, Pipeline, load_figure_config, paper_settings, run_figure, tiny_settings
+from allroads.llm.figures import load_figure_config, run_figure
+from allroads.llm.pipeline import JudgeFactory, Pipeline, paper_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -10,7 +10,8 @@ import pytest
 
 from allroads.llm import models as M
 from allroads.llm.data import TokenizedPair
-from allroads.llm.pipeline import Artifact, FigureConfig, JudgeFactory, Pipeline, run_figure
+from allroads.llm.figures import FigureConfig, run_figure
+from allroads.llm.pipeline import Artifact, JudgeFactory, Pipeline
 from allroads.llm.synthetic import synthetic_score
 
 from llm_eval._rouge_reference import f1_reference

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from allroads.llm.pipeline import (FigureConfig, JudgeFactory, Pipeline, load_figure_config, paper_settings, run_figure,
-                                   tiny_settings)
+from allroads.llm.figures import FigureConfig, load_figure_config, run_figure
+from allroads.llm.pipeline import JudgeFactory, Pipeline, paper_settings, tiny_settings
 
 from . import _tiny
 
@@ -70,7 +70,7 @@ def test_tiny_preset_fig3_runner(tmp_path):
 def test_every_paper_figure_has_a_config_and_is_wired():
     from pathlib import Path
 
-    from allroads.llm.pipeline import FIGURES
+    from allroads.llm.figures import FIGURES
 
     configs = Path(__file__).resolve().parents[2] / "experiments" / "llm" / "configs"
     assert sorted(FIGURES) == sorted(f"fig{i}" for i in range(3, 13))

@@ -1,0 +1,334 @@
+r"""The paper's TL;DR figures 3–12 as functions over the cached stage graph (:mod:`allroads.llm.pipeline`).
+
+``figure_N(pipe, fig) -> dict`` asks the :class:`~allroads.llm.pipeline.Pipeline` for the stages it needs
+(each runs once and is cached by its config hash) and returns the figure's numbers: ``bars`` (mean ± s.e.
+over seeds) or ``curves``. :func:`run_figure` writes ``<figure>.json`` and ``<figure>.png``;
+:class:`FigureConfig` is one figure's experiment (``experiments/llm/configs/fig*.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import models as M
+from .pipeline import Artifact, Pipeline, _atomic_json, _jsonable
+
+__all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """One paper figure's experiment (defaults: the paper's; three training seeds)."""
+
+    figure: str
+    """``fig3`` … ``fig12``."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds of every PFT stage (the SFT checkpoint is shared; Figs. report 3 seeds)."""
+    bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
+    """N of best-of-N (Fig. 8, 9; N ≤ 25)."""
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    """Fractions of the PFT data (Fig. 12)."""
+    policy_sizes: tuple[str, ...] = ("1.4b", "2.8b")
+    """Policy sizes of Fig. 9 (labels of ``Settings.size_models``): BoN samples come from each size's SFT policy."""
+    rm_sizes: tuple[str, ...] = ("1.4b", "2.8b", "6.9b")
+    """Global-RM sizes of Fig. 9 (labels of ``Settings.size_models``); each RM is trained from its size's SFT."""
+    notes: str = ""
+    """What the figure shows (copied into its JSON)."""
+
+    def validate(self) -> None:
+        if self.figure not in FIGURES:
+            raise ValueError(f"figure={self.figure!r}; known: {sorted(FIGURES)}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions={self.fractions}: each must be in (0, 1]")
+        if not self.policy_sizes or not self.rm_sizes:
+            raise ValueError("policy_sizes and rm_sizes: need at least one size each (Fig. 9)")
+        if not self.bon_ns or min(self.bon_ns) < 1:
+            raise ValueError(f"bon_ns={self.bon_ns}: need N >= 1")
+
+
+def _mean_se(xs: list[float]) -> dict:
+    xs = [x for x in xs if x is not None and x == x]  # NaN win rates (no decided pair) are left out, counted in n
+    if not xs:
+        return {"mean": None, "se": None, "n": 0, "values": []}
+    m = sum(xs) / len(xs)
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
+    return {"mean": m, "se": se, "n": len(xs), "values": xs}
+
+
+def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False) -> dict[str, Artifact]:
+    """Fig. 3's policies for one seed: DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO)."""
+    dpo = pipe.dpo(sft, seed)
+    rm = pipe.rm(sft, seed)
+    out = {"DPO": dpo, "DPO (2x)": pipe.dpo(sft, seed, epochs=2)}
+    out["Online DPO (SFT)"] = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, augment=augment), seed)
+    out["Online DPO (DPO)"] = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, augment=augment), seed)
+    return out
+
+
+def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifact], dict[str, Artifact]],
+              with_sft: bool = True) -> dict:
+    sft = pipe.sft()
+    vals: dict[str, list[float]] = {}
+    extra: dict[str, list[float]] = {}
+    if with_sft:
+        r = pipe.win_rate(sft)
+        vals["SFT"] = [r["win_rate"]] * 1
+        if "known_score" in r:
+            extra["SFT"] = [r["known_score"]]
+    for seed in fig.seeds:
+        for name, art in per_seed(seed, sft).items():
+            r = pipe.win_rate(art, seed)
+            vals.setdefault(name, []).append(r["win_rate"])
+            if "known_score" in r:
+                extra.setdefault(name, []).append(r["known_score"])
+    out = {"metric": "win rate vs reference (judge)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
+    if extra:
+        out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
+    return out
+
+
+def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 3: SFT, DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO) win rates."""
+    return _winrates(pipe, fig, lambda seed, sft: _methods(pipe, seed, sft))
+
+
+def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 4: Eq. 2 (lower is better) of DPO vs Online DPO (DPO), reverse KL sampled on-policy."""
+    sft = pipe.sft()
+    vals: dict[str, list[float]] = {}
+    for seed in fig.seeds:
+        m = _methods(pipe, seed, sft)
+        for name in ("DPO", "Online DPO (DPO)"):
+            vals.setdefault(name, []).append(pipe.eq2(m[name], sft, seed)["objective"])
+    return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
+
+
+def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 5: online DPO with and without SFT-prompt augmentation (from SFT and from DPO)."""
+    def per_seed(seed, sft):
+        m = _methods(pipe, seed, sft)
+        a = _methods(pipe, seed, sft, augment=True)
+        return {"Online DPO (SFT)": m["Online DPO (SFT)"], "Online DPO (SFT) + aug": a["Online DPO (SFT)"],
+                "Online DPO (DPO)": m["Online DPO (DPO)"], "Online DPO (DPO) + aug": a["Online DPO (DPO)"]}
+
+    return _winrates(pipe, fig, per_seed, with_sft=False)
+
+
+def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 7: validation BT log-likelihood of global, local and DPO RMs (each with its own scaling)."""
+    sft = pipe.sft()
+    vals: dict[str, list[float]] = {}
+    acc: dict[str, list[float]] = {}
+    for seed in fig.seeds:
+        arts = {"global": pipe.rm(sft, seed), "local": pipe.local_rm(sft, seed), "dpo": pipe.dpo(sft, seed)}
+        for kind, art in arts.items():
+            r = pipe.validation(kind, art, sft)
+            vals.setdefault(kind, []).append(r["loglik"])
+            acc.setdefault(kind, []).append(r["accuracy"])
+    return {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
+            "accuracy": {k: _mean_se(v) for k, v in acc.items()}}
+
+
+def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
+    sft = pipe.sft()
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for seed in fig.seeds:
+        rms = {"global": pipe.rm(sft, seed), "local": pipe.local_rm(sft, seed), "dpo": pipe.dpo(sft, seed)}
+        for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
+            r = pipe.bon(base, rms, sft, fig.bon_ns, seed)
+            for rm_name, curve in r["curves"].items():
+                for n, summ in curve.items():
+                    curves.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ["win_rate"])
+    return {"metric": "BoN win rate vs reference", "curves": {
+        b: {rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in d.items()} for b, d in curves.items()}}
+
+
+def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
+    sft = pipe.sft()
+    curves: dict[str, dict[float, list[float]]] = {"DPO": {}, "Online DPO (SFT)": {}}
+    for seed in fig.seeds:
+        for f in fig.fractions:
+            dpo = pipe.dpo(sft, seed, fraction=f)
+            rm = pipe.rm(sft, seed) if f == 1.0 else _rm_fraction(pipe, sft, seed, f)
+            online = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, fraction=f), seed)
+            curves["DPO"].setdefault(f, []).append(pipe.win_rate(dpo, seed)["win_rate"])
+            curves["Online DPO (SFT)"].setdefault(f, []).append(pipe.win_rate(online, seed)["win_rate"])
+    return {"metric": "win rate vs reference", "curves": {"SFT": {
+        k: {str(f): _mean_se(v) for f, v in sorted(c.items())} for k, c in curves.items()}}}
+
+
+def _rm_fraction(pipe: Pipeline, sft: Artifact, seed: int, fraction: float) -> Artifact:
+    cfg = dataclasses.replace(pipe.s.rm, seed=seed)
+
+    def build(out: Path):
+        from .train import train_rm
+
+        rm = M.load_reward_model(str(sft.path / "model"), dtype=cfg.dtype, seed=seed)
+        train_rm(rm, pipe.human_pairs(fraction, seed), dataclasses.replace(cfg, output_dir=str(out)), tokenizer=pipe.tokenizer)
+
+    return pipe.stage("rm", {"cfg": cfg, "base": "", **pipe._pair_spec(None, fraction)}, [sft], build)
+
+
+def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 6: SFT, DPO, Online DPO (SFT), Online DPO (DPO) when the preference data are two SFT samples per
+    prompt labelled by the judge (:meth:`Pipeline.gpt_label_data`); the RM is trained on the same data."""
+    sft = pipe.sft()
+    data = pipe.gpt_label_data(sft)
+
+    def per_seed(seed, sft):
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        return {"DPO": dpo,
+                "Online DPO (SFT)": pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed), seed),
+                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+
+    out = _winrates(pipe, fig, per_seed)
+    out["data"] = json.loads((data.path / "report.json").read_text())
+    return out
+
+
+def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 9: BoN win rate vs N on samples of each policy size's SFT policy, one curve per global-RM size (each RM
+    trained on the human data from its own size's SFT checkpoint)."""
+    for label in tuple(fig.policy_sizes) + tuple(fig.rm_sizes):
+        pipe.s.size_model(label)  # unknown labels fail before any training
+    sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
+    sfts = {label: sub.sft() for label, sub in sized.items()}
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for seed in fig.seeds:
+        rms = {f"RM {r}": sized[r].rm(sfts[r], seed) for r in fig.rm_sizes}
+        for p in fig.policy_sizes:
+            res = sized[p].bon(sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms})
+            for rm_name, curve in res["curves"].items():
+                for n, summ in curve.items():
+                    curves.setdefault(f"policy {p}", {}).setdefault(rm_name, {}).setdefault(int(n), []).append(
+                        summ["win_rate"])
+    return {"metric": "BoN win rate vs reference (global RM per size)",
+            "models": {label: pipe.s.size_model(label) for label in sized},
+            "curves": {b: {rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
+                       for b, d in curves.items()}}
+
+
+def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 10: two-word TL;DR. DPO and a global RM are trained from SFT on judge-written, judge-ranked two-word
+    pairs (:meth:`Pipeline.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
+    Win rates against judge-written two-word references with the two-word judge prompt."""
+    sft = pipe.sft()
+    data = pipe.two_word_data()
+    vals: dict[str, list[float]] = {}
+    known: dict[str, list[float]] = {}
+
+    def add(name: str, r: dict) -> None:
+        vals.setdefault(name, []).append(r["win_rate"])
+        if "known_score" in r:
+            known.setdefault(name, []).append(r["known_score"])
+
+    add("SFT", pipe.win_rate_two_word(sft))
+    for seed in fig.seeds:
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        online = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, two_word=True), seed)
+        add("DPO", pipe.win_rate_two_word(dpo, seed))
+        add("Online DPO (DPO)", pipe.win_rate_two_word(online, seed))
+    out = {"metric": "two-word win rate vs judge-written reference", "bars": {k: _mean_se(v) for k, v in vals.items()},
+           "data": json.loads((data.path / "report.json").read_text()),
+           "references": json.loads((pipe.two_word_refs().path / "report.json").read_text())}
+    if known:
+        out["known_score"] = {k: _mean_se(v) for k, v in known.items()}
+    return out
+
+
+def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 11: ROUGE-L as the label (:meth:`Pipeline.rouge_data`) and the metric (:meth:`Pipeline.rouge`). DPO and
+    DPO (2x) train on the ROUGE-ranked pairs, a global RM learns from them, and one iteration of online DPO from
+    the DPO policy uses that RM's feedback (Sec. 3.3). SFT is shown for reference."""
+    sft = pipe.sft()
+    data = pipe.rouge_data(sft)
+    vals: dict[str, list[float]] = {"SFT": [pipe.rouge(sft)["rouge_l"]]}
+    for seed in fig.seeds:
+        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        arts = {"DPO": dpo, "DPO (2x)": pipe.dpo(sft, seed, epochs=2, pairs=data),
+                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+        for name, art in arts.items():
+            vals.setdefault(name, []).append(pipe.rouge(art, seed)["rouge_l"])
+    return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
+            "bars": {k: _mean_se(v) for k, v in vals.items()},
+            "data": json.loads((data.path / "report.json").read_text())}
+
+
+FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
+    "fig3": figure_3,
+    "fig4": figure_4,
+    "fig5": figure_5,
+    "fig6": figure_6,
+    "fig7": figure_7,
+    "fig8": figure_8,
+    "fig9": figure_9,
+    "fig10": figure_10,
+    "fig11": figure_11,
+    "fig12": figure_12,
+}
+
+
+def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path) -> dict:
+    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers."""
+    fig.validate()
+    numbers = FIGURES[fig.figure](pipe, fig)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"figure": fig.figure, "config": dataclasses.asdict(fig), "settings": _jsonable(pipe.s),
+              "stages_executed": list(pipe.executed), **numbers}
+    _atomic_json(out / f"{fig.figure}.json", result)
+    plot_figure(result, out / f"{fig.figure}.png")
+    return result
+
+
+def plot_figure(result: dict, png: str | Path) -> Path:
+    """Bars (mean ± s.e. over seeds; s.e. None with one seed) or curves, one PNG per figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "bars" in result:
+        fig, ax = plt.subplots(figsize=(1.4 * len(result["bars"]) + 2, 3.5))
+        names = list(result["bars"])
+        means = [result["bars"][k]["mean"] or 0.0 for k in names]
+        ses = [result["bars"][k]["se"] or 0.0 for k in names]
+        ax.bar(range(len(names)), means, yerr=ses, capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    else:
+        panels = result["curves"]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        for ax, (panel, curves) in zip(axes[0], panels.items()):
+            for name, pts in curves.items():
+                xs = [float(x) for x in pts]
+                ax.errorbar(xs, [p["mean"] if p["mean"] is not None else float("nan") for p in pts.values()],
+                            yerr=[p["se"] or 0.0 for p in pts.values()], marker="o", label=name, capsize=3)
+            ax.set_title(f"samples from {panel}")
+            ax.legend()
+            if result["figure"] in ("fig8", "fig9"):
+                ax.set_xscale("log")
+    fig.suptitle(f"{result['figure']}: {result.get('metric', '')}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return Path(png)
+
+
+def load_figure_config(path: str | Path, **overrides) -> FigureConfig:
+    """A :class:`FigureConfig` from JSON (lists become tuples); unknown keys raise a ValueError."""
+    values = json.loads(Path(path).read_text())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(FigureConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown FigureConfig field(s) {unknown}; valid: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return FigureConfig(**values)
