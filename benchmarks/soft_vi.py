@@ -11,10 +11,12 @@ against a baseline run in the same process: one flat ``torch.logsumexp`` over th
 values (the least work any exact normaliser must do). Prints the ratio (target ≤ 2 for soft VI alone and
 reported for VI + distribution) and the peak resident memory. Best of ``--repeats`` runs each.
 
-Where the time goes (2-core CPU, 1 thread, torch 2.13): a scaled copy r/β costs 0.64 of the baseline (it
-is memory bound: a fresh 134 MB array), the leaf level's per-node normaliser 1.65 (A=2: one
-``logaddexp`` per pair), 1.44 (A=8) and 1.11 (A=16) of it, and the levels above add a geometric 1/(A−1) of
-that. So A=2 cannot reach 2 while V is written at every level; A=8 and A=16 sit at about 2.
+Where the time goes (2-core CPU, 1 thread, torch 2.13; ranges over repeated runs on a shared machine): a
+scaled copy r/β costs ~0.65 of the baseline (memory bound: a fresh 134 MB array); the leaf level's per-node
+normaliser 1.2–1.7 (A=2: one ``logaddexp`` per interleaved pair), 1.3–1.4 (A=8) and 1.0–1.1 (A=16); the
+levels above add a geometric 1/(A−1) of that. So A=2 cannot reach 2 while V is written at every level;
+A=8 and A=16 measure 1.9–2.1. The policy log π* is derived lazily (``SoftVIResult.policy``); the VI+path
+column pays for it.
 
     python benchmarks/soft_vi.py [--repeats 3] [--threads 1]
 """
