@@ -95,7 +95,8 @@ def test_soft_vi_equals_brute_force_gibbs(tree, beta, with_ref, seed):
         m = max(logits)
         log_z = m + math.log(sum(math.exp(x - m) for x in logits))
         expected = torch.tensor([x - log_z for x in logits], dtype=torch.float64)
-        torch.testing.assert_close(res.policy.traj_log_probs()[p], expected, atol=1e-9, rtol=0)
+        torch.testing.assert_close(res.policy.traj_log_probs()[p], expected, atol=1e-9, rtol=0)  # path sums of log π*
+        torch.testing.assert_close(res.traj_log_probs()[p], expected, atol=1e-9, rtol=0)  # one-pass closed form
         assert abs(float(res.log_Z[p]) - log_z) < 1e-9
     torch.testing.assert_close(res.policy.traj_log_probs(), gibbs_log_probs(mdp, r, beta, None if ref is None else ref.traj_log_probs()), atol=1e-9, rtol=0)
 
