@@ -1,8 +1,9 @@
 r"""Time DPO training steps of ``allroads.llm.train.train_dpo`` against TRL's ``DPOTrainer``, in one process.
 
     pip install trl                                        # optional, only for this benchmark
-    python benchmarks/dpo_vs_trl.py --tokenizer ../shared/tokenizers/gpt-neox-20b/tokenizer.json
-    python benchmarks/dpo_vs_trl.py --device cuda --size 1.4b --tokenizer ...   # on a GPU, bf16
+    python benchmarks/dpo_vs_trl.py                        # CPU, ~29M-parameter GPT-NeoX, Pythia tokenizer (hub)
+    python benchmarks/dpo_vs_trl.py --tokenizer path/to/tokenizer.json          # offline
+    python benchmarks/dpo_vs_trl.py --device cuda --size 1.4b                   # on a GPU, bf16 autocast
 
 Both trainers get the same GPT-NeoX (random weights, same seed), the same text pairs, the same batch
 (``--batch`` pairs per optimizer step, no accumulation), AdamW at lr 1e-7, β = 0.05, sigmoid DPO loss,
@@ -109,7 +110,8 @@ def run_trl(rows, tok, args, dtype) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokenizer", required=True, help="path to the GPT-NeoX-20B tokenizer.json")
+    ap.add_argument("--tokenizer", default="EleutherAI/pythia-1.4b-deduped",
+                    help="a tokenizer.json file (e.g. ../shared/tokenizers/gpt-neox-20b/tokenizer.json), a directory or a hub id")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--size", default="20m", choices=sorted(SIZES))
     ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
@@ -122,9 +124,13 @@ def main() -> None:
     if args.warmup >= args.steps:
         raise SystemExit(f"--warmup ({args.warmup}) must be < --steps ({args.steps})")
     torch.set_num_threads(1) if args.device == "cpu" else None
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=args.tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    if args.tokenizer.endswith(".json"):
+        tok = PreTrainedTokenizerFast(tokenizer_file=args.tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    else:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        tok.pad_token = tok.pad_token or "<|padding|>"
     rows = make_text_pairs(args.batch * args.steps, args.prompt_words, args.resp_words, seed=0)
     dtype = torch.float32  # bf16 autocast on CUDA for both
     n_params = sum(p.numel() for p in make_model(args.size, "cpu", dtype, 0).parameters())
