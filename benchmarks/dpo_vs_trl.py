@@ -133,7 +133,8 @@ def main() -> None:
         tok.pad_token = tok.pad_token or "<|padding|>"
     rows = make_text_pairs(args.batch * args.steps, args.prompt_words, args.resp_words, seed=0)
     dtype = torch.float32  # bf16 autocast on CUDA for both
-    n_params = sum(p.numel() for p in make_model(args.size, "cpu", dtype, 0).parameters())
+    with torch.device("meta"):  # count parameters without allocating them
+        n_params = sum(p.numel() for p in make_model(args.size, "meta", dtype, 0).parameters())
     import trl
 
     print(f"torch {torch.__version__}, trl {trl.__version__}, device {args.device}, model {args.size} "
