@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import models as M
 from .pipeline import Artifact, Pipeline, _atomic_json, _jsonable
 
 __all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
@@ -157,24 +156,12 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     for seed in fig.seeds:
         for f in fig.fractions:
             dpo = pipe.dpo(sft, seed, fraction=f)
-            rm = pipe.rm(sft, seed) if f == 1.0 else _rm_fraction(pipe, sft, seed, f)
+            rm = pipe.rm(sft, seed, fraction=f)
             online = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, fraction=f), seed)
             curves["DPO"].setdefault(f, []).append(pipe.win_rate(dpo, seed)["win_rate"])
             curves["Online DPO (SFT)"].setdefault(f, []).append(pipe.win_rate(online, seed)["win_rate"])
     return {"metric": "win rate vs reference", "curves": {"SFT": {
         k: {str(f): _mean_se(v) for f, v in sorted(c.items())} for k, c in curves.items()}}}
-
-
-def _rm_fraction(pipe: Pipeline, sft: Artifact, seed: int, fraction: float) -> Artifact:
-    cfg = dataclasses.replace(pipe.s.rm, seed=seed)
-
-    def build(out: Path):
-        from .train import train_rm
-
-        rm = M.load_reward_model(str(sft.path / "model"), dtype=cfg.dtype, seed=seed)
-        train_rm(rm, pipe.human_pairs(fraction, seed), dataclasses.replace(cfg, output_dir=str(out)), tokenizer=pipe.tokenizer)
-
-    return pipe.stage("rm", {"cfg": cfg, "base": "", **pipe._pair_spec(None, fraction)}, [sft], build)
 
 
 def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -289,6 +276,9 @@ def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path) -> dict:
     return result
 
 
+_XLABELS = {"fig8": "N (best of N)", "fig9": "N (best of N)", "fig12": "fraction of the preference data"}
+
+
 def plot_figure(result: dict, png: str | Path) -> Path:
     """Bars (mean ± s.e. over seeds; s.e. None with one seed) or curves, one PNG per figure."""
     import matplotlib
@@ -311,7 +301,8 @@ def plot_figure(result: dict, png: str | Path) -> Path:
                 xs = [float(x) for x in pts]
                 ax.errorbar(xs, [p["mean"] if p["mean"] is not None else float("nan") for p in pts.values()],
                             yerr=[p["se"] or 0.0 for p in pts.values()], marker="o", label=name, capsize=3)
-            ax.set_title(f"samples from {panel}")
+            ax.set_title(f"samples from {panel}" if result["figure"] in ("fig8", "fig9") else panel)
+            ax.set_xlabel(_XLABELS.get(result["figure"], ""))
             ax.legend()
             if result["figure"] in ("fig8", "fig9"):
                 ax.set_xscale("log")

@@ -315,18 +315,21 @@ class Pipeline:
         return {"pairs": "human" if pairs is None else pairs.kind, "pft": self.s.pft_data, "pft_limit": self.s.pft_limit,
                 "fraction": fraction}
 
-    def rm(self, sft: Artifact, seed: int, pairs: Artifact | None = None, base: str = "") -> Artifact:
-        """Global RM from the SFT checkpoint (or from ``base`` weights for Fig. 9), Table 2."""
+    def rm(self, sft: Artifact, seed: int, pairs: Artifact | None = None, base: str = "",
+           fraction: float = 1.0) -> Artifact:
+        """Global RM from the SFT checkpoint (or from ``base`` weights for Fig. 9), Table 2; ``fraction`` of
+        the human pairs for Fig. 12."""
         cfg = dataclasses.replace(self.s.rm, seed=seed)
 
         def build(out: Path):
             from .train import train_rm
 
             rm = M.load_reward_model(base or str(sft.path / "model"), tokenizer=self.tokenizer, dtype=cfg.dtype, seed=seed)
-            train_rm(rm, self._pairs(pairs, 1.0, seed), dataclasses.replace(cfg, output_dir=str(out)), tokenizer=self.tokenizer)
+            train_rm(rm, self._pairs(pairs, fraction, seed), dataclasses.replace(cfg, output_dir=str(out)),
+                     tokenizer=self.tokenizer)
 
         inputs = [sft] + ([pairs] if pairs else [])
-        return self.stage("rm", {"cfg": cfg, "base": base, **self._pair_spec(pairs, 1.0)}, inputs, build)
+        return self.stage("rm", {"cfg": cfg, "base": base, **self._pair_spec(pairs, fraction)}, inputs, build)
 
     def local_rm(self, sft: Artifact, seed: int) -> Artifact:
         """Local RM: reference-free DPO from SFT, β = 1/53 (Table 4)."""
