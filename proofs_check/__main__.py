@@ -1,7 +1,8 @@
 r"""``python -m proofs_check``: run every statement check, print the table, exit 0 iff all is as designed.
 
 Options: ``--instances N`` (random instances per check), ``--seed S``, ``--only NAME`` (a check or module
-name; repeatable), ``--json PATH``, ``--no-progress``. Progress bars go to stderr. See the package
+name; repeatable), ``--start K`` (first instance index: ``--only NAME --start K --instances 1`` replays the
+instance a report names), ``--json PATH``, ``--no-progress``. Progress bars go to stderr. See the package
 docstring (:mod:`proofs_check`) for what each check covers and how long a run takes.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Args:
     """Write the JSON report here."""
     progress: bool = True
     """Show tqdm progress bars on stderr."""
+    start: int = 0
+    """Index of the first instance (instances start … start + instances − 1)."""
 
 
 def parse_args(argv=None) -> Args:
@@ -45,10 +48,14 @@ def parse_args(argv=None) -> Args:
                    help=f"run only this check/module (repeatable): {', '.join(c.name for c in ALL_CHECKS)}")
     p.add_argument("--json", default=None, metavar="PATH", help="write the JSON report to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--start", type=int, default=0, metavar="K",
+                   help="first instance index (replay one: --only NAME --start K --instances 1)")
     a = p.parse_args(argv)
     if a.instances < 1:
         p.error("--instances must be >= 1")
-    return Args(a.instances, a.seed, tuple(a.only), a.json, not a.no_progress)
+    if a.start < 0:
+        p.error("--start must be >= 0")
+    return Args(a.instances, a.seed, tuple(a.only), a.json, not a.no_progress, a.start)
 
 
 def main(argv=None) -> int:
@@ -60,18 +67,22 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    results = [run_check(c, args.instances, args.seed, args.progress) for c in checks]
+    results = [run_check(c, args.instances, args.seed, args.progress, args.start) for c in checks]
     wall = time.perf_counter() - t0
     all_passed = all(r.ok for r in results)
     print(format_table(results))
     print(f"\n{len(results)} checks, {args.instances} instances each, seed {args.seed}, {wall:.1f} s: "
           + ("ALL PASSED (every negative control failed as designed)" if all_passed else "FAILURES"))
+    for r in results:
+        if not r.ok:
+            k = r.worst_instance if not r.passed else r.weakest_control_instance
+            print(f"replay {r.name}: python -m proofs_check --only {r.name} --seed {args.seed} --start {k} --instances 1")
     if any(c.name == "partial_coverage" for c in checks):
         from .partial_coverage import slide_table
         print("\n" + slide_table())
     if args.json:
         report = {"checks": [r.to_json() for r in results], "all_passed": all_passed,
-                  "seed": args.seed, "instances": args.instances, "seconds": wall}
+                  "seed": args.seed, "instances": args.instances, "start": args.start, "seconds": wall}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0 if all_passed else 1

@@ -28,6 +28,16 @@ def test_instances_are_reproducible():
     assert a == b
 
 
+def test_worst_instance_is_replayed_by_start():
+    """The report names the worst instance; ``start=K, n=1`` reruns exactly that instance."""
+    check = select_checks(["bt_gibbs"])[0]
+    full = run_check(check, 6, seed=5, progress=False)
+    errs = [check.instance(instance_generator(5, check.name, k))[0] for k in range(6)]
+    assert full.worst_instance == max(range(6), key=errs.__getitem__)
+    one = run_check(check, 1, seed=5, progress=False, start=full.worst_instance)
+    assert one.max_error == full.max_error and one.worst_instance == full.worst_instance
+
+
 def test_select_checks_by_module_and_name():
     assert [c.name for c in select_checks(["thm_2_4"])] == ["thm_2_4", "thm_2_4_mc"]
     assert [c.name for c in select_checks(["thm_2_4_mc"])] == ["thm_2_4_mc"]
