@@ -3,8 +3,9 @@ r"""Time one DPO optimizer step of the LLM backend against a naive baseline, in 
     python benchmarks/dpo_step.py                       # CPU: tiny and ~20M-parameter GPT-NeoX
     python benchmarks/dpo_step.py --device cuda         # + pythia-1.4b-shaped model (random weights), bf16
 
-Ours: chosen and rejected concatenated into one padded batch (one policy forward/backward), reference
-log-probs precomputed (the default of ``train_dpo``), :func:`allroads.losses.dpo_loss`, AdamW step.
+Ours: chosen and rejected concatenated into one left-padded batch (one policy forward/backward; the LM
+head only on the positions that predict response tokens), reference log-probs precomputed (the defaults
+of ``train_dpo``), :func:`allroads.losses.dpo_loss`, AdamW step.
 Baseline: per example, four separate unpadded forwards (policy chosen, policy rejected, ref chosen,
 ref rejected), a backward per example, then the AdamW step (how a first implementation often looks).
 Reported: seconds per step, policy tokens/s (real tokens of chosen + rejected per step / time), the
@@ -44,7 +45,7 @@ def make_pairs(n, vocab, prompt_len, resp_len, seed):
 
 
 def ours_step(policy, opt, pairs, ref_table, beta, device, autocast):
-    batch = {k: v.to(device) for k, v in collate_pairs(pairs, 1).items()}
+    batch = {k: v.to(device) for k, v in collate_pairs(pairs, 1, "left").items()}
     with autocast:
         logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     logp_w, logp_l = logp.chunk(2)
@@ -83,7 +84,7 @@ def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, p
     pairs = make_pairs(n_pairs, vocab, prompt_len, resp_len, seed=0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     with torch.no_grad():
-        b = {k: v.to(device) for k, v in collate_pairs(pairs, 1).items()}
+        b = {k: v.to(device) for k, v in collate_pairs(pairs, 1, "left").items()}
         with autocast:
             ref_logp, _ = sequence_logps(ref, b["input_ids"], b["attention_mask"], b["response_mask"])
         ref_table = torch.stack(ref_logp.float().chunk(2), 1)

@@ -87,8 +87,10 @@ class TrainConfig:
     """``cpu`` / ``cuda`` / ``cuda:N``; empty = CUDA when available (per local rank under torchrun)."""
     dtype: str = "float32"
     """Parameter dtype of the trained model (``float32``, ``float64`` for exact tests, ``bfloat16``)."""
-    padding_side: str = "right"
-    """Side on which batches are padded; results do not depend on it (tests check both)."""
+    padding_side: str = "left"
+    """Side on which batches are padded; results do not depend on it (tests check both). Left is faster for
+    sequence log-probs: every response then ends at the last position, so the LM head runs on the last
+    (longest response + 1) positions only (:func:`allroads.llm.models.sequence_logps`)."""
     log_every: int = 1
     """Write a metrics line every this many steps (1 = every step)."""
     progress: bool = True
