@@ -90,7 +90,7 @@ class LLMBackend:
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(flat), self.micro_batch_size):
             chunk = flat[s:s + self.micro_batch_size]
-            batch = collate_sequences([c[2] for c in chunk], [c[3] for c in chunk], pad, "right")
+            batch = collate_sequences([c[2] for c in chunk], [c[3] for c in chunk], pad, "left")  # left: the LM head runs on response positions only
             yield [(c[0], c[1]) for c in chunk], {k: v.to(self.device) for k, v in batch.items()}
 
     def _grid(self, completions: Completions) -> torch.Tensor:
