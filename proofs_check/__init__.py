@@ -18,16 +18,19 @@ partial_coverage    lecture notes §22.3 / slides: DPO breaks under partial cove
 q_logits            Section 3.4, Eq. 12–14: soft Q of π*_r = its logits; local reward = r
 ==================  =====================================================================
 
-Run ``python -m proofs_check`` (options ``--instances N --seed S --only NAME --json PATH``); it exits
+Run ``python -m proofs_check`` (options ``--instances N --seed S --only NAME --start K --json PATH``); it exits
 with status 0 iff every check passes *and* every negative control fails by its stated margin (100× the
 tolerance, 4× the critical z for the Monte-Carlo check).
 
 Cost. The default is 40 random instances per check (10 checks, 400 instances; each instance of the five
-optimiser-based checks runs 4–9 guarded L-BFGS fits of ≤ 100 parameters). Measured on the shared
-2-core development machine with one torch thread: the default run (40 instances, seed 0) took 45 s
-(49 s wall with start-up); under heavy contention from other jobs an earlier 30-instance run took 150 s. ``--instances 1000``
-scales linearly: about 20 minutes by extrapolation from the default run (≈ 1.1 s per instance of all ten
-checks), more on a busy machine; not measured.
+optimiser-based checks runs several guarded L-BFGS fits of ≤ 100 parameters). Measured on the shared
+2-core development machine with one torch thread: the default run (40 instances, seed 0) took 42 s
+(46 s wall with start-up). ``--instances 1000 --seed 0`` took 1162 s (19.4 min, with another job on the
+second core) and passed every check with every negative control failing as designed. The first such run
+failed four checks for three causes that 40 instances do not reach (local optima of the non-convex
+log-linear fits, a prompt of mass 5e-4, a random SPIN control of low power), fixed as
+described in ``common.fit_both_cross_seeded``, ``common.random_prompt_probs`` and ``thm_2_4``. A failing
+run prints the command that replays the instance it names (``--start K --instances 1``).
 """
 from __future__ import annotations
 
