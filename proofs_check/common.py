@@ -35,7 +35,6 @@ __all__ = [
     "random_loglinear",
     "random_full_coverage_data",
     "fit",
-    "fit_multistart",
     "fit_both_cross_seeded",
     "max_tv",
     "run_check",
@@ -217,12 +216,6 @@ def fit(fitter, *args, theta0, tol: float = 1e-8, restarts: int = 4, **kw):
     best = run(theta0)
     shrunk = run(0.25 * best.theta)
     return shrunk if shrunk.loss < best.loss else best
-
-
-def fit_multistart(fitter, *args, theta0s, **kw):
-    """:func:`fit` from each start in ``theta0s``; the run with the lowest objective (for objectives that
-    are non-convex in θ, e.g. soft RL / reverse KL over a log-linear class, which has local optima)."""
-    return min((fit(fitter, *args, theta0=t, **kw) for t in theta0s), key=lambda res: res.loss)
 
 
 def fit_both_cross_seeded(fit_a, fit_b, starts_a, starts_b):

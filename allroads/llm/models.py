@@ -16,7 +16,6 @@ Everything is saved with ``save_pretrained`` and loaded with ``from_pretrained``
 from __future__ import annotations
 
 import inspect
-
 from pathlib import Path
 
 import torch
