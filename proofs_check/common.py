@@ -152,11 +152,15 @@ def random_mdp(g: torch.Generator, prompts=(1, 2), actions=(2, 3), horizon=(1, 3
 SMALL_SHAPES = ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))
 
 
-def random_small_mdp(g: torch.Generator, prompts=(1, 2)) -> TreeMDP:
-    """A TreeMDP with (A, H) drawn from :data:`SMALL_SHAPES` (for checks that fit by L-BFGS)."""
-    A, H = SMALL_SHAPES[randint(g, 0, len(SMALL_SHAPES) - 1)]
-    P = randint(g, *prompts)
-    return TreeMDP(P, A, H, prompt_probs=random_prompt_probs(g, P))
+def random_small_mdp(g: torch.Generator, prompts=(1, 2), min_traj: int = 1) -> TreeMDP:
+    """A TreeMDP with (A, H) drawn from :data:`SMALL_SHAPES` (for checks that fit by L-BFGS), redrawn until it
+    has at least ``min_traj`` completions per prompt."""
+    while True:
+        A, H = SMALL_SHAPES[randint(g, 0, len(SMALL_SHAPES) - 1)]
+        P = randint(g, *prompts)
+        mdp = TreeMDP(P, A, H, prompt_probs=random_prompt_probs(g, P))
+        if mdp.n_traj >= min_traj:
+            return mdp
 
 
 def random_reward(mdp: TreeMDP, g: torch.Generator, scale: float = 1.5) -> torch.Tensor:

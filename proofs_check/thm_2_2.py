@@ -67,9 +67,7 @@ def instance(g: torch.Generator) -> tuple[float, float]:
     pi_cls = random_loglinear(mdp, g, d=3)
     errors.append(max_tv(*rlhf_vs_mle(LocalReward(pi_cls, beta=beta), pi_cls, data, beta, g, 0.5)))
     # negative control: same Π, tabular R ≠ R(Π), on a tree where Π is genuinely restricted
-    mdp = random_small_mdp(g)
-    while mdp.n_traj < 6:
-        mdp = random_small_mdp(g)
+    mdp = random_small_mdp(g, min_traj=6)
     data = random_full_coverage_data(mdp, g)
     pi_cls = random_loglinear(mdp, g, d=2)
     neg = max_tv(*rlhf_vs_mle(TabularReward(mdp), pi_cls, data, beta, g, 0.5))

@@ -39,28 +39,27 @@ from .common import Check, fit, max_tv, random_full_coverage_data, random_loglin
 FIT_TOL = 1e-8
 
 
-def instance(g: torch.Generator) -> tuple[float, float]:
-    beta = uniform(g, 0.5, 2.0)
-    mdp = random_small_mdp(g)
-    while mdp.n_traj < 4:
-        mdp = random_small_mdp(g)
+def _problem(g: torch.Generator, min_traj: int):
+    """A tree with ≥ ``min_traj`` completions per prompt, a random π_ref, full-coverage data and the BT MLE r̂
+    over the tabular reward class."""
+    mdp = random_small_mdp(g, min_traj=min_traj)
     ref = TabularPolicy.random(mdp, g)
     data = random_full_coverage_data(mdp, g)
     R = TabularReward(mdp)
     r_hat = R.reward(fit(fit_bt_reward, R, data, theta0=R.init(g, 1.0), tol=FIT_TOL).theta).detach()
+    return mdp, ref, data, r_hat
+
+
+def instance(g: torch.Generator) -> tuple[float, float]:
+    beta = uniform(g, 0.5, 2.0)
+    mdp, ref, data, r_hat = _problem(g, min_traj=4)
     lp_rlhf = soft_value_iteration(mdp, r_hat, ref=ref, beta=beta).policy.traj_log_probs()
     Pi = TabularSoftmaxPolicy(mdp)
     dpo = fit(fit_policy_mle, Pi, data, beta=beta, ref=ref, theta0=Pi.init(g, 1.0), tol=FIT_TOL)
     err = max_tv(lp_rlhf, Pi.traj_log_probs(dpo.theta))
     # negative control: π*_dpo ∉ Π (restricted log-linear Π)
     if mdp.n_traj < 6:
-        mdp = random_small_mdp(g)
-        while mdp.n_traj < 6:
-            mdp = random_small_mdp(g)
-        ref = TabularPolicy.random(mdp, g)
-        data = random_full_coverage_data(mdp, g)
-        R = TabularReward(mdp)
-        r_hat = R.reward(fit(fit_bt_reward, R, data, theta0=R.init(g, 1.0), tol=FIT_TOL).theta).detach()
+        mdp, ref, data, r_hat = _problem(g, min_traj=6)
     Pi = random_loglinear(mdp, g, d=2)
     rl = fit(fit_soft_rl, Pi, r_hat, beta=beta, ref=ref, theta0=Pi.init(g, 0.5), tol=1e-6)
     dpo = fit(fit_policy_mle, Pi, data, beta=beta, ref=ref, theta0=Pi.init(g, 0.5), tol=1e-6)

@@ -48,9 +48,7 @@ def simple_reward_class(mdp, g: torch.Generator, d: int = 2) -> LinearReward:
 
 def instance(g: torch.Generator) -> tuple[float, float]:
     beta = uniform(g, 0.5, 2.0)
-    mdp = random_small_mdp(g)
-    while mdp.n_traj < 6:
-        mdp = random_small_mdp(g)
+    mdp = random_small_mdp(g, min_traj=6)
     data = random_full_coverage_data(mdp, g)
     R_sim = simple_reward_class(mdp, g)
     r_hat = R_sim.reward(fit(fit_bt_reward, R_sim, data, theta0=R_sim.init(g, 1.0), tol=FIT_TOL).theta).detach()
