@@ -13,8 +13,7 @@ r"""Evaluation of policies and reward models on TL;DR (Swamy et al. 2025, Sec. 3
   forward-KL (data) term as the BT negative log-likelihood of the policy's implied reward
   β(log π − log π_ref) on the preference data, and the reverse KL estimated on-policy:
   ``E_{ξ∼π}[log π(ξ) − log π_ref(ξ)]`` over samples at T = 1 (Fig. 4).
-* :func:`rm_size_grid`, :func:`dataset_fraction` — the RM-size × policy-size grid of Fig. 9 and the
-  nested data subsets of Fig. 12.
+* :func:`dataset_fraction` — the nested data subsets of Fig. 12.
 """
 from __future__ import annotations
 
@@ -29,7 +28,12 @@ from ..losses import bt_logits, select_best_of_n
 from .backend import DPORM, LLMBackend
 
 __all__ = ["BTValidation", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
-           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "rm_size_grid", "dataset_fraction"]
+           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "dataset_fraction"]
+
+
+def _sem(x: torch.Tensor) -> float:
+    """Standard error of the mean of a 1-D sample (NaN for one value)."""
+    return float(x.std() / math.sqrt(x.numel())) if x.numel() > 1 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,7 @@ def bt_validation(r_w: torch.Tensor, r_l: torch.Tensor) -> BTValidation:
         raise ValueError(f"need two equal non-empty 1-D score vectors, got {tuple(r_w.shape)} and {tuple(r_l.shape)}")
     ll = torch.nn.functional.logsigmoid(bt_logits(r_w.double(), r_l.double()))
     acc = ((r_w > r_l).double() + 0.5 * (r_w == r_l).double()).mean()
-    se = float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else float("nan")
-    return BTValidation(float(ll.mean()), se, float(acc), int(ll.numel()))
+    return BTValidation(float(ll.mean()), _sem(ll), float(acc), int(ll.numel()))
 
 
 def validation_likelihood(backend: LLMBackend, scorer, prompts: Sequence[str], chosen: Sequence[str],
@@ -81,11 +84,6 @@ def policy_samples(backend: LLMBackend, policy, prompts: Sequence[str], *, n: in
     return comps, sum(not c.finished for row in comps for c in row)
 
 
-def _empty_to_placeholder(texts: list[str]) -> tuple[list[str], int]:
-    """The judge refuses nothing, but an empty summary is a valid (bad) answer: keep it as "" and count it."""
-    return texts, sum(not t.strip() for t in texts)
-
-
 def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], posts: Sequence[str],
                     references: Sequence[str], *, temperature: float = 0.01, seed: int = 0,
                     max_new_tokens: int | None = None) -> dict:
@@ -98,7 +96,8 @@ def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], 
 
     comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed,
                                        max_new_tokens=max_new_tokens)
-    texts, empty = _empty_to_placeholder([row[0].text for row in comps])
+    texts = [row[0].text for row in comps]
+    empty = sum(not t.strip() for t in texts)  # an empty summary is a valid (bad) answer: judged, and counted
     res = win_rate(judge, list(posts), texts, list(references))
     return {**res.summary(), "unfinished": unfinished, "empty": empty, "samples": texts}
 
@@ -120,8 +119,8 @@ def policy_rouge(backend: LLMBackend, policy, prompts: Sequence[str], references
     comps, unfinished = policy_samples(backend, policy, distinct, n=1, temperature=temperature, seed=seed)
     text = {p: row[0].text for p, row in zip(distinct, comps)}
     f1 = torch.tensor(rouge_l_f1_batch([text[p] for p in prompts], list(references)), dtype=torch.float64)
-    return {"rouge_l": float(f1.mean()), "se": float(f1.std() / math.sqrt(len(f1))) if len(f1) > 1 else float("nan"),
-            "n": len(f1), "n_prompts": len(distinct), "unfinished": unfinished}
+    return {"rouge_l": float(f1.mean()), "se": _sem(f1), "n": len(f1), "n_prompts": len(distinct),
+            "unfinished": unfinished}
 
 
 def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge, prompts: Sequence[str],
@@ -191,15 +190,7 @@ def eq2_objective(backend: LLMBackend, policy, ref, *, beta: float, pair_prompts
     comps, unfinished = policy_samples(backend, policy, kl_prompts, n=n_samples, temperature=1.0, seed=seed)
     ratio = backend.seq_logp(policy, list(kl_prompts), comps) - backend.seq_logp(ref, list(kl_prompts), comps)  # (B, n)
     flat = ratio.reshape(-1)
-    se = float(flat.std() / math.sqrt(flat.numel())) if flat.numel() > 1 else float("nan")
-    return Eq2Estimate(-val.loglik, float(flat.mean()), se, beta, int(flat.numel()), unfinished)
-
-
-def rm_size_grid(policy_sizes: Sequence[str], rm_sizes: Sequence[str]) -> list[tuple[str, str]]:
-    """Fig. 9: every (policy size, global-RM size) combination, e.g. sizes ``1.4b``, ``2.8b``, ``6.9b``."""
-    if not policy_sizes or not rm_sizes:
-        raise ValueError("rm_size_grid: need at least one policy size and one RM size")
-    return [(p, r) for p in policy_sizes for r in rm_sizes]
+    return Eq2Estimate(-val.loglik, float(flat.mean()), _sem(flat), beta, int(flat.numel()), unfinished)
 
 
 def dataset_fraction(n: int, fraction: float, seed: int) -> list[int]:

@@ -71,25 +71,42 @@ def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False)
 
 
 def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifact], dict[str, Artifact]],
-              with_sft: bool = True) -> dict:
+              with_sft: bool = True, rate: Callable[..., dict] | None = None) -> dict:
+    """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
+    ``rate(artifact, seed)`` is the evaluation (default :meth:`Pipeline.win_rate`). Known scores (tiny
+    preset) are summarised alongside."""
+    rate = rate or pipe.win_rate
     sft = pipe.sft()
     vals: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}
-    if with_sft:
-        r = pipe.win_rate(sft)
-        vals["SFT"] = [r["win_rate"]] * 1
+
+    def add(name: str, r: dict) -> None:
+        vals.setdefault(name, []).append(r["win_rate"])
         if "known_score" in r:
-            extra["SFT"] = [r["known_score"]]
+            extra.setdefault(name, []).append(r["known_score"])
+
+    if with_sft:
+        add("SFT", rate(sft))
     for seed in fig.seeds:
         for name, art in per_seed(seed, sft).items():
-            r = pipe.win_rate(art, seed)
-            vals.setdefault(name, []).append(r["win_rate"])
-            if "known_score" in r:
-                extra.setdefault(name, []).append(r["known_score"])
+            add(name, rate(art, seed))
     out = {"metric": "win rate vs reference (judge)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
     if extra:
         out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
     return out
+
+
+def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
+    """Append one seed's BoN win rates (``Pipeline.bon`` output) to ``curves[panel][rm][N]``."""
+    for rm_name, curve in bon_result["curves"].items():
+        for n, summ in curve.items():
+            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ["win_rate"])
+
+
+def _summarise_curves(curves: dict) -> dict:
+    """``{panel: {curve: {x: [values over seeds]}}}`` → the same with mean ± s.e. per point, x sorted."""
+    return {panel: {name: {str(x): _mean_se(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
+            for panel, d in curves.items()}
 
 
 def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -141,12 +158,8 @@ def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
     for seed in fig.seeds:
         rms = {"global": pipe.rm(sft, seed), "local": pipe.local_rm(sft, seed), "dpo": pipe.dpo(sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
-            r = pipe.bon(base, rms, sft, fig.bon_ns, seed)
-            for rm_name, curve in r["curves"].items():
-                for n, summ in curve.items():
-                    curves.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ["win_rate"])
-    return {"metric": "BoN win rate vs reference", "curves": {
-        b: {rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in d.items()} for b, d in curves.items()}}
+            _add_curves(curves, base_name, pipe.bon(base, rms, sft, fig.bon_ns, seed))
+    return {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
 
 
 def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -160,8 +173,7 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
             online = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, fraction=f), seed)
             curves["DPO"].setdefault(f, []).append(pipe.win_rate(dpo, seed)["win_rate"])
             curves["Online DPO (SFT)"].setdefault(f, []).append(pipe.win_rate(online, seed)["win_rate"])
-    return {"metric": "win rate vs reference", "curves": {"SFT": {
-        k: {str(f): _mean_se(v) for f, v in sorted(c.items())} for k, c in curves.items()}}}
+    return {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
 
 
 def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -192,42 +204,27 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
     for seed in fig.seeds:
         rms = {f"RM {r}": sized[r].rm(sfts[r], seed) for r in fig.rm_sizes}
         for p in fig.policy_sizes:
-            res = sized[p].bon(sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms})
-            for rm_name, curve in res["curves"].items():
-                for n, summ in curve.items():
-                    curves.setdefault(f"policy {p}", {}).setdefault(rm_name, {}).setdefault(int(n), []).append(
-                        summ["win_rate"])
+            _add_curves(curves, f"policy {p}",
+                        sized[p].bon(sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
     return {"metric": "BoN win rate vs reference (global RM per size)",
-            "models": {label: pipe.s.size_model(label) for label in sized},
-            "curves": {b: {rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
-                       for b, d in curves.items()}}
+            "models": {label: pipe.s.size_model(label) for label in sized}, "curves": _summarise_curves(curves)}
 
 
 def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 10: two-word TL;DR. DPO and a global RM are trained from SFT on judge-written, judge-ranked two-word
     pairs (:meth:`Pipeline.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
     Win rates against judge-written two-word references with the two-word judge prompt."""
-    sft = pipe.sft()
     data = pipe.two_word_data()
-    vals: dict[str, list[float]] = {}
-    known: dict[str, list[float]] = {}
 
-    def add(name: str, r: dict) -> None:
-        vals.setdefault(name, []).append(r["win_rate"])
-        if "known_score" in r:
-            known.setdefault(name, []).append(r["known_score"])
-
-    add("SFT", pipe.win_rate_two_word(sft))
-    for seed in fig.seeds:
+    def per_seed(seed, sft):
         dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
         online = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, two_word=True), seed)
-        add("DPO", pipe.win_rate_two_word(dpo, seed))
-        add("Online DPO (DPO)", pipe.win_rate_two_word(online, seed))
-    out = {"metric": "two-word win rate vs judge-written reference", "bars": {k: _mean_se(v) for k, v in vals.items()},
-           "data": json.loads((data.path / "report.json").read_text()),
-           "references": json.loads((pipe.two_word_refs().path / "report.json").read_text())}
-    if known:
-        out["known_score"] = {k: _mean_se(v) for k, v in known.items()}
+        return {"DPO": dpo, "Online DPO (DPO)": online}
+
+    out = _winrates(pipe, fig, per_seed, rate=pipe.win_rate_two_word)
+    out["metric"] = "two-word win rate vs judge-written reference"
+    out["data"] = json.loads((data.path / "report.json").read_text())
+    out["references"] = json.loads((pipe.two_word_refs().path / "report.json").read_text())
     return out
 
 

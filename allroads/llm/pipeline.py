@@ -154,6 +154,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _write_jsonl(path: Path, rows) -> None:
+    """One JSON object per line (stage outputs are written inside the stage's ``.partial`` directory)."""
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -218,21 +225,27 @@ class Pipeline:
     def _tok_kw(self) -> dict:
         return dict(max_prompt_tokens=self.s.sft.max_prompt_tokens, max_response_tokens=self.s.sft.max_response_tokens)
 
-    def sft_rows(self, split: str, limit: int):
-        key = f"sft:{split}:{limit}"
+    def _cached_rows(self, load, source: str, split: str, limit: int):
+        """``load(source, split, limit)`` once per (source, split, limit); its report is logged."""
+        key = (load.__name__, source, split, limit)
         if key not in self._rows:
-            rows, rep = D.load_sft_rows(self.s.sft_data, split, limit)
+            rows, rep = load(source, split, limit)
             self.log(f"[data] {rep}")
             self._rows[key] = rows
         return self._rows[key]
 
+    def sft_rows(self, split: str, limit: int):
+        return self._cached_rows(D.load_sft_rows, self.s.sft_data, split, limit)
+
     def pft_rows(self, split: str, limit: int):
-        key = f"pft:{split}:{limit}"
-        if key not in self._rows:
-            rows, rep = D.load_comparison_rows(self.s.pft_data, split, limit)
-            self.log(f"[data] {rep}")
-            self._rows[key] = rows
-        return self._rows[key]
+        return self._cached_rows(D.load_comparison_rows, self.s.pft_data, split, limit)
+
+    def pft_train_rows(self, fraction: float = 1.0, seed: int = 0):
+        """The PFT training rows, or the nested ``fraction`` of them for ``seed`` (Fig. 12)."""
+        from .evaluate import dataset_fraction
+
+        rows = self.pft_rows("train", self.s.pft_limit)
+        return rows if fraction >= 1.0 else [rows[i] for i in dataset_fraction(len(rows), fraction, seed)]
 
     def for_model(self, model: str) -> "Pipeline":
         """This pipeline with ``model`` as the base model of every stage (Fig. 9's per-size SFT policies and RMs):
@@ -267,17 +280,10 @@ class Pipeline:
     def _write_pairs(out: Path, pairs: list[D.TokenizedPair]) -> None:
         if not pairs:
             raise ValueError(f"{out.name}: the stage produced no preference pairs (see its report.json)")
-        with (out / "pairs.jsonl").open("w") as f:
-            for p in pairs:
-                f.write(json.dumps(dataclasses.asdict(p)) + "\n")
+        _write_jsonl(out / "pairs.jsonl", [dataclasses.asdict(p) for p in pairs])
 
     def human_pairs(self, fraction: float = 1.0, seed: int = 0) -> list[D.TokenizedPair]:
-        from .evaluate import dataset_fraction
-
-        rows = self.pft_rows("train", self.s.pft_limit)
-        if fraction < 1.0:
-            rows = [rows[i] for i in dataset_fraction(len(rows), fraction, seed)]
-        return D.tokenize_pairs(rows, self.tokenizer, **self._tok_kw())
+        return D.tokenize_pairs(self.pft_train_rows(fraction, seed), self.tokenizer, **self._tok_kw())
 
     def policy(self, art: Artifact):
         return M.load_policy(str(art.path / "model"), dtype=self.s.dpo.dtype).to(self.device)
@@ -368,7 +374,7 @@ class Pipeline:
         if kind == "known":
             from .synthetic import synthetic_score
 
-            return FunctionRM(lambda prompt, text: synthetic_score(prompt, text))
+            return FunctionRM(synthetic_score)
         raise ValueError(f"unknown RM kind {kind!r}; use global, local, dpo or known")
 
     def online_pairs(self, start: Artifact, rm: Artifact | None, rm_kind: str, seed: int, *, sft: Artifact | None = None,
@@ -381,13 +387,9 @@ class Pipeline:
             ocfg = dataclasses.replace(ocfg, max_new_tokens=self.s.two_word_tokens)
 
         def build(out: Path):
-            from .evaluate import dataset_fraction
             from .online_data import to_tokenized_pairs
 
-            rows = self.pft_rows("train", self.s.pft_limit)
-            if fraction < 1.0:
-                rows = [rows[i] for i in dataset_fraction(len(rows), fraction, seed)]
-            prompts, _ = self._distinct_prompts(rows, two_word)  # one pass per distinct prompt
+            prompts, _ = self._distinct_prompts(self.pft_train_rows(fraction, seed), two_word)  # one pass per prompt
             if augment:
                 prompts = list(dict.fromkeys(prompts + self._distinct_prompts(self.sft_rows("train", self.s.sft_limit),
                                                                               two_word)[0]))
@@ -465,9 +467,7 @@ class Pipeline:
                     i = differ[rec.index]
                     w, l = comps[i] if rec.first_wins else comps[i][::-1]
                     pairs.append(D.TokenizedPair(be.encode_prompts([prompts[i]])[0], list(w.token_ids), list(l.token_ids)))
-            with (out / "labelled.jsonl").open("w") as f:
-                for row in labelled:
-                    f.write(json.dumps(row) + "\n")
+            _write_jsonl(out / "labelled.jsonl", labelled)
             report = {"n_prompts": len(prompts), "n_identical_samples": len(prompts) - len(differ),
                       "n_pairs": len(pairs), "unparseable": result.unparseable, "n_unfinished_samples": unfinished,
                       "judge": result.summary()}
@@ -505,9 +505,7 @@ class Pipeline:
                     cut += len(full) > budget
                     ids.append(full[:budget])
                 pairs.append(D.TokenizedPair(tok(row["prompt"], add_special_tokens=False)["input_ids"], *ids))
-            with (out / "labelled.jsonl").open("w") as f:
-                for row in labelled:
-                    f.write(json.dumps(row) + "\n")
+            _write_jsonl(out / "labelled.jsonl", labelled)
             report = {"n_prompts": len(prompts), "n_missing_summary": missing,
                       "n_identical_summaries": len(prompts) - missing - len(keep), "n_pairs": len(pairs),
                       "unparseable": result.unparseable, "n_responses_cut": cut, "judge": result.summary()}
@@ -564,18 +562,23 @@ class Pipeline:
         art = self.stage(kind, {**spec, "judge": self.s.judge_id, "n_test": self.s.n_test}, inputs, build)
         return json.loads((art.path / "result.json").read_text())
 
+    def _with_known_score(self, res: dict, posts: list[str]) -> dict:
+        """Tiny preset: add the synthetic data's known score of the judged samples (mean over posts)."""
+        if self.s.known_score:
+            from .synthetic import synthetic_score
+
+            res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
+        return res
+
     def win_rate(self, policy: Artifact, seed: int = 0) -> dict:
         """Win rate vs the reference summaries (B.4), plus the known score in the tiny preset."""
         def compute():
             from .evaluate import policy_win_rate
-            from .synthetic import synthetic_score
 
             prompts, posts, refs = self._test()
             res = policy_win_rate(self.backend(), self.policy(policy), self.judge(), prompts, posts, refs,
                                   temperature=self.s.eval_temperature, seed=seed)
-            if self.s.known_score:
-                res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
-            return res
+            return self._with_known_score(res, posts)
 
         return self._result("eval_winrate", {"seed": seed, "T": self.s.eval_temperature}, [policy], compute)
 
@@ -586,7 +589,6 @@ class Pipeline:
 
         def compute():
             from .evaluate import policy_win_rate
-            from .synthetic import synthetic_score
 
             rows = self.sft_rows("test", self.s.n_test_two_word)
             ref = json.loads((refs.path / "refs.json").read_text())
@@ -595,9 +597,7 @@ class Pipeline:
             res = policy_win_rate(self.backend(), self.policy(policy), self.judge("two_word"),
                                   [self.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
                                   temperature=self.s.eval_temperature, seed=seed, max_new_tokens=self.s.two_word_tokens)
-            if self.s.known_score:
-                res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
-            return res
+            return self._with_known_score(res, posts)
 
         spec = {"seed": seed, "T": self.s.eval_temperature, "tokens": self.s.two_word_tokens,
                 "n_test_two_word": self.s.n_test_two_word}

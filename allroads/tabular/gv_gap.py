@@ -277,7 +277,7 @@ def _blocks(problem, n_pairs, seeds, n_heldout=0):
     return data
 
 
-def _online_pairs(problem, data, sampler, r_hat, n_online, seed_offset):
+def _online_pairs(data, sampler, r_hat, n_online, seed_offset):
     """Online-DPO datasets of every block: for each prompt of block b's dataset, ``n_online`` samples from
     ``sampler(b)`` ranked by r̂_b (``allroads.online.online_dpo_pairs``, the code the LLM runs use).
     Returns (hard-label Pairs, soft-label Pairs, prompts dropped per block)."""
@@ -365,7 +365,7 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
         th_loc = timed_fit("local_rm", "local", pairs, l2)
         rms["local"] = beta * sc.traj_log_probs(th_loc)
     if "online_dpo" in methods or "online_dpo_soft" in methods:
-        hard, soft, dropped = _online_pairs(problem, data, lambda b: ref, r_hat, n_online, seed_offset=7)
+        hard, soft, dropped = _online_pairs(data, lambda b: ref, r_hat, n_online, seed_offset=7)
         out.extra["online_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
         online_fits(("online_dpo", hard), ("online_dpo_soft", soft), ref_base=base, ref_lp=ref_lp)
     if "online_dpo_from_dpo" in methods or "online_dpo_soft_from_dpo" in methods:
@@ -374,7 +374,7 @@ def run_regime(problem: GVGapProblem, *, n_pairs: list, seeds: list, l2_coef: fl
         m = problem.mdp
         sampler = lambda b: TabularPolicy.from_logits(  # noqa: E731
             m, [s[b].reshape(m.n_prompts, m.n_actions**h, m.n_actions) for h, s in enumerate(dpo_base)])
-        hard, soft, dropped = _online_pairs(problem, data, sampler, r_hat, n_online, seed_offset=11)
+        hard, soft, dropped = _online_pairs(data, sampler, r_hat, n_online, seed_offset=11)
         out.extra["online_from_dpo_dropped_prompts"] = _to_grid(torch.tensor(dropped, dtype=torch.float64), S, K).tolist()
         online_fits(("online_dpo_from_dpo", hard), ("online_dpo_soft_from_dpo", soft), ref_base=dpo_base,
                     ref_lp=policies["dpo"].detach())
