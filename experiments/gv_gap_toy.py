@@ -120,12 +120,13 @@ def run(cfg: Config, progress: bool = True) -> dict:
     runs = {c: run_regime(gv, l2_coef=c, heldout=held, **common) for c in cfg.l2_grid}
     sel = select_regularisation(runs)
     c, c_rm = sel["chosen"], sel["chosen_rm"]
-    sensitivity = {str(cc): {m: regime_to_json(r)["methods"][m]["rkl_to_optimum"] for m in r.metrics} for cc, r in runs.items()}
+    gv_json = {cc: regime_to_json(r) for cc, r in runs.items()}
+    sensitivity = {str(cc): {m: d["rkl_to_optimum"] for m, d in j["methods"].items()} for cc, j in gv_json.items()}
     # main tables: the DPO-validated c shared by every fit (the RM too), so bandit_h1 stays an exact control
     # (Thm 2.2 needs identical regularisers). Secondary: each stage at its own validated c (RM at c_rm).
     own = {"rlhf_at_c_rm": sensitivity[str(c_rm)]["rlhf"],
            **{m: sensitivity[str(c)][m] for m in sensitivity[str(c)] if m != "rlhf"}}
-    regimes = {name: regime_to_json(runs[c] if name == "gv_gap" else run_regime(make_problem(name, **pk), l2_coef=c, **common))
+    regimes = {name: gv_json[c] if name == "gv_gap" else regime_to_json(run_regime(make_problem(name, **pk), l2_coef=c, **common))
                for name in cfg.regimes}
     bar.close()
     fits = [f for r in regimes.values() for f in r["fits"].values()]
@@ -158,48 +159,58 @@ def table(name: str, reg: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, out: Path) -> None:
-    regs = results["regimes"]
-    for metric, fname in (("rkl_to_optimum", "kl_vs_n.png"), ("winrate", "winrate_vs_n.png")):
-        fig, axes = plt.subplots(1, len(regs), figsize=(4.5 * len(regs), 3.6), squeeze=False)
-        for ax, (name, reg) in zip(axes[0], regs.items()):
-            for m, d in reg["methods"].items():
-                ax.errorbar(reg["n_pairs"], d[metric]["mean"], yerr=d[metric]["sem"], marker="o", capsize=3, label=m)
-            ax.set_xscale("log")
-            ax.set_title(name)
-            ax.set_xlabel("N preference pairs")
-            ax.set_ylabel("KL(P_pi || P*)" if metric == "rkl_to_optimum" else "win rate vs pi_ref (BT r*)")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
-        plt.close(fig)
+def _log_n_axis(ax, ns) -> None:
+    """Log-scaled N axis labelled at the N values themselves (no overlapping minor labels)."""
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("N preference pairs")
+
+
+def _panels(regs: dict, out: Path, fname: str, draw) -> None:
+    """One panel per regime, ``draw(ax, name, regime)`` in each, legend in the first; saved as ``out/fname``."""
     fig, axes = plt.subplots(1, len(regs), figsize=(4.5 * len(regs), 3.6), squeeze=False)
     for ax, (name, reg) in zip(axes[0], regs.items()):
+        draw(ax, name, reg)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / fname, dpi=120)
+    plt.close(fig)
+
+
+def plot(results: dict, out: Path) -> None:
+    regs = results["regimes"]
+
+    def vs_n(metric, ylabel):
+        def draw(ax, name, reg):
+            for m, d in reg["methods"].items():
+                ax.errorbar(reg["n_pairs"], d[metric]["mean"], yerr=d[metric]["sem"], marker="o", capsize=3, label=m)
+            _log_n_axis(ax, reg["n_pairs"])
+            ax.set_title(name)
+            ax.set_ylabel(ylabel)
+        return draw
+
+    def fig7(ax, name, reg):
         for k, v in reg["fig7_heldout_bt_nll"].items():
             ax.errorbar(reg["n_pairs"], v["mean"], yerr=v["sem"], marker="o", capsize=3, label=f"{k} RM")
         ax.axhline(reg["fig7_bayes_floor"], color="k", ls=":", label="r* (floor)")
-        ax.set_xscale("log")
+        _log_n_axis(ax, reg["n_pairs"])
         ax.set_title(f"{name}: held-out BT NLL (Fig. 7)")
-        ax.set_xlabel("N preference pairs")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fig7_heldout_nll.png", dpi=120)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, len(regs), figsize=(4.5 * len(regs), 3.6), squeeze=False)
-    for ax, (name, reg) in zip(axes[0], regs.items()):
+
+    def fig8(ax, name, reg):
         f8 = reg["fig8_bon_winrate_vs_ref"]
         for k, v in f8.items():
-            if k == "bon_n":
-                continue
-            ax.errorbar(f8["bon_n"], v["mean"][0], yerr=v["sem"][0], marker="o", capsize=3, label=k)
+            if k != "bon_n":
+                ax.errorbar(f8["bon_n"], v["mean"][0], yerr=v["sem"][0], marker="o", capsize=3, label=k)
         ax.set_xscale("log", base=2)
         ax.set_title(f"{name}: best-of-n from pi_ref, N={reg['n_pairs'][0]} (Fig. 8)")
         ax.set_xlabel("n")
         ax.set_ylabel("win rate vs pi_ref (BT r*)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fig8_bon.png", dpi=120)
-    plt.close(fig)
+
+    _panels(regs, out, "kl_vs_n.png", vs_n("rkl_to_optimum", "KL(P_pi || P*)"))
+    _panels(regs, out, "winrate_vs_n.png", vs_n("winrate", "win rate vs pi_ref (BT r*)"))
+    _panels(regs, out, "fig7_heldout_nll.png", fig7)
+    _panels(regs, out, "fig8_bon.png", fig8)
 
 
 def main(argv=None) -> dict:
