@@ -1,4 +1,4 @@
-r"""The backend protocol: the three primitives every multi-step method is written over (DESIGN.md).
+r"""The backend protocol: the three primitives every multi-step method is written over.
 
 A backend supplies, for its own notion of *policy*, *reward model*, *prompts* and *completions*:
 

@@ -6,7 +6,6 @@ import torch
 
 from allroads.tabular import SharedScorer, TreeMDP
 from allroads.tabular.features import concat_features, depth_one_hot, token_counts, token_presence
-from allroads.tabular.gv_gap import BatchedScorer, GVGapProblem
 
 
 @pytest.mark.parametrize("A,H", [(2, 3), (3, 2), (3, 4)])
@@ -31,23 +30,20 @@ def test_per_prompt_blocks_put_each_prompt_in_its_own_slot():
         assert block.sum() == block[:, p].sum()  # other prompts' slots are zero
 
 
-def test_batched_scorer_equals_shared_scorer():
-    """BatchedScorer (used for speed) must be SharedScorer exactly: reward and trajectory log-probs (atol 1e-12)."""
+def test_batched_shared_scorer_equals_unbatched():
+    """SharedScorer over θ of shape (B, n) is B unbatched scorers exactly: reward and trajectory log-probs (atol
+    1e-12); a base (π_ref's scores) is the same as shifting every node's table entry by base/c."""
     mdp = TreeMDP(2, 3, 3)
     feats = concat_features(token_presence(mdp, per_prompt=True), token_counts(mdp))
     ss = SharedScorer(mdp, feats, tabular_scale=0.3)
     g = torch.Generator().manual_seed(0)
-    prob = GVGapProblem("gv_gap", mdp, feats, 0.3, [torch.zeros(2, 3**h, dtype=torch.float64) for h in (1, 2, 3)],
-                        torch.zeros(2, 27, dtype=torch.float64))
-    bs = BatchedScorer(prob)
-    assert bs.n_params == ss.n_params
     theta = torch.randn(4, ss.n_params, dtype=torch.float64, generator=g)
     for b in range(4):
-        torch.testing.assert_close(bs.reward(theta)[b], ss.reward(theta[b]), atol=1e-12, rtol=0)
-        torch.testing.assert_close(bs.traj_log_probs(theta)[b], ss.traj_log_probs(theta[b]), atol=1e-12, rtol=0)
-    # a base (π_ref's scores) adds to the logits of every node
+        torch.testing.assert_close(ss.reward(theta)[b], ss.reward(theta[b]), atol=1e-12, rtol=0)
+        torch.testing.assert_close(ss.traj_log_probs(theta)[b], ss.traj_log_probs(theta[b]), atol=1e-12, rtol=0)
     base = [torch.randn(2, 3**h, dtype=torch.float64, generator=g) for h in (1, 2, 3)]
     theta_base = theta[0].clone()
     theta_base[ss.n_features:] += torch.cat([b.reshape(-1) for b in base]) / 0.3
-    torch.testing.assert_close(bs.traj_log_probs(theta[:1], [b.unsqueeze(0) for b in base])[0],
-                               ss.traj_log_probs(theta_base), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ss.with_base(base).traj_log_probs(theta[:1])[0], ss.traj_log_probs(theta_base),
+                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(ss.with_base(base).reward(theta[0]), ss.reward(theta[0]), atol=0, rtol=0)  # reward ignores it

@@ -1,6 +1,8 @@
-"""The GV-gap toy: a reduced run of the script's entry point (schema, Thm 2.2 identity in bandit_h1) and
-exactness of the batched pieces against the engine."""
-import importlib.util
+"""The GV-gap experiment: a reduced run's schema, the N = ∞ coincidence, the bandit identity under per-method
+selection, and the reuse of identical fits justified by the objectives themselves."""
+import dataclasses
+import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,69 +10,121 @@ import pytest
 import torch
 
 from allroads.tabular import reverse_kl, soft_value_iteration
-from allroads.tabular.gv_gap import BatchedScorer, kl_to_optimum, make_problem
+from allroads.tabular.fit import bt_objective, dpo_objective
+from allroads.tabular.gv_gap import REGIMES, design_statistics, make_problem
+from allroads.tabular.gv_gap_report import run
+from allroads.tabular.gv_gap_run import GVGapConfig, nested_datasets
+from allroads.tabular.metrics import kl_to_optimum
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gv_gap_toy.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("gv_gap_toy", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gv_gap_toy"] = mod  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+SMALL = GVGapConfig(n_pairs=(24, 48), seeds=2, horizon=3, l2_grid=(0.3, 3.0, 30.0), n_online=8)
 
 
 @pytest.fixture(scope="module")
 def small_run():
-    mod = _script()
-    cfg = mod.parse_args(["--n-pairs", "20", "60", "--seeds", "2", "--horizon", "3", "--l2-grid", "1.0", "3.0",
-                          "--n-heldout", "300", "--out", "unused"])
-    return mod.run(cfg, progress=False)
+    return run(SMALL, progress=False)
 
 
 def test_results_schema(small_run):
-    regs = small_run["regimes"]
-    assert set(regs) == {"gv_gap", "bandit_h1", "lookup_reward"}
-    for reg in regs.values():
-        assert reg["n_pairs"] == [20, 60]
-        for m in ("rlhf", "dpo", "online_dpo", "online_dpo_soft"):
+    assert small_run["protocol"] == "per_method" and small_run["selection"]["mode"] == "split"
+    assert set(small_run["regimes"]) == set(REGIMES)
+    for name, reg in small_run["regimes"].items():
+        assert reg["n_pairs"] == [24, 48]
+        assert set(reg["design"]) >= {"tie_fraction", "bayes_heldout_nll", "mean_token_presence", "kl_ref_to_optimum",
+                                      "norm_ratio", "min_norm_reward", "min_norm_policy"}
+        for m in ("rlhf", "dpo", "local_rm", "online_dpo"):
+            d = reg["methods"][m]
             for metric in ("rkl_to_optimum", "winrate"):
-                d = reg["methods"][m][metric]
-                assert len(d["mean"]) == len(d["sem"]) == 2
-                assert all(x == x for x in d["mean"])  # no NaN
-        assert all(0 <= x <= 1 for x in reg["methods"]["rlhf"]["winrate"]["mean"])
+                assert len(d[metric]["mean"]) == len(d[metric]["sem"]) == 2
+                assert all(math.isfinite(x) for x in d[metric]["mean"])
+            # selected c: per N, a list over seeds, each a grid value
+            assert len(d["selected_c"]) == 2 and all(len(v) == 2 for v in d["selected_c"])
+            assert all(c in SMALL.l2_grid for v in d["selected_c"] for c in v)
+        assert set(reg["population"]["methods"]) == {"rlhf", "dpo", "local_rm"}
+        se = reg["sample_efficiency"]
+        assert se["n_pairs"] == [24, 48] and len(se["dpo_n_to_match_rlhf"]) == 2
+        pd = reg["paired_difference"]["rlhf_minus_dpo"]
+        want = [a - b for a, b in zip(reg["methods"]["rlhf"]["rkl_to_optimum"]["mean"], reg["methods"]["dpo"]["rkl_to_optimum"]["mean"])]
+        assert pd["mean"] == pytest.approx(want, abs=1e-12)
         assert all(x >= 0 for m in reg["methods"].values() for x in m["rkl_to_optimum"]["mean"])
-    sel = small_run["regularisation"]
-    assert sel["chosen"] in (1.0, 3.0) and sel["chosen_rm"] in (1.0, 3.0)
-    # the selections are the argmins of the recorded held-out NLLs (mean over seeds and N)
-    assert sel["chosen"] == sel["grid"][min(range(2), key=lambda i: sel["heldout_nll_mean"][i])]
-    assert sel["chosen_rm"] == sel["grid"][min(range(2), key=lambda i: sel["rm_heldout_nll_mean"][i])]
-    own = sel["gv_gap_each_stage_own_c_rkl_to_optimum"]
-    assert own["rlhf_at_c_rm"] == sel["sensitivity_gv_gap_rkl_to_optimum"][str(sel["chosen_rm"])]["rlhf"]
-    assert set(small_run["regularisation"]["sensitivity_gv_gap_rkl_to_optimum"]) == {"1.0", "3.0"}
-    assert small_run["git_revision"]
+    sens = small_run["regularisation"]
+    assert sens["grid"] == list(SMALL.l2_grid) and sens["chosen"] in SMALL.l2_grid
+    assert set(sens["sensitivity_gv_gap_rkl_to_optimum"]) == {"0.3", "3.0", "30.0"}
 
 
-def test_bandit_h1_rlhf_equals_dpo(small_run):
-    """Thm 2.2 at H = 1: the DPO objective *is* the BT objective of the same scorer (π_θ ∝ π_ref·exp(f_θ)), so
-    with one L2 the two fits coincide; tolerance 1e-6 on KL and win rate (L-BFGS stops at max|∇| ≤ 1e-7)."""
-    reg = small_run["regimes"]["bandit_h1"]["methods"]
-    for metric in ("rkl_to_optimum", "winrate"):
-        for a, b in zip(reg["rlhf"][metric]["mean"], reg["dpo"][metric]["mean"]):
-            assert abs(a - b) < 1e-6
-    # and in the H > 1 regime they differ (the GV gap exists at all)
-    g = small_run["regimes"]["gv_gap"]["methods"]
-    assert max(abs(a - b) for a, b in zip(g["rlhf"]["rkl_to_optimum"]["mean"], g["dpo"]["rkl_to_optimum"]["mean"])) > 1e-3
+def test_selection_is_the_argmin_of_each_methods_own_validation_loss(small_run):
+    """Every recorded choice is the grid value with the lowest validation loss of that method (per block)."""
+    from allroads.tabular.gv_gap_run import run_regime
+
+    res = run_regime(make_problem("gv_gap", **SMALL.problem_kwargs()), dataclasses.replace(SMALL, online_methods=(), population=False))
+    for name in ("rm", "dpo", "local_rm"):
+        s = res.selections[name]
+        grid = torch.tensor(s.grid, dtype=torch.float64)
+        torch.testing.assert_close(s.c, grid[s.val_loss.argmin(0)], atol=0, rtol=0)
+    # the methods do not all share one choice: each validated on its own (the point of the protocol)
+    assert not torch.equal(res.selections["rm"].val_loss, res.selections["dpo"].val_loss)
+
+
+def test_population_rlhf_and_dpo_coincide_at_the_optimum(small_run):
+    """N = ∞ (population data, no L2): the class holds P*, so RLHF and DPO both reach it (KL ≤ 1e-8, the
+    optimiser's tolerance), in the H > 1 regime where their objectives differ; the local RM (no π_ref) does not."""
+    pop = small_run["regimes"]["gv_gap"]["population"]["methods"]
+    assert pop["rlhf"]["converged"] and pop["dpo"]["converged"]
+    assert pop["rlhf"]["rkl_to_optimum"] < 1e-8 and pop["dpo"]["rkl_to_optimum"] < 1e-8
+    assert abs(pop["rlhf"]["winrate"] - pop["dpo"]["winrate"]) < 1e-6
+    assert pop["local_rm"]["rkl_to_optimum"] > 1e-2
+    # and every finite-N fit is further away than the population fit
+    for m in ("rlhf", "dpo"):
+        assert min(small_run["regimes"]["gv_gap"]["methods"][m]["rkl_to_optimum"]["mean"]) > 1e3 * pop[m]["rkl_to_optimum"]
+
+
+def test_bandit_h1_rlhf_equals_dpo_under_per_method_selection():
+    """Thm 2.2 at H = 1: with every fit fitted and validated on its own (no reuse), the RM and DPO pick the same
+    c on every block and their policies coincide (tolerance 1e-6 on KL; L-BFGS stops at max|∇| ≤ 1e-7)."""
+    from allroads.tabular.gv_gap_run import run_regime
+
+    cfg = dataclasses.replace(SMALL, reuse_identical=False, online_methods=(), population=False, local_rm=False)
+    res = run_regime(make_problem("bandit_h1", **cfg.problem_kwargs()), cfg)
+    torch.testing.assert_close(res.selected_c["rlhf"], res.selected_c["dpo"], atol=0, rtol=0)
+    torch.testing.assert_close(res.metrics["rlhf"]["rkl_to_optimum"], res.metrics["dpo"]["rkl_to_optimum"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.metrics["rlhf"]["winrate"], res.metrics["dpo"]["winrate"], atol=1e-6, rtol=0)
+    # the same protocol on the tree (H = 3) gives different answers: the identity is not built in
+    tree = run_regime(make_problem("gv_gap", **cfg.problem_kwargs()), cfg)
+    assert float((tree.metrics["rlhf"]["rkl_to_optimum"] - tree.metrics["dpo"]["rkl_to_optimum"]).abs().max()) > 1e-3
+
+
+def test_reused_fits_are_identical_objectives():
+    """What ``reuse_identical`` relies on: at H = 1, β = 1 the DPO and local-RM objectives equal the RM's at every
+    θ (not only at the optimum), and bandit_h1's RM objective equals gv_gap's on the shared parameters (1e-12)."""
+    cfg = dataclasses.replace(SMALL, horizon=3)
+    bandit, tree = (make_problem(r, **cfg.problem_kwargs()) for r in ("bandit_h1", "gv_gap"))
+    data = nested_datasets(bandit, [24, 48], [0])
+    g = torch.Generator().manual_seed(0)
+    cls = bandit.scorer()
+    l2 = torch.tensor([0.1, 0.02], dtype=torch.float64)
+    rm = bt_objective(cls, data, l2=l2)
+    dpo = dpo_objective(bandit.ref_policy_class, data, ref_logp=bandit.ref_log_probs, l2=l2)
+    loc = dpo_objective(cls, data, l2=l2)
+    tree_rm = bt_objective(tree.scorer(), data, l2=l2)
+    d, n_leaf = tree.node_features[0].shape[-1], tree.mdp.n_prompts * tree.mdp.n_traj
+    for _ in range(3):
+        th = torch.randn(2, cls.n_params, dtype=torch.float64, generator=g)
+        assert abs(float(rm(th) - dpo(th))) < 1e-12 and abs(float(rm(th) - loc(th))) < 1e-12
+        th_tree = torch.zeros(2, tree.scorer().n_params, dtype=torch.float64)
+        th_tree[:, :d], th_tree[:, -n_leaf:] = th[:, :d], th[:, d:]
+        assert abs(float(rm(th) - tree_rm(th_tree))) < 1e-12
+    # at H = 3 the DPO objective is a different function
+    data3 = nested_datasets(tree, [24], [0])
+    th = torch.randn(1, tree.scorer().n_params, dtype=torch.float64, generator=g)
+    assert abs(float(bt_objective(tree.scorer(), data3)(th) - dpo_objective(tree.ref_policy_class, data3, ref_logp=tree.ref_log_probs)(th))) > 1e-3
 
 
 def test_rlhf_policy_and_kl_agree_with_engine():
     """The RLHF policy log_softmax(log π_ref + r/β) equals exact soft VI relative to π_ref, and kl_to_optimum
     equals the engine's reverse_kl averaged over prompts (atol 1e-12)."""
     prob = make_problem("gv_gap", n_prompts=2, n_actions=3, horizon=3)
-    sc = BatchedScorer(prob)
-    th = torch.randn(1, sc.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    r = sc.reward(th)[0]
+    sc = prob.scorer()
+    th = torch.randn(sc.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = sc.reward(th)
     lp = torch.log_softmax(prob.ref_log_probs + r / prob.beta, -1)
     vi = soft_value_iteration(prob.mdp, r, ref=prob.ref, beta=prob.beta).policy.traj_log_probs()
     torch.testing.assert_close(lp, vi, atol=1e-12, rtol=0)
@@ -88,31 +142,19 @@ def test_bandit_is_the_flattened_tree():
     torch.testing.assert_close(b.node_features[0], t.node_features[-1], atol=0, rtol=0)
 
 
-def test_per_block_reference_dpo_reaches_each_blocks_soft_optimum():
-    r"""Online DPO (DPO) fits every block against its own reference (the block's DPO policy). With population
-    soft-label pairs per block (all ξ ≠ ξ' from π_b, labelled σ(r_b(ξ_w) − r_b(ξ_l))) and no L2, the batched fit
-    must reach π ∝ π_b·exp(r_b/β) for each block b separately (Lemma A.1 closed form; atol 1e-5)."""
-    from allroads.tabular.data import PreferenceData
-    from allroads.tabular.gv_gap import Pairs, fit_batched
+def test_design_statistics_of_the_regimes():
+    """R = 1 when generation is verification (H = 1, β = 1); the lookup control has no ties and is learnable-sized."""
+    b = design_statistics(make_problem("bandit_h1"))
+    assert b["norm_ratio"] == pytest.approx(1.0, abs=1e-9)
+    t = design_statistics(make_problem("gv_gap"))
+    assert t["norm_ratio"] > 10 and t["tie_fraction"] == pytest.approx(b["tie_fraction"], abs=1e-12)
+    lk = design_statistics(make_problem("lookup_reward"))
+    assert lk["tie_fraction"] == 0.0 and lk["n_traj_per_prompt"] == 36
 
-    prob = make_problem("gv_gap", n_prompts=1, n_actions=2, horizon=2)
-    sc, beta, g = BatchedScorer(prob), 0.8, torch.Generator().manual_seed(3)
-    base0 = [s.unsqueeze(0) for s in prob.ref_scores]
-    ref_theta = torch.randn(2, sc.n_params, dtype=torch.float64, generator=g)  # two different references
-    ref_base = [(s + b).detach() for s, b in zip(sc.scores(ref_theta), base0)]
-    ref_lp = sc.traj_log_probs(torch.zeros(2, sc.n_params, dtype=torch.float64), ref_base)  # (2, 1, 4)
-    r = torch.randn(2, 1, 4, dtype=torch.float64, generator=g)
-    blocks = []
-    for b in range(2):
-        q = ref_lp[b, 0].exp()
-        rows = [(i, j) for i in range(4) for j in range(4) if r[b, 0, i] > r[b, 0, j]]
-        w, l = (torch.tensor(c) for c in zip(*rows))
-        blocks.append(PreferenceData(torch.zeros(len(rows), dtype=torch.int64), w, l,
-                                     p_w=torch.sigmoid(r[b, 0, w] - r[b, 0, l]), weight=2 * q[w] * q[l]))
-    th, res = fit_batched(sc, "dpo", Pairs.from_blocks(blocks), torch.zeros(2, dtype=torch.float64), B=2,
-                          ref_base=ref_base, ref_lp=ref_lp, beta=beta, tol=1e-10)
-    got = sc.traj_log_probs(th, ref_base)
-    target = torch.log_softmax(ref_lp + r / beta, -1)
-    torch.testing.assert_close(got, target, atol=1e-5, rtol=0)
-    # and the two blocks' optima differ, so a shared-reference bug could not pass
-    assert float((target[0] - target[1]).abs().max()) > 0.1
+
+def test_script_help_lists_every_config_field():
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "gv_gap_toy.py"), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for f in dataclasses.fields(GVGapConfig):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "Fit the N = ∞ point" in " ".join(out.split())  # field docstrings are the help text

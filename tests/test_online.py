@@ -8,7 +8,7 @@ from allroads.backend import Backend
 from allroads.online import best_of_n, online_dpo_pairs, win_rate
 from allroads.tabular import PreferenceData, TabularPolicy, TabularSoftmaxPolicy, TreeMDP, fit_policy_mle, soft_value_iteration
 from allroads.tabular.backend import TabularBackend
-from allroads.tabular.gv_gap import best_of_n_log_probs, exact_win_rate
+from allroads.tabular.metrics import best_of_n_log_probs, exact_win_rate
 
 
 @pytest.fixture

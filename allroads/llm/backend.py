@@ -1,4 +1,4 @@
-r"""The LLM implementation of the backend protocol (:class:`allroads.backend.Backend`; DESIGN.md).
+r"""The LLM implementation of the backend protocol (:class:`allroads.backend.Backend`).
 
 Objects of this backend:
 

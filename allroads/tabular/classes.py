@@ -168,15 +168,20 @@ class SharedScorer(_PolicyClass):
 
         f_θ(s) = φ(s)ᵀw + c · u[s]            for every sequence s = s_0 ∘ a_{0:h}, 1 ≤ h ≤ H
         reward:  r_θ(ξ) = f_θ(ξ)              (depth-H sequences)
-        policy:  π_θ(a | s) ∝ exp(f_θ(s ∘ a))
+        policy:  π_θ(a | s) ∝ exp(b(s ∘ a) + f_θ(s ∘ a))
 
     θ = (w, u): ``node_features[h−1]`` has shape (n_prompts, A**h, d) for depth h = 1..H (e.g. simple
     features: which tokens are present, counts, length); u is an optional per-sequence table scaled by
     ``tabular_scale`` = c (0 disables it). With L2 on θ, c sets the prior scale of the table relative to
     the features: features with scale ≫ c are "simple" functions learned from few samples.
+
+    ``base`` b (optional) offsets the policy logits only: with b = π_ref's scores, θ = 0 is π_ref and an L2
+    penalty on θ shrinks the policy toward π_ref; the reward ignores it. θ may carry a leading batch
+    dimension, (B, n_params), for B independent fits at once; ``base`` entries are then (P, A**h), shared,
+    or (B, P, A**h), one per block. ``policy(θ)`` takes an unbatched θ.
     """
 
-    def __init__(self, mdp: TreeMDP, node_features, tabular_scale: float = 0.0):
+    def __init__(self, mdp: TreeMDP, node_features, tabular_scale: float = 0.0, base=None):
         if len(node_features) != mdp.horizon:
             raise ValueError(f"node_features must hold H={mdp.horizon} arrays (depths 1..H), got {len(node_features)}")
         fs, d = [], None
@@ -197,27 +202,75 @@ class SharedScorer(_PolicyClass):
         self.tabular_scale = float(tabular_scale)
         self._counts = node_counts(mdp) if tabular_scale > 0 else []
         self.n_params = d + sum(self._counts)
+        self.base = None if base is None else [self._check_base(b, h) for h, b in enumerate(base, start=1)]
+        if self.base is not None and len(self.base) != mdp.horizon:
+            raise ValueError(f"base must hold H={mdp.horizon} arrays (depths 1..H), got {len(self.base)}")
 
-    def scores(self, theta: torch.Tensor) -> list[torch.Tensor]:
-        """f_θ at every depth h = 1..H: list of (n_prompts, A**h)."""
-        _check_theta(theta, self.n_params, "SharedScorer")
-        w = theta[: self.n_features]
-        out = [f @ w for f in self.node_features]
-        if self._counts:
-            tabs = torch.split(theta[self.n_features:], self._counts)
-            out = [o + self.tabular_scale * t.reshape(o.shape) for o, t in zip(out, tabs)]
+    def _check_base(self, b, h: int) -> torch.Tensor:
+        b = as_float64(b, f"base[{h - 1}]").detach()
+        if tuple(b.shape[-2:]) != (self.mdp.n_prompts, self.mdp.n_actions**h) or b.ndim not in (2, 3):
+            raise ValueError(f"base[{h - 1}] (depth {h}) must have shape (n_prompts, A**{h}) or (B, n_prompts, A**{h}), "
+                             f"got {tuple(b.shape)}")
+        return b
+
+    def with_base(self, base) -> "SharedScorer":
+        """The same scorer with policy-logit offsets ``base`` (see the class docstring)."""
+        out = SharedScorer.__new__(SharedScorer)
+        out.__dict__.update(self.__dict__)
+        out.base = [self._check_base(b, h) for h, b in enumerate(base, start=1)]
         return out
 
+    def select_blocks(self, idx: torch.Tensor) -> "SharedScorer":
+        """The scorer for a subset of blocks: per-block ``base`` entries indexed by ``idx``; a shared base as is."""
+        if self.base is None or all(b.ndim == 2 for b in self.base):
+            return self
+        return self.with_base([b[idx] if b.ndim == 3 else b for b in self.base])
+
+    def param_scale(self) -> torch.Tensor:
+        """Per-coordinate scale for :func:`minimize_lbfgs`'s ``scale``: 1 for w, 1/c for the table, so the
+        optimiser moves the table in the units of f (fits with little L2 then need far fewer iterations)."""
+        s = torch.ones(self.n_params, dtype=torch.float64)
+        if self._counts:
+            s[self.n_features:] = 1.0 / self.tabular_scale
+        return s
+
+    def _theta(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.ndim not in (1, 2) or theta.shape[-1] != self.n_params:
+            raise ValueError(f"SharedScorer: theta must have shape ({self.n_params},) or (B, {self.n_params}), "
+                             f"got {tuple(theta.shape)}")
+        return theta
+
+    def score_at(self, theta: torch.Tensor, h: int) -> torch.Tensor:
+        """f_θ at depth h (1..H): (n_prompts, A**h), or (B, n_prompts, A**h) for a batched θ."""
+        theta = self._theta(theta)
+        f = self.node_features[h - 1]
+        out = torch.einsum("pjd,...d->...pj", f, theta[..., : self.n_features])
+        if self._counts:
+            start = self.n_features + sum(self._counts[: h - 1])
+            out = out + self.tabular_scale * theta[..., start: start + self._counts[h - 1]].reshape(out.shape)
+        return out
+
+    def scores(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        """f_θ at every depth h = 1..H: list of (n_prompts, A**h) (leading batch dimension if θ has one)."""
+        return [self.score_at(theta, h) for h in range(1, self.mdp.horizon + 1)]
+
     def reward(self, theta: torch.Tensor) -> torch.Tensor:
-        """Global reward r_θ(ξ) = f_θ(ξ), shape (n_prompts, A**H)."""
-        return self.scores(theta)[-1]
+        """Global reward r_θ(ξ) = f_θ(ξ), shape (n_prompts, A**H) (or (B, n_prompts, A**H))."""
+        return self.score_at(theta, self.mdp.horizon)
 
     def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
         m = self.mdp
-        return [
-            torch.log_softmax(s.reshape(m.n_prompts, m.n_actions**h, m.n_actions), dim=-1)
-            for h, s in enumerate(self.scores(theta))
-        ]
+        out = []
+        for h, s in enumerate(self.scores(theta)):
+            if self.base is not None:
+                s = s + self.base[h]
+            out.append(torch.log_softmax(s.reshape(*s.shape[:-1], m.n_actions**h, m.n_actions), dim=-1))
+        return out
+
+    def policy(self, theta: torch.Tensor) -> TabularPolicy:
+        if theta.ndim != 1 or any(b.ndim == 3 for b in self.base or []):
+            raise ValueError("SharedScorer.policy takes one θ and a shared base; use traj_log_probs for a batch")
+        return super().policy(theta)
 
 
 class SoftOptimalPolicyClass(_PolicyClass):

@@ -27,49 +27,73 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PreferenceData:
-    """A dataset D = {(s_0, ξ_w, ξ_l)} of same-prompt preference pairs."""
+    """A dataset D = {(s_0, ξ_w, ξ_l)} of same-prompt preference pairs, or B such datasets at once.
+
+    Every field has shape (N,) — one dataset — or (B, N) — B independent datasets ("blocks") padded to a
+    common N, padding rows carrying weight 0 (:meth:`stack`). Fits over a batched dataset minimise the sum
+    of B separable per-block objectives (``allroads.tabular.fit``), so a batch is B fits in one problem.
+    """
 
     prompt: torch.Tensor
-    """int64 (N,): prompt index of each pair."""
+    """int64 (N,) or (B, N): prompt index of each pair."""
     xi_w: torch.Tensor
-    """int64 (N,): preferred trajectory ξ⁺ (index within the prompt's A**H completions)."""
+    """int64 (N,) or (B, N): preferred trajectory ξ⁺ (index within the prompt's A**H completions)."""
     xi_l: torch.Tensor
-    """int64 (N,): dis-preferred trajectory ξ⁻."""
+    """int64 (N,) or (B, N): dis-preferred trajectory ξ⁻."""
     p_w: torch.Tensor | None = None
-    """float64 (N,) or None: soft label P(ξ_w ≻ ξ_l); None means hard labels (all ones)."""
+    """float64, the shape of ``prompt``, or None: soft label P(ξ_w ≻ ξ_l); None means hard labels (all ones)."""
     weight: torch.Tensor | None = None
-    """float64 (N,) or None: non-negative mass of each row in P_D; None means uniform 1/N."""
+    """float64, the shape of ``prompt``, or None: non-negative mass of each row in P_D (per block); None
+    means uniform 1/N."""
 
     def __post_init__(self):
-        n = None
+        shape = None
         for name in ("prompt", "xi_w", "xi_l"):
             t = torch.as_tensor(getattr(self, name))
-            if t.dtype.is_floating_point or t.ndim != 1:
-                raise ValueError(f"PreferenceData.{name} must be a 1-D integer array, got dtype {t.dtype}, shape {tuple(t.shape)}")
+            if t.dtype.is_floating_point or t.ndim not in (1, 2):
+                raise ValueError(f"PreferenceData.{name} must be a 1-D (or batched 2-D) integer array, "
+                                 f"got dtype {t.dtype}, shape {tuple(t.shape)}")
             t = t.to(torch.int64)
             object.__setattr__(self, name, t)
-            if n is not None and t.shape[0] != n:
-                raise ValueError(f"PreferenceData: prompt, xi_w, xi_l must have the same length, got {n} and {t.shape[0]} ({name})")
-            n = t.shape[0]
-        if n == 0:
+            if shape is not None and t.shape != shape:
+                raise ValueError(f"PreferenceData: prompt, xi_w, xi_l must have the same length (shape), got {tuple(shape)} "
+                                 f"and {tuple(t.shape)} ({name})")
+            shape = t.shape
+        if shape[-1] == 0 or (len(shape) == 2 and shape[0] == 0):
             raise ValueError("PreferenceData: the dataset is empty; pass at least one pair")
         for name in ("p_w", "weight"):
             v = getattr(self, name)
             if v is None:
                 continue
-            t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
-            if t.shape[0] != n:
-                raise ValueError(f"PreferenceData.{name} must have one entry per pair ({n}), got {t.shape[0]}")
+            t = torch.as_tensor(v, dtype=torch.float64)
+            if len(shape) == 1:
+                t = t.reshape(-1)
+            if t.shape != shape:
+                raise ValueError(f"PreferenceData.{name} must have one entry per pair, shape {tuple(shape)}, got {tuple(t.shape)}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"PreferenceData.{name} must be finite")
             if name == "p_w" and ((t < 0) | (t > 1)).any():
                 raise ValueError("PreferenceData.p_w must lie in [0, 1] (a probability that ξ_w is preferred)")
-            if name == "weight" and ((t < 0).any() or t.sum() <= 0):
-                raise ValueError("PreferenceData.weight must be non-negative with a positive sum")
+            if name == "weight" and ((t < 0).any() or (t.sum(-1) <= 0).any()):
+                raise ValueError("PreferenceData.weight must be non-negative with a positive sum"
+                                 + (" in every block" if t.ndim == 2 else ""))
             object.__setattr__(self, name, t)
 
     def __len__(self) -> int:
-        return int(self.prompt.shape[0])
+        """Rows per block (N; padding included for a batched dataset)."""
+        return int(self.prompt.shape[-1])
+
+    @property
+    def n_blocks(self) -> int | None:
+        """B for a batched dataset, None for a single one."""
+        return int(self.prompt.shape[0]) if self.prompt.ndim == 2 else None
+
+    @property
+    def n_rows(self) -> torch.Tensor:
+        """Rows with positive mass: int64 () or (B,)."""
+        if self.weight is None:
+            return torch.full(self.prompt.shape[:-1], len(self), dtype=torch.int64)
+        return (self.weight > 0).sum(-1)
 
     def check(self, mdp: TreeMDP) -> "PreferenceData":
         """Raise ``ValueError`` unless every index is valid for ``mdp``. Returns self."""
@@ -83,13 +107,65 @@ class PreferenceData:
 
     @property
     def normalized_weight(self) -> torch.Tensor:
-        """Row masses of P_D, summing to one, float64 (N,)."""
+        """Row masses of P_D, summing to one (per block), float64 with the shape of ``prompt``."""
         if self.weight is None:
-            return torch.full((len(self),), 1.0 / len(self), dtype=torch.float64)
-        return self.weight / self.weight.sum()
+            return torch.full(self.prompt.shape, 1.0 / len(self), dtype=torch.float64)
+        return self.weight / self.weight.sum(-1, keepdim=True)
+
+    def gather(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""(x(s_0, ξ_w), x(s_0, ξ_l)) of a trajectory-indexed array, one entry per row.
+
+        ``x`` has shape (P, A**H) — shared by every block — or (B, P, A**H): one array per block of a
+        batched dataset, or B arrays evaluated on one unbatched dataset (then the result is (B, N)).
+        """
+        if x.ndim == 2:
+            return x[self.prompt, self.xi_w], x[self.prompt, self.xi_l]
+        if self.prompt.ndim == 1:
+            return x[:, self.prompt, self.xi_w], x[:, self.prompt, self.xi_l]
+        if x.shape[0] != self.prompt.shape[0]:
+            raise ValueError(f"gather: x has {x.shape[0]} blocks, the data has {self.prompt.shape[0]}")
+        b = torch.arange(x.shape[0])[:, None]
+        return x[b, self.prompt, self.xi_w], x[b, self.prompt, self.xi_l]
+
+    def with_weight(self, weight: torch.Tensor) -> "PreferenceData":
+        """The same rows with new masses (e.g. ``weight * mask`` for a train / validation split)."""
+        return PreferenceData(self.prompt, self.xi_w, self.xi_l, self.p_w, weight)
+
+    @classmethod
+    def stack(cls, datasets: list["PreferenceData"]) -> "PreferenceData":
+        """B unbatched datasets as one batched dataset, padded to the longest with zero-mass rows."""
+        if not datasets or any(d.n_blocks is not None for d in datasets):
+            raise ValueError("PreferenceData.stack takes a non-empty list of unbatched datasets")
+        n = max(len(d) for d in datasets)
+
+        def pad(x, fill):
+            return torch.cat([x, torch.full((n - x.shape[0],), fill, dtype=x.dtype)])
+
+        soft = any(d.p_w is not None for d in datasets)
+        return cls(
+            torch.stack([pad(d.prompt, 0) for d in datasets]), torch.stack([pad(d.xi_w, 0) for d in datasets]),
+            torch.stack([pad(d.xi_l, 0) for d in datasets]),
+            torch.stack([pad(d.p_w if d.p_w is not None else torch.ones(len(d), dtype=torch.float64), 1.0)
+                         for d in datasets]) if soft else None,
+            torch.stack([pad(d.normalized_weight, 0.0) for d in datasets]),
+        )
+
+    def select_blocks(self, idx: torch.Tensor) -> "PreferenceData":
+        """The blocks ``idx`` of a batched dataset (an unbatched one, shared by every block, is returned as is)."""
+        if self.n_blocks is None:
+            return self
+        pick = lambda x: None if x is None else x[idx]  # noqa: E731
+        return PreferenceData(self.prompt[idx], self.xi_w[idx], self.xi_l[idx], pick(self.p_w), pick(self.weight))
+
+    def block(self, b: int) -> "PreferenceData":
+        """Block b of a batched dataset, padding rows dropped."""
+        keep = self.weight[b] > 0 if self.weight is not None else slice(None)
+        return PreferenceData(self.prompt[b][keep], self.xi_w[b][keep], self.xi_l[b][keep],
+                              None if self.p_w is None else self.p_w[b][keep],
+                              None if self.weight is None else self.weight[b][keep])
 
     def concat(self, other: "PreferenceData") -> "PreferenceData":
-        """Union of two datasets (each keeps its share of rows; weights/labels filled as needed)."""
+        """Union of two unbatched datasets (each keeps its share of rows; weights/labels filled as needed)."""
         def cat(a, b, fill):
             if a is None and b is None:
                 return None
@@ -177,12 +253,13 @@ def population_preferences(mdp: TreeMDP, reward: torch.Tensor, sampler_log_probs
 
 
 def bt_nll(reward: torch.Tensor, data: PreferenceData) -> torch.Tensor:
-    r"""Weighted mean BT negative log-likelihood of ``data`` under ``reward`` (Eq. 5–6): scalar.
+    r"""Weighted mean BT negative log-likelihood of ``data`` under ``reward`` (Eq. 5–6): a scalar, or (B,)
+    per block for a batched dataset or a batched reward (B, P, A**H).
 
         L(r) = Σ_i w_i · [−p_i log σ(r(ξ_w,i) − r(ξ_l,i)) − (1 − p_i) log σ(r(ξ_l,i) − r(ξ_w,i))]
 
     Equals D_KL(P_D ‖ P^BT_r) + const. Calls the loss core (``bt_loss`` / ``bt_soft_loss``).
     """
-    r_w, r_l = reward[data.prompt, data.xi_w], reward[data.prompt, data.xi_l]
+    r_w, r_l = data.gather(reward)
     per_pair = bt_loss(r_w, r_l) if data.p_w is None else bt_soft_loss(r_w, r_l, data.p_w)
-    return (data.normalized_weight * per_pair).sum()
+    return (data.normalized_weight * per_pair).sum(-1)

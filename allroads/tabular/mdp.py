@@ -137,8 +137,8 @@ class TreeMDP:
         return check_traj_array(self, x, name, allow_neg_inf)
 
     def expect_over_prompts(self, per_prompt: torch.Tensor) -> torch.Tensor:
-        """E_{s_0 ∼ ρ_0}[x(s_0)] for a per-prompt quantity of shape (n_prompts,)."""
-        return (self.prompt_probs * per_prompt).sum()
+        """E_{s_0 ∼ ρ_0}[x(s_0)] for a per-prompt quantity of shape (..., n_prompts) → (...)."""
+        return (self.prompt_probs * per_prompt).sum(-1)
 
     def __repr__(self) -> str:
         return f"TreeMDP(n_prompts={self.n_prompts}, n_actions={self.n_actions}, horizon={self.horizon})"

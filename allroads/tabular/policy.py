@@ -27,12 +27,12 @@ __all__ = [
 def traj_log_probs_from_levels(log_pi: list[torch.Tensor]) -> torch.Tensor:
     r"""log P_π(ξ | s_0) = Σ_{h<H} log π(a_h | s_h) for every trajectory, shape (P, A**H).
 
-    Level by level: ``lp_{h+1} = (lp_h[:, :, None] + log_pi[h]).reshape(P, -1)``.
+    Level by level: ``lp_{h+1} = (lp_h[..., None] + log_pi[h]).flatten(-2)``. Leading batch dimensions
+    pass through: ``log_pi[h]`` of shape (B, P, A**h, A) gives (B, P, A**H).
     """
-    P = log_pi[0].shape[0]
-    lp = log_pi[0].reshape(P, -1)
+    lp = log_pi[0].flatten(-2)
     for lph in log_pi[1:]:
-        lp = (lp.unsqueeze(-1) + lph).reshape(P, -1)
+        lp = (lp.unsqueeze(-1) + lph).flatten(-2)
     return lp
 
 

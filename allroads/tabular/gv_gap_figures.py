@@ -1,0 +1,126 @@
+r"""Figures of the GV-gap experiment (PNG): each says what it compares, which way is better, and how every
+fit was regularised."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot", "plot_designs"]
+
+_STYLE = {"rlhf": ("C0", "o"), "dpo": ("C1", "s"), "local_rm": ("C2", "^"), "online_dpo": ("C3", "v"),
+          "online_dpo_soft": ("C4", "D"), "online_dpo_from_dpo": ("C5", "P"), "online_dpo_soft_from_dpo": ("C6", "X")}
+
+
+def _log_n_axis(ax, ns) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("N preference pairs")
+
+
+def _title(ax, name: str, reg: dict) -> None:
+    ax.set_title("\n".join(textwrap.wrap(f"{name}: {reg['title']}", 44)), fontsize=9)
+
+
+def _panels(results: dict, out: Path, fname: str, suptitle: str, draw) -> None:
+    regs = results["regimes"]
+    fig, axes = plt.subplots(1, len(regs), figsize=(5.2 * len(regs), 4.6), squeeze=False)
+    for ax, (name, reg) in zip(axes[0], regs.items()):
+        draw(ax, name, reg)
+        _title(ax, name, reg)
+        ax.legend(fontsize=7)
+    caption = (f"{suptitle}\nProtocol: {results['selection']['description']}; mean ± s.e.m. over "
+               f"{len(next(iter(regs.values()))['seeds'])} seeds")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(out / fname, dpi=120)
+    plt.close(fig)
+
+
+def _vs_n(metric: str, ylabel: str, population: bool):
+    def draw(ax, name, reg):
+        for m, d in reg["methods"].items():
+            color, marker = _STYLE.get(m, ("k", "o"))
+            ax.errorbar(reg["n_pairs"], d[metric]["mean"], yerr=d[metric]["sem"], marker=marker, color=color,
+                        capsize=3, label=m, alpha=0.85)
+            pop = reg["population"]["methods"].get(m)
+            if population and pop is not None:
+                ax.axhline(pop[metric], color=color, ls=":", lw=1)
+        if population:
+            ax.plot([], [], "k:", lw=1, label="N = ∞ (population fit)")
+        ref = reg["ref_policy"][metric]
+        ax.axhline(ref, color="gray", ls="--", lw=1, label="π_ref")
+        if name == "bandit_h1":
+            ax.text(0.02, 0.02, "rlhf ≡ dpo by Thm 2.2: their curves overlap", transform=ax.transAxes, fontsize=7)
+        _log_n_axis(ax, reg["n_pairs"])
+        ax.set_ylabel(ylabel)
+    return draw
+
+
+def plot(results: dict, out: Path) -> None:
+    """kl_vs_n, winrate_vs_n, sample_efficiency, fig7_heldout_nll, fig8_bon (PNG) into ``out``."""
+    _panels(results, out, "kl_vs_n.png", "KL to the soft-optimal policy vs data (mirrors Figs. 10–12)",
+            _vs_n("rkl_to_optimum", "KL(P_π ‖ P*)  (lower is better)", True))
+    _panels(results, out, "winrate_vs_n.png", "Win rate against π_ref under BT(r*) vs data",
+            _vs_n("winrate", "win rate vs π_ref  (higher is better)", True))
+
+    def eff(ax, name, reg):
+        se = reg["sample_efficiency"]
+        ns = se["n_pairs"]
+        ok = [(n, r) for n, r in zip(ns, se["ratio"]) if r is not None]
+        if ok:
+            ax.plot([n for n, _ in ok], [r for _, r in ok], "o-", color="C1", label="DPO's N′ / N")
+        for n, r in zip(ns, se["ratio"]):
+            if r is None:
+                ax.annotate("> N_max", (n, 1.0), fontsize=7, ha="center", color="C3")
+        ax.axhline(1.0, color="gray", ls="--", lw=1, label="equal efficiency")
+        _log_n_axis(ax, ns)
+        ax.set_ylabel("pairs DPO needs / pairs RLHF needs\n(for RLHF's KL at N; > 1: RLHF more efficient)")
+
+    _panels(results, out, "sample_efficiency.png", "Sample efficiency: N′ at which DPO reaches RLHF's KL at N", eff)
+
+    def fig7(ax, name, reg):
+        for k, v in reg["fig7_heldout_bt_nll"].items():
+            ax.errorbar(reg["n_pairs"], v["mean"], yerr=v["sem"], marker="o", capsize=3, label=f"{k} RM")
+        ax.axhline(reg["fig7_bayes_floor"], color="k", ls=":", label="r* (Bayes floor)")
+        _log_n_axis(ax, reg["n_pairs"])
+        ax.set_ylabel("held-out BT NLL  (lower is better)")
+
+    _panels(results, out, "fig7_heldout_nll.png", "Held-out BT likelihood of the global, local and DPO RMs (Fig. 7)", fig7)
+
+    def fig8(ax, name, reg):
+        f8 = reg["fig8_bon_winrate_vs_ref"]
+        for k, v in f8.items():
+            if k != "bon_n":
+                ax.errorbar(f8["bon_n"], v["mean"][-1], yerr=v["sem"][-1], marker="o", capsize=3, label=k)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"n (best of n samples from π_ref; RMs fitted on N = {reg['n_pairs'][-1]})")
+        ax.set_ylabel("win rate vs π_ref under BT(r*)  (higher is better)")
+
+    _panels(results, out, "fig8_bon.png", "Best-of-n with each RM (Fig. 8)", fig8)
+
+
+def plot_designs(designs: dict, out: Path) -> None:
+    """designs.png: the relative RLHF-over-DPO gap against the norm ratio R of each design instance."""
+    rows = designs["instances"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    labels = sorted({(r["n_actions"], r["horizon"]) for r in rows})
+    for i, (A, H) in enumerate(labels):
+        pts = [r for r in rows if (r["n_actions"], r["horizon"]) == (A, H)]
+        ax.scatter([r["norm_ratio"] for r in pts], [r["relative_gap"] for r in pts], color=f"C{i}", label=f"A={A}, H={H}")
+    ax.axhline(0.0, color="gray", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("R = ‖θ_π*‖² / ‖θ_r*‖²  (prior cost of the optimal policy over that of the reward)")
+    ax.set_ylabel("relative gap Σ_N (KL_dpo − KL_rlhf) / Σ_N KL_dpo\n(> 0: RLHF closer to the optimum)")
+    ax.set_title("\n".join(textwrap.wrap(
+        f"Does the GV gap track R? Spearman ρ = {designs['spearman_rho']:.2f} over {len(rows)} design instances; "
+        f"N = {designs['n_pairs']}, {designs['seeds']} seeds each", 70)), fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "designs.png", dpi=120)
+    plt.close(fig)
