@@ -77,6 +77,11 @@ def main(argv=None) -> int:
         if not r.ok:
             k = r.worst_instance if not r.passed else r.weakest_control_instance
             print(f"replay {r.name}: python -m proofs_check --only {r.name} --seed {args.seed} --start {k} --instances 1")
+        if r.nonfinite_instances:
+            print(f"{r.name}: NaN or inf on instance(s) {r.nonfinite_instances[:10]}"
+                  + (f" (+{len(r.nonfinite_instances) - 10} more)" if len(r.nonfinite_instances) > 10 else "")
+                  + f"; replay one: python -m proofs_check --only {r.name} --seed {args.seed} "
+                    f"--start {r.nonfinite_instances[0]} --instances 1")
     if any(c.name == "partial_coverage" for c in checks):
         from .partial_coverage import slide_table
         print("\n" + slide_table())

@@ -12,8 +12,10 @@ Assumption: the two trajectories share their prompt (Z(r, s_0) cancels). Identit
 
 Check. P*_r is taken from the *policy* computed by soft value iteration (path sums of log π*, not the
 closed form), for β ∈ {1, random}, without and with a random π_ref; every ordered same-prompt pair is
-enumerated. Error = max |P^BT_r − σ(…)| (probabilities). Tolerance 1e-10: the two sides agree up to
-float64 round-off of sums of ≤ H log-probabilities of size ≲ 10 (≈ 1e-14).
+enumerated. Error = max |P^BT_r − σ(…)| (probabilities), and — since differences of log P* cannot see its
+normaliser — also max |P*_VI − P*| against the closed form P* = softmax(log P_ref + r/β) (Eq. 11, Lemma A.1)
+and max |Σ_ξ P*_VI(ξ) − 1|. Tolerance 1e-10: the sides agree up to float64 round-off of sums of ≤ H
+log-probabilities of size ≲ 10 (≈ 1e-14).
 
 Negative control: pairs with *different* prompts s_0 ≠ s_0' (the identity's assumption broken): the
 log-partitions log Z(r, s_0) no longer cancel, so σ(log P*(ξ_1|s_0) − log P*(ξ_2|s_0')) ≠ σ(r_1 − r_2).
@@ -29,8 +31,12 @@ from .common import Check, random_mdp, random_reward, uniform
 
 
 def bt_gibbs_error(mdp, r: torch.Tensor, beta: float, ref: TabularPolicy | None = None) -> float:
-    """max over same-prompt pairs |σ(r_1 − r_2) − σ(β Δ log(P*/P_ref))|, P* from soft value iteration."""
+    """max over same-prompt pairs |σ(r_1 − r_2) − σ(β Δ log(P*/P_ref))|, P* from soft value iteration; also
+    max |P*_VI − P*_closed| with the closed form P* = softmax(log P_ref + r/β) of Eq. 11 / Lemma A.1 and
+    max |Σ_ξ P*_VI(ξ) − 1| (the pair differences alone cannot see a wrong normaliser)."""
     lp = soft_value_iteration(mdp, r, ref=ref, beta=beta).policy.traj_log_probs()
+    closed = torch.log_softmax(r / beta + (0.0 if ref is None else ref.traj_log_probs()), dim=-1)
+    direct = max(float((lp.exp() - closed.exp()).abs().max()), float((lp.exp().sum(-1) - 1).abs().max()))
     if ref is not None:
         lp = lp - ref.traj_log_probs()
     n = mdp.n_traj
@@ -42,7 +48,7 @@ def bt_gibbs_error(mdp, r: torch.Tensor, beta: float, ref: TabularPolicy | None 
         lhs = bt_probability(r, prompt, i, j)
         rhs = torch.sigmoid(beta * (lp[p, i] - lp[p, j]))
         worst = max(worst, float((lhs - rhs).abs().max()))
-    return worst
+    return max(worst, direct)
 
 
 def cross_prompt_error(mdp, r: torch.Tensor, beta: float) -> float:

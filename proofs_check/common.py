@@ -5,7 +5,8 @@ Every check is a :class:`Check`: a function ``instance(generator) -> (error, neg
 instance index)``, so one instance can be replayed alone. A check passes when the largest error is at
 most its tolerance; its negative control "fails as expected" when the *smallest* negative-control error
 over the instances is at least ``min_margin`` × tolerance (default 100×), i.e. the control is reported
-by its weakest instance.
+by its weakest instance. A NaN or infinite value on any instance — error or control — is a failure, and
+the instance is named.
 """
 from __future__ import annotations
 
@@ -84,6 +85,8 @@ class CheckResult:
     """Index of the instance with the largest error (replay it: ``--only NAME --start K --instances 1``)."""
     weakest_control_instance: int = -1
     """Index of the instance whose negative control failed least clearly."""
+    nonfinite_instances: list = field(default_factory=list)
+    """Instances whose error or control value was NaN or ±inf (each one a failure)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -266,12 +269,14 @@ def run_check(check: Check, n_instances: int, seed: int, progress: bool = True, 
         e, ne = check.instance(instance_generator(seed, check.name, k))
         errs.append(float(e))
         negs.append(float(ne))
-    max_err = max(errs)
-    if math.isnan(max_err):
-        max_err = math.inf
-    neg = min(negs)
-    if math.isnan(neg):
-        neg = 0.0
+    # NaN or ±inf anywhere is a failure: an error counts as +inf, a control value as 0 (it did not fail). Python's
+    # max/min skip a NaN that is not first, so reduce over the sanitised values.
+    bad = [start + i for i, (e, ne) in enumerate(zip(errs, negs)) if not (math.isfinite(e) and math.isfinite(ne))]
+    errs_s = [e if math.isfinite(e) else math.inf for e in errs]
+    negs_s = [ne if math.isfinite(ne) else 0.0 for ne in negs]
+    worst = max(range(len(errs_s)), key=lambda i: errs_s[i])
+    weakest = min(range(len(negs_s)), key=lambda i: negs_s[i])
+    max_err, neg = errs_s[worst], negs_s[weakest]
     margin = neg / check.tolerance
     return CheckResult(
         name=check.name,
@@ -282,8 +287,9 @@ def run_check(check: Check, n_instances: int, seed: int, progress: bool = True, 
         passed=bool(max_err <= check.tolerance),
         negative_control=NegativeControl(check.negative_description, neg, margin, bool(margin >= check.min_margin)),
         seconds=time.perf_counter() - t0,
-        worst_instance=start + max(range(len(errs)), key=lambda i: (errs[i] if not math.isnan(errs[i]) else math.inf)),
-        weakest_control_instance=start + min(range(len(negs)), key=lambda i: (negs[i] if not math.isnan(negs[i]) else 0.0)),
+        worst_instance=start + worst,
+        weakest_control_instance=start + weakest,
+        nonfinite_instances=bad,
     )
 
 

@@ -15,6 +15,10 @@ log-linear class (d = 2, 9 completions per prompt), ``fit_soft_rl(..., ref=π_re
 ``rkl_projection`` onto the normalised product are fitted from different random starts; error = max TV
 between their trajectory distributions (and, tabular, to soft VI with the reference).
 
+A π_ref with zero-probability tokens is checked too, without an optimiser (a softmax class cannot reach
+log 0): exact soft value iteration with that reference must equal the normalised product P*_r·P_ref and
+put no mass outside P_ref's support (:func:`zero_support_error`).
+
 Tolerance 1e-6 in TV, for the reasons given in :mod:`proofs_check.lemma_2_1` (same optimiser settings:
 max|∇| ≤ 1e-8; observed worst case ~1e-8), and the same guard against local optima of the non-convex
 log-linear objectives: best of 4 starts per side plus a refit from the other side's answer
@@ -42,6 +46,26 @@ from .common import Check, fit, fit_both_cross_seeded, max_tv, random_loglinear,
 FIT_TOL = 1e-8
 
 
+def zero_support_error(mdp, r, beta, g) -> float:
+    r"""Lemma A.1 with a π_ref that gives some tokens probability 0 (about a third of the logits −inf, one
+    token per state kept): the MinRelEnt optimum over all policies, by exact soft value iteration, must equal
+    the normalised product P*_r·P_ref (Eq. 21) and put exactly zero mass where P_ref is zero. No optimiser: a
+    softmax class cannot reach log 0 (every finite θ would have KL(P_π ‖ P_ref) = ∞). Returns max TV, or 1
+    if any mass sits outside P_ref's support."""
+    logits = []
+    for h in range(mdp.horizon):
+        lg = torch.randn(mdp.n_prompts, mdp.n_actions**h, mdp.n_actions, dtype=torch.float64, generator=g)
+        drop = torch.rand(lg.shape, dtype=torch.float64, generator=g) < 1 / 3
+        drop[..., 0] &= ~drop[..., 1:].all(-1)  # keep ≥ 1 token per state
+        logits.append(torch.where(drop, torch.tensor(float("-inf"), dtype=torch.float64), lg))
+    ref = TabularPolicy.from_logits(mdp, logits)
+    ref_lp = ref.traj_log_probs()
+    lp = soft_value_iteration(mdp, r, ref=ref, beta=beta).policy.traj_log_probs()
+    if (torch.isneginf(ref_lp) & (lp.exp() > 0)).any():
+        return 1.0
+    return max_tv(lp, gibbs_log_probs(mdp, r, beta, ref_lp))
+
+
 def instance(g: torch.Generator) -> tuple[float, float]:
     beta = uniform(g, 0.5, 2.0)
     errors = []
@@ -54,7 +78,7 @@ def instance(g: torch.Generator) -> tuple[float, float]:
     rkl = fit(rkl_projection, cls, gibbs_log_probs(mdp, r, beta, ref_lp), theta0=cls.init(g, 0.3), tol=FIT_TOL)
     lp_rl = cls.traj_log_probs(rl.theta)
     lp_vi = soft_value_iteration(mdp, r, ref=ref, beta=beta).policy.traj_log_probs()
-    errors += [max_tv(lp_rl, cls.traj_log_probs(rkl.theta)), max_tv(lp_rl, lp_vi)]
+    errors += [max_tv(lp_rl, cls.traj_log_probs(rkl.theta)), max_tv(lp_rl, lp_vi), zero_support_error(mdp, r, beta, g)]
     # negative control: the projection without the reference factor
     no_ref = fit(rkl_projection, cls, gibbs_log_probs(mdp, r, beta), theta0=cls.init(g, 0.3), tol=1e-6)
     neg = max_tv(lp_rl, cls.traj_log_probs(no_ref.theta))

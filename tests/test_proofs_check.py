@@ -1,13 +1,14 @@
 """Every proof check passes on a few random instances and its negative control fails by its margin;
 the CLI's exit status, --only and --json behave as documented."""
 import json
+import math
 
 import pytest
 
 import proofs_check
 from proofs_check import ALL_CHECKS, select_checks
 from proofs_check.__main__ import main
-from proofs_check.common import instance_generator, run_check
+from proofs_check.common import Check, instance_generator, run_check
 
 N_INSTANCES = 2
 
@@ -74,3 +75,46 @@ def test_cli_exit_status_nonzero_on_failure(monkeypatch):
     bad = dataclasses.replace(select_checks(["bt_gibbs"])[0], tolerance=1e-30)
     monkeypatch.setattr(proofs_check.__main__, "select_checks", lambda names: [bad])
     assert main(["--instances", "1", "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("values, bad", [
+    ([(1e-9, 1.0), (math.nan, math.nan)], 1),  # NaN after a finite instance: Python's max/min would skip it
+    ([(math.nan, 1.0), (1e-9, 1.0)], 0),
+    ([(1e-9, 1.0), (1e-9, math.inf)], 1),  # an infinite control value is not a control that failed
+    ([(1e-9, 1.0), (-math.inf, 1.0)], 1),
+])
+def test_nonfinite_values_fail_and_name_the_instance(values, bad):
+    it = iter(values)
+    r = run_check(Check("x", "s", 1e-6, "d", lambda g: next(it)), len(values), 0, False)
+    assert not r.ok and r.nonfinite_instances == [bad]
+    assert r.worst_instance == bad or r.weakest_control_instance == bad
+    it = iter([(1e-9, 1.0), (1e-8, 2.0)])  # and finite values still pass (1.0 / 1e-6 ≥ 100)
+    assert run_check(Check("x", "s", 1e-6, "d", lambda g: next(it)), 2, 0, False).ok
+
+
+def test_cli_prints_replay_for_nonfinite(monkeypatch, capsys):
+    import proofs_check.__main__ as cli
+
+    calls = iter(range(100))
+
+    def instance(g):  # instance 3 of 5 gives NaN
+        return (math.nan, 1.0) if next(calls) == 3 else (1e-9, 1.0)
+
+    monkeypatch.setattr(cli, "select_checks", lambda names: [Check("nan_check", "s", 1e-6, "d", instance)])
+    assert cli.main(["--instances", "5", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "NaN or inf on instance(s) [3]" in out and "--start 3 --instances 1" in out
+
+
+def test_bt_gibbs_catches_a_normaliser_that_drops_a_child(monkeypatch):
+    """Differences of log P* cannot see a wrong normaliser; the closed-form and Σ P* = 1 parts of bt_gibbs can:
+    a soft VI whose logsumexp skips each node's third child must fail the check (it passed before they existed)."""
+    import allroads.tabular.soft_rl as sr
+    from proofs_check.bt_gibbs import CHECK
+
+    orig = sr.logsumexp_children
+    monkeypatch.setattr(sr, "logsumexp_children",
+                        lambda x: orig(x[..., [i for i in range(x.shape[-1]) if i != 2]]) if x.shape[-1] > 2 else orig(x))
+    assert not run_check(CHECK, 10, 0, False).passed
+    monkeypatch.setattr(sr, "logsumexp_children", orig)
+    assert run_check(CHECK, 10, 0, False).ok
