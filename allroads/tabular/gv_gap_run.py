@@ -207,7 +207,7 @@ def run_regime(problem: GVGapProblem, cfg: GVGapConfig, progress=None, rm: tuple
     scale = rm_cls.param_scale()
 
     def select(name, builder, val_loss, d, sp, theta0=zeros):
-        precondition = not name.startswith("online")  # measured: it slows the hard-label online fits down
+        precondition = name in ("rm", "dpo", "local_rm") or "soft" in name  # measured: it slows the hard-label fits
         sel[name] = select_and_refit(builder, val_loss, d, sp, cfg.l2_grid, theta0=theta0, tol=cfg.tol, grid_tol=cfg.grid_tol,
                                      history=cfg.history, patience=cfg.patience if cfg.patience > 0 else None,
                                      scale_at=lambda c: scale if precondition and c < cfg.precondition_below else None)
