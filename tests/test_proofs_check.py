@@ -118,3 +118,14 @@ def test_bt_gibbs_catches_a_normaliser_that_drops_a_child(monkeypatch):
     assert not run_check(CHECK, 10, 0, False).passed
     monkeypatch.setattr(sr, "logsumexp_children", orig)
     assert run_check(CHECK, 10, 0, False).ok
+
+
+def test_thm_2_3_catches_a_dpo_loss_with_swapped_references(monkeypatch):
+    """A hard-label DPO loss that pairs each sequence with the other member's reference log-prob survived every
+    check before the restricted Thm 2.3 case (its hard-label rows have π_ref(ξ_w) ≠ π_ref(ξ_l)); now it fails."""
+    import allroads.tabular.fit as fit_module
+    from proofs_check.thm_2_3 import CHECK
+
+    orig = fit_module.dpo_loss
+    monkeypatch.setattr(fit_module, "dpo_loss", lambda lw, ll, rw, rl, beta: orig(lw, ll, rl, rw, beta))
+    assert not run_check(CHECK, 3, 0, False).passed
