@@ -129,3 +129,16 @@ def test_thm_2_3_catches_a_dpo_loss_with_swapped_references(monkeypatch):
     orig = fit_module.dpo_loss
     monkeypatch.setattr(fit_module, "dpo_loss", lambda lw, ll, rw, rl, beta: orig(lw, ll, rl, rw, beta))
     assert not run_check(CHECK, 3, 0, False).passed
+
+
+def test_thm_3_1_catches_a_soft_optimal_class_that_ignores_beta(monkeypatch):
+    """With a linear-cone R_sim, Π(R_sim) is the same set at every β, so a SoftOptimalPolicyClass with β fixed to
+    1 survived; the affine R_sim of the restricted case makes β matter, and the check fails."""
+    import allroads.tabular.classes as classes
+    from proofs_check.thm_3_1 import CHECK
+
+    def beta_one(self, theta):
+        return list(classes.soft_value_iteration(self.mdp, self.reward_class.reward(theta), ref=self.ref, beta=1.0).policy.log_pi)
+
+    monkeypatch.setattr(classes.SoftOptimalPolicyClass, "log_pi", beta_one)
+    assert not run_check(CHECK, 3, 0, False).passed

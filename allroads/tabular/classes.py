@@ -80,18 +80,22 @@ class TabularReward(_Class):
 
 
 class LinearReward(_Class):
-    r"""R_sim = {r_θ(ξ) = φ(s_0, ξ)ᵀθ}: features ``features`` of shape (n_prompts, A**H, d)."""
+    r"""R_sim = {r_θ(ξ) = φ(s_0, ξ)ᵀθ + r_0(ξ)}: features ``features`` of shape (n_prompts, A**H, d) and an
+    optional fixed ``offset`` r_0 (n_prompts, A**H) — an affine class, which, unlike a linear cone, is not
+    closed under scaling, so its soft-optimal policies Π(R_sim) depend on β."""
 
-    def __init__(self, mdp: TreeMDP, features):
+    def __init__(self, mdp: TreeMDP, features, offset=None):
         f = as_float64(features, "features")
         if f.ndim != 3 or f.shape[:2] != (mdp.n_prompts, mdp.n_traj):
             raise ValueError(f"features must have shape (n_prompts, A**H, d) = ({mdp.n_prompts}, {mdp.n_traj}, d), got {tuple(f.shape)}")
         if not torch.isfinite(f).all():
             raise ValueError("features must be finite")
         self.mdp, self.features, self.n_params = mdp, f, f.shape[2]
+        self.offset = None if offset is None else mdp.check_traj_array(offset, "offset")
 
     def reward(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.features @ _check_theta(theta, self.n_params, "LinearReward")
+        r = self.features @ _check_theta(theta, self.n_params, "LinearReward")
+        return r if self.offset is None else r + self.offset
 
 
 class LocalReward(_Class):
