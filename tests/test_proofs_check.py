@@ -142,3 +142,23 @@ def test_thm_3_1_catches_a_soft_optimal_class_that_ignores_beta(monkeypatch):
 
     monkeypatch.setattr(classes.SoftOptimalPolicyClass, "log_pi", beta_one)
     assert not run_check(CHECK, 3, 0, False).passed
+
+
+@pytest.mark.slow
+def test_every_mutation_is_caught():
+    """``python -m proofs_check.mutants``: each named library mutation makes at least one check fail (≈ 30 s)."""
+    from proofs_check.mutants import MUTATIONS, run_mutation
+
+    for m in MUTATIONS:
+        assert run_mutation(m, instances=3)["caught"], m.name
+
+
+def test_mutations_restore_the_library():
+    """After a mutation's context the library is the original again (every check passes on one instance)."""
+    from proofs_check import ALL_CHECKS
+    from proofs_check.mutants import MUTATIONS
+
+    for m in MUTATIONS:
+        with m.patch():
+            pass
+    assert all(run_check(c, 1, 0, False).ok for c in ALL_CHECKS)
