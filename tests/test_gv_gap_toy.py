@@ -158,3 +158,30 @@ def test_script_help_lists_every_config_field():
     for f in dataclasses.fields(GVGapConfig):
         assert "--" + f.name.replace("_", "-") in out
     assert "Fit the N = ∞ point" in " ".join(out.split())  # field docstrings are the help text
+
+
+@pytest.mark.parametrize("mode", ["kfold", "fresh"])
+def test_other_selection_modes(mode):
+    """K-fold (every row validated once) and fresh held-out data (one unbatched set shared by every block) run
+    through the same selection; each choice is its method's validation argmin."""
+    from allroads.tabular.gv_gap_run import run_regime
+
+    cfg = dataclasses.replace(SMALL, selection=mode, folds=3, n_heldout=200, population=False)
+    res = run_regime(make_problem("gv_gap", **cfg.problem_kwargs()), cfg)
+    for name, s in res.selections.items():
+        grid = torch.tensor(s.grid, dtype=torch.float64)
+        torch.testing.assert_close(s.c, grid[s.val_loss.argmin(0)], atol=0, rtol=0)
+        assert s.fits["converged"], name
+    assert all(torch.isfinite(v["rkl_to_optimum"]).all() for v in res.metrics.values())
+
+
+def test_design_sweep_runs_and_correlates():
+    from allroads.tabular.gv_gap_report import run_designs
+
+    cfg = dataclasses.replace(SMALL, horizon=2)
+    out = run_designs(cfg, designs=((3, 2), (2, 3)), problem_seeds=(0,), progress=False)
+    assert [(r["n_actions"], r["horizon"]) for r in out["instances"]] == [(3, 2), (2, 3)]
+    assert all(math.isfinite(r["relative_gap"]) and r["norm_ratio"] > 0 for r in out["instances"])
+    a, b = out["instances"]  # two points: ρ = ±1, the sign of (R_b − R_a)(gap_b − gap_a)
+    sign = math.copysign(1.0, (b["norm_ratio"] - a["norm_ratio"]) * (b["relative_gap"] - a["relative_gap"]))
+    assert out["spearman_rho"] == pytest.approx(sign, abs=1e-12)
