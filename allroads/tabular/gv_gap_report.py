@@ -5,6 +5,7 @@ r"""Run the GV-gap experiment over its regimes and turn it into ``results.json``
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -181,8 +182,6 @@ def table(name: str, reg: dict) -> str:
 def run_designs(cfg: GVGapConfig, designs=DESIGNS, problem_seeds=(0, 1, 2), progress: bool = True) -> dict:
     r"""The ``gv_gap`` regime over (A, H) designs × problem seeds, RLHF and DPO only, each selected on its own:
     the relative gap Σ_N (KL_dpo − KL_rlhf) / Σ_N KL_dpo against the design statistics (above all R)."""
-    import dataclasses
-
     from scipy.stats import spearmanr
 
     torch.set_num_threads(1)

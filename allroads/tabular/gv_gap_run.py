@@ -93,7 +93,8 @@ class GVGapConfig:
     population: bool = True
     """Fit the N = ∞ point (population data, no L2) for rlhf, dpo and local_rm."""
     reuse_identical: bool = True
-    """At H = 1 with β = 1 the DPO objective is the RM's objective as a function of θ: reuse the RM's fits."""
+    """Reuse fits whose objective is identical as a function of θ: at H = 1 with β = 1 the DPO and local-RM fits
+    are the RM's, and bandit_h1's RM is gv_gap's (same pairs, r*, π_ref law and leaf features)."""
     bon_n: tuple = (1, 2, 4, 8, 16, 32, 64)
     """Best-of-n sizes for the Fig. 8 analogue (samples from π_ref)."""
     tol: float = 1e-7
@@ -106,8 +107,8 @@ class GVGapConfig:
     """Fits with c below this run L-BFGS with the table in the units of f (``SharedScorer.param_scale``): far
     fewer iterations when the data term dominates; the problem and its minimiser are unchanged."""
     patience: int = 1
-    """Stop descending the c grid once every (seed, N) has seen its validation loss rise this many times in a
-    row (0 or less: always visit the whole grid)."""
+    """Each (seed, N) leaves the c path (largest c first) once its validation loss has been above its best for
+    this many candidates in a row (0 or less: every (seed, N) visits the whole grid)."""
 
     def problem_kwargs(self) -> dict:
         """Keyword arguments of :func:`make_problem`."""
@@ -162,7 +163,7 @@ def _splits(cfg: GVGapConfig, data: PreferenceData, seed: int, fresh=None):
                           folds=cfg.folds if cfg.selection == "kfold" else 1)
 
 
-def _online_data(problem, data, sampler, r_hat, n_online, seed_offset, prompts=None):
+def _online_data(data, sampler, r_hat, n_online, seed_offset, prompts=None):
     """Online-DPO pairs of every block b: for each prompt of block b (its dataset's prompts, or ``prompts``),
     ``n_online`` samples from ``sampler(b)`` ranked by r̂_b (``allroads.online.online_dpo_pairs``).
     Returns (hard-label data, soft-label data, prompts dropped per block), batched."""
@@ -266,13 +267,13 @@ def _online(problem, cfg, data, r_hat, th_dpo, select, policies, out):
                 m, [s[b].reshape(m.n_prompts, m.n_actions**h, m.n_actions) for h, s in enumerate(base)])
         else:
             cls, lp0, sampler = pol_cls, ref_lp, (lambda b: ref)
-        hard, soft, dropped = _online_data(problem, data, sampler, r_hat, cfg.n_online, offset)
+        hard, soft, dropped = _online_data(data, sampler, r_hat, cfg.n_online, offset)
         out.extra[f"online{tag}_dropped_prompts"] = torch.tensor(dropped, dtype=torch.float64).reshape(cfg.seeds, -1)
-        if cfg.selection == "fresh":
-            fh, fs, _ = _online_data(problem, data, sampler, r_hat, cfg.n_online, offset + 1, fresh_prompts)
-        for name, d, fv in ((names[0], hard, "fh"), (names[1], soft, "fs")):
+        fresh = (_online_data(data, sampler, r_hat, cfg.n_online, offset + 1, fresh_prompts)[:2]
+                 if cfg.selection == "fresh" else (None, None))
+        for name, d, val in zip(names, (hard, soft), fresh):
             if name in want:
-                sp = _splits(cfg, d, seed=41 + offset, fresh=lambda: fh if fv == "fh" else fs)
+                sp = _splits(cfg, d, seed=41 + offset, fresh=lambda val=val: val)
                 select(name, *_dpo(cls, beta, lp0), d, sp)
                 policies[name] = cls.traj_log_probs
 
