@@ -1,19 +1,24 @@
 r"""Multi-step methods written once over :class:`allroads.backend.Backend` (paper Sec. 3, App. B.1.1).
 
-* :func:`online_dpo_pairs` — online DPO's dataset (Guo et al. 2024; the paper's recipe): sample N
-  completions per prompt from the sampling policy, score them with a reward model, and turn the best and
-  the worst into a pair (:func:`allroads.losses.select_best_worst`). Prompts whose N scores are all equal
-  carry no preference: they are dropped and counted. ``soft_labels=True`` labels each pair with the RM's
-  BT probability p_w = σ(r(ξ_w) − r(ξ_l)) (paper Eq. 4) instead of 1; with π_ref := the sampling policy the
-  population optimum of soft-label DPO is then π ∝ π_samp·exp(r/β) — the soft-optimal policy of the RM,
-  i.e. RLHF's stage 2 (Lemma A.1) — whenever the policy class contains it.
+Online DPO (Guo et al. 2024; the paper's recipe) is two plain steps, the first returning what it computed:
+
+1. :func:`sample_and_score` — N completions per prompt from the sampling policy at a sampling temperature,
+   their RM scores and, if asked, their log-probabilities: a :class:`Scored` batch. Re-ranking the same
+   samples with another RM is :func:`rescore` on it (no resampling).
+2. one labelling per variant, each a function of a :class:`Scored` batch: :func:`best_worst_pairs` (the
+   paper's hard labels) and :func:`best_worst_soft_pairs` (each pair labelled with the RM's BT probability
+   p_w = σ(r(ξ_w) − r(ξ_l)), paper Eq. 4; with π_ref := the sampling policy the population optimum of
+   soft-label DPO is then π ∝ π_samp·exp(r/β), RLHF's stage 2 (Lemma A.1), whenever the class contains it).
+
+Prompts whose N scores are all equal carry no preference: they are dropped and counted.
+
 * :func:`best_of_n` — the highest-scored of n samples per prompt (paper Fig. 8).
-* :func:`win_rate` — Monte-Carlo win rate of one policy against another under BT of a reward:
+* :func:`bt_win_rate` — Monte-Carlo win rate of one policy against another under BT of a reward:
   E_{ξ∼π, ξ'∼π'} σ(r(ξ) − r(ξ')).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,7 +26,51 @@ import torch
 from .backend import Backend
 from .losses import bt_logits, select_best_of_n, select_best_worst
 
-__all__ = ["OnlinePairs", "online_dpo_pairs", "best_of_n", "win_rate"]
+__all__ = ["Scored", "sample_and_score", "rescore", "OnlinePairs", "best_worst_pairs", "best_worst_soft_pairs",
+           "best_of_n", "bt_win_rate"]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """N samples per prompt with one reward model's scores (and the sampler's log-probs when asked)."""
+
+    prompts: Any
+    """The B prompts, in the backend's batch type."""
+    completions: Any
+    """(B, N) completions in the backend's batch type."""
+    scores: torch.Tensor
+    """RM score r(s_0, ξ) of every completion, shape (B, N)."""
+    sampling_temperature: float
+    """Temperature T the completions were drawn at (logits / T); π_ref of online DPO is the sampler at T."""
+    logps: torch.Tensor | None = None
+    """log π_T(ξ|s_0) of every completion under the sampler at ``sampling_temperature``, (B, N); or None."""
+
+
+def sample_and_score(backend: Backend, policy: Any, scorer: Any, prompts: Any, *, n: int,
+                     temperature: float, generator: torch.Generator, logps: bool = False) -> Scored:
+    r"""Step 1 of online DPO (App. B.1.1; 25 samples at T = 0.1 in the paper):
+
+        ξ_{p,1..N} ∼ π_T(·|s_0=p),   scores r(ξ_{p,j}),   and log π_T(ξ_{p,j}) if ``logps``
+
+    Draws from ``generator`` only (one ``backend.sample`` call). Returns :class:`Scored`.
+    """
+    if n < 2:
+        raise ValueError(f"n must be >= 2 to form a best/worst pair, got {n}")
+    completions = _sample(backend, policy, prompts, n, generator, temperature)  # (B, N)
+    lp = backend.seq_logp(policy, prompts, completions, temperature) if logps else None
+    return Scored(prompts, completions, backend.score(scorer, prompts, completions), temperature, lp)
+
+
+def _sample(backend: Backend, policy: Any, prompts: Any, n: int, generator: torch.Generator, temperature: float) -> Any:
+    """``backend.sample`` at ``temperature``; at T = 1 without the argument, which every backend accepts."""
+    if temperature == 1.0:
+        return backend.sample(policy, prompts, n, generator)
+    return backend.sample(policy, prompts, n, generator, temperature=temperature)
+
+
+def rescore(backend: Backend, scored: Scored, scorer: Any) -> Scored:
+    """The same samples scored by another reward model (re-ranking without resampling)."""
+    return replace(scored, scores=backend.score(scorer, scored.prompts, scored.completions))
 
 
 @dataclass(frozen=True)
@@ -46,51 +95,57 @@ class OnlinePairs:
     """Prompts dropped because all N samples scored the same (no preference)."""
 
 
-def online_dpo_pairs(
-    backend: Backend,
-    policy: Any,
-    reward_model: Any,
-    prompts: Any,
-    *,
-    n_samples: int,
-    generator: torch.Generator,
-    soft_labels: bool = False,
-) -> OnlinePairs:
-    r"""Best-vs-worst pairs from ``n_samples`` on-policy completions per prompt (App. B.1.1; 25 in the paper).
+def _take_rows(x: Any, keep: torch.Tensor) -> Any:
+    return x[keep] if isinstance(x, torch.Tensor) else [x[i] for i in keep.tolist()]
 
-        ξ_{p,1..N} ∼ π(·|s_0=p),   w = argmax_j r(ξ_{p,j}),   l = argmin_j r(ξ_{p,j})
 
-    Ties go to the lowest sample index (loss core); prompts with all-equal scores are dropped and counted.
-    Returns :class:`OnlinePairs`; its prompts/completions index with the backend's ``take``.
+def best_worst_pairs(scored: Scored) -> OnlinePairs:
+    r"""Step 2, the paper's labelling: the best and the worst sample of each prompt, hard label 1.
+
+        w = argmax_j r(ξ_{p,j}),   l = argmin_j r(ξ_{p,j})      (ties → lowest index, loss core)
+
+    Prompts with all-equal scores are dropped and counted. Completions index with the backend's batch type.
     """
-    if n_samples < 2:
-        raise ValueError(f"n_samples must be >= 2 to form a best/worst pair, got {n_samples}")
-    completions = backend.sample(policy, prompts, n_samples, generator)  # (B, N)
-    scores = backend.score(reward_model, prompts, completions)  # (B, N)
+    scores = scored.scores
     idx_w, idx_l, valid = select_best_worst(scores)
     rows = torch.arange(scores.shape[0])
-    s_w, s_l = scores[rows, idx_w][valid], scores[rows, idx_l][valid]
-    chosen = backend.take(completions, idx_w)
-    rejected = backend.take(completions, idx_l)
     keep = torch.nonzero(valid).reshape(-1)
-    pick = (lambda x: x[keep]) if isinstance(chosen, torch.Tensor) else (lambda x: [x[i] for i in keep.tolist()])
-    p_prompts = torch.as_tensor(prompts)[keep] if not isinstance(prompts, list) else [prompts[i] for i in keep.tolist()]
-    p_w = torch.sigmoid(bt_logits(s_w, s_l)) if soft_labels else None
-    return OnlinePairs(p_prompts, pick(chosen), pick(rejected), s_w, s_l, p_w, valid, int((~valid).sum()))
+    chosen = _take_rows(_take(scored.completions, idx_w), keep)
+    rejected = _take_rows(_take(scored.completions, idx_l), keep)
+    prompts = _take_rows(scored.prompts if isinstance(scored.prompts, list) else torch.as_tensor(scored.prompts), keep)
+    return OnlinePairs(prompts, chosen, rejected, scores[rows, idx_w][valid], scores[rows, idx_l][valid], None, valid,
+                       int((~valid).sum()))
 
 
-def best_of_n(backend: Backend, policy: Any, reward_model: Any, prompts: Any, *, n: int, generator: torch.Generator) -> Any:
-    """Best-of-n (paper Fig. 8): for each prompt, the RM's highest-scored of n samples from π; a batch of B."""
-    completions = backend.sample(policy, prompts, n, generator)
-    return backend.take(completions, select_best_of_n(backend.score(reward_model, prompts, completions)))
+def best_worst_soft_pairs(scored: Scored) -> OnlinePairs:
+    r"""Step 2, soft labels: the pairs of :func:`best_worst_pairs`, each labelled with the RM's BT probability
+
+        p_w = σ(r(ξ_w) − r(ξ_l))      (paper Eq. 4)
+    """
+    pairs = best_worst_pairs(scored)
+    return replace(pairs, p_w=torch.sigmoid(bt_logits(pairs.score_w, pairs.score_l)))
 
 
-def win_rate(
+def _take(completions: Any, index: torch.Tensor) -> Any:
+    """``completions[b, index[b]]`` for a (B, N) tensor or nested list."""
+    if isinstance(completions, torch.Tensor):
+        return completions.gather(1, index.reshape(-1, 1)).squeeze(1)
+    return [row[int(i)] for row, i in zip(completions, index.tolist())]
+
+
+def best_of_n(backend: Backend, policy: Any, scorer: Any, prompts: Any, *, n: int, generator: torch.Generator,
+              temperature: float = 1.0) -> Any:
+    """Best-of-n (paper Fig. 8): for each prompt, the RM's highest-scored of n samples from π_T; a batch of B."""
+    completions = _sample(backend, policy, prompts, n, generator, temperature)
+    return backend.take(completions, select_best_of_n(backend.score(scorer, prompts, completions)))
+
+
+def bt_win_rate(
     backend: Backend, policy: Any, other: Any, reward: Any, prompts: Any, *, n: int, generator: torch.Generator
 ) -> tuple[float, float]:
     r"""Monte-Carlo win rate of ``policy`` against ``other`` under BT of ``reward`` (paper Eq. 4):
 
-        WR = E_{s_0} E_{ξ∼π, ξ'∼π'} σ(r(ξ) − r(ξ'))      (n independent pairs per prompt)
+        WR = E_{s_0} E_{ξ∼π, ξ'∼π'} σ(r(ξ) − r(ξ'))      (n independent pairs per prompt, both at T = 1)
 
     Returns ``(estimate, standard_error)``.
     """

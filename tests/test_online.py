@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from allroads.backend import Backend
-from allroads.online import best_of_n, online_dpo_pairs, win_rate
+from allroads.online import best_of_n, best_worst_pairs, best_worst_soft_pairs, bt_win_rate, rescore, sample_and_score
 from allroads.tabular import PreferenceData, TabularPolicy, TabularSoftmaxPolicy, TreeMDP, fit_policy_mle, soft_value_iteration
 from allroads.tabular.backend import TabularBackend
 from allroads.tabular.metrics import best_of_n_log_probs, exact_win_rate
@@ -28,8 +28,13 @@ def test_best_worst_pairs_match_brute_force(setup):
     mdp, pol, r = setup
     be, prompts = TabularBackend(), torch.tensor([0, 1, 2, 2, 0])
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    op = online_dpo_pairs(be, pol, r, prompts, n_samples=6, generator=g1, soft_labels=True)
+    scored = sample_and_score(be, pol, r, prompts, n=6, temperature=1.0, generator=g1, logps=True)
+    op = best_worst_soft_pairs(scored)
     xi = be.sample(pol, prompts, 6, g2)  # the same draws
+    assert torch.equal(scored.completions, xi)
+    torch.testing.assert_close(scored.logps, pol.traj_log_probs()[prompts[:, None], xi], atol=1e-12, rtol=0)
+    hard = best_worst_pairs(scored)
+    assert hard.p_w is None and torch.equal(hard.chosen, op.chosen) and torch.equal(hard.rejected, op.rejected)
     kept = 0
     for b, p in enumerate(prompts.tolist()):
         s = [float(r[p, x]) for x in xi[b].tolist()]
@@ -46,9 +51,15 @@ def test_best_worst_pairs_match_brute_force(setup):
 
 def test_all_equal_scores_are_dropped_and_counted(setup):
     mdp, pol, _ = setup
-    op = online_dpo_pairs(TabularBackend(), pol, torch.zeros(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2]),
-                          n_samples=25, generator=torch.Generator().manual_seed(0))
+    scored = sample_and_score(TabularBackend(), pol, torch.zeros(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2]),
+                              n=25, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    op = best_worst_pairs(scored)
     assert op.n_dropped == 3 and len(op.chosen) == 0
+    assert best_worst_pairs(rescore(TabularBackend(), scored, _r_distinct())).n_dropped == 0  # same samples, another RM
+
+
+def _r_distinct():
+    return torch.arange(12, dtype=torch.float64).reshape(3, 4)
 
 
 def test_soft_label_online_dpo_population_optimum_is_soft_optimal_policy(setup):
@@ -98,5 +109,5 @@ def test_win_rate_monte_carlo_and_exact(setup):
     loop = sum(float(torch.exp(lp[p, i] + lo[p, j]) * torch.sigmoid(r[p, i] - r[p, j])) for p in range(3) for i in range(4) for j in range(4)) / 3
     assert abs(ex - loop) < 1e-12
     assert abs(ex + float(exact_win_rate(lo.unsqueeze(0), lp, r)[0]) - 1.0) < 1e-12  # WR(π,π') + WR(π',π) = 1
-    est, se = win_rate(TabularBackend(), pol, other, r, torch.arange(3).repeat(10_000), n=1, generator=torch.Generator().manual_seed(3))
+    est, se = bt_win_rate(TabularBackend(), pol, other, r, torch.arange(3).repeat(10_000), n=1, generator=torch.Generator().manual_seed(3))
     assert abs(est - ex) < 5 * se

@@ -1,8 +1,9 @@
 r"""CLI: ``python -m allroads.llm {sft,rm,local-rm,dpo} [--config FILE.json] [--preset tiny] [--key value ...]``.
 
 Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads.llm.config`);
-``--preset tiny`` sets the CPU preset (tiny GPT-NeoX, word-level tokenizer, synthetic data, small
-batches) before the config file and the overrides are applied. Under ``torchrun`` the same command
+``--preset tiny`` starts from the project's one CPU preset, :func:`allroads.llm.settings.tiny_settings`
+(tiny GPT-NeoX, word-level tokenizer, synthetic data, small batches; the stage's config derived by
+:func:`allroads.llm.settings.stage_config`), before the config file and the overrides are applied. Under ``torchrun`` the same command
 runs data-parallel (DDP, or FSDP with ``--fsdp true``).
 
 Examples::
@@ -18,12 +19,16 @@ import json
 import sys
 from pathlib import Path
 
-TINY_PRESET = {
-    "model": "tiny", "tokenizer": "tiny", "data": "synthetic:1024", "batch_size": 32, "micro_batch_size": 16,
-    "lr": 1e-3, "device": "cpu", "bf16": False, "max_prompt_tokens": 64, "max_response_tokens": 8,
-}
-TINY_STAGE = {"sft": {"data": "synthetic:2048", "lr": 3e-3, "epochs": 3}, "dpo": {"lr": 3e-4, "beta": 0.1},
-              "local-rm": {"lr": 3e-4}}
+
+
+def tiny_preset(stage: str) -> dict:
+    """The fields of ``stage``'s config in the tiny preset (:func:`allroads.llm.settings.tiny_settings`)."""
+    import dataclasses
+
+    from .settings import stage_config, tiny_settings
+
+    cfg = stage_config(stage.replace("-", "_"), tiny_settings())
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def _parse(argv: list[str]):
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {}
     if args.preset == "tiny":
         torch.set_num_threads(1)
-        values.update({**TINY_PRESET, **TINY_STAGE.get(args.stage, {})})
+        values.update(tiny_preset(args.stage))
     if args.config:
         values.update({k: v for k, v in vars(load_config(cls, args.config)).items()
                        if k in json.loads(Path(args.config).read_text())})

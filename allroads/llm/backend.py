@@ -6,7 +6,7 @@ Objects of this backend:
 * *prompts*: a list of B formatted prompt texts (``"SUBREDDIT: r/… TL;DR:"``, Table 1);
 * *completions*: a (B, n) nested list of :class:`allroads.llm.sample.Completion` (token ids with the EOS
   kept, the decoded text, ``finished``);
-* *reward model*: one of the scorers below, each a small frozen object with
+* *scorer* (what the protocol scores with): one of the objects below, each small and frozen, with
   ``score(backend, prompts, completions) -> (B, n)``:
 
   ====================  ===================================================  =====================
@@ -31,7 +31,8 @@ import torch
 
 from .data import collate_sequences
 from .models import rewards, sequence_logps
-from .sample import Completion, SamplingConfig, SamplingResult, sample
+from .sample import Completion, SamplingConfig, sample
+from .tldr_format import completion_from_text, encode_prompt
 
 __all__ = ["LLMBackend", "GlobalRM", "LocalRM", "DPORM", "RougeRM", "FunctionRM", "Completions"]
 
@@ -45,37 +46,34 @@ class LLMBackend:
     tokenizer: Any
     """The policy's tokenizer (prompts are encoded with it, completions decoded with it)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Temperature (0.1 for online DPO / BoN, App. B.1.1/B.4), response budget (53), batch size, backend;
-    its ``n`` and ``seed`` are replaced per call by the ``n`` argument and the generator."""
+    """Response budget (53), prompts per generate call, sampler (HF / vLLM); its ``n``, ``seed`` and
+    ``temperature`` are replaced per call by the arguments of :meth:`sample`."""
     micro_batch_size: int = 16
     """Sequences per forward pass in :meth:`seq_logp` and in global-RM scoring."""
     device: str = "cpu"
     """Device of the forward passes in :meth:`seq_logp` / scoring."""
-    last_result: SamplingResult | None = None
-    """The :class:`SamplingResult` of the latest :meth:`sample` call (for its unfinished count)."""
 
     def __post_init__(self):
         if self.micro_batch_size < 1:
             raise ValueError(f"LLMBackend(micro_batch_size={self.micro_batch_size}): must be >= 1")
 
     # ------------------------------------------------------------------------------------ primitives
-    def sample(self, policy, prompts: Sequence[str], n: int, generator: torch.Generator) -> Completions:
-        """n completions per prompt from ``policy`` at ``sampling.temperature``; a (B, n) nested list.
+    def sample(self, policy, prompts: Sequence[str], n: int, generator: torch.Generator,
+               temperature: float = 1.0) -> Completions:
+        """n completions per prompt from ``policy`` at ``temperature`` (0.1 for online DPO / BoN, 0.01 for
+        evaluation, App. B.1.1/B.4); a (B, n) nested list.
 
         The sampling seed is drawn from ``generator`` (one int), so the call is reproducible."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        cfg = replace(self.sampling, n=n, seed=seed)
-        self.last_result = sample(policy, self.tokenizer, list(prompts), cfg)
-        return [list(p.completions) for p in self.last_result.samples]
+        cfg = replace(self.sampling, n=n, seed=seed, temperature=temperature)
+        return [list(p.completions) for p in sample(policy, self.tokenizer, list(prompts), cfg).samples]
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return [encode_prompt(p, self.tokenizer) for p in prompts]
 
     def completions_from_texts(self, texts: Sequence[Sequence[str]]) -> Completions:
         """Wrap texts (e.g. reference summaries) as finished completions ``" " + text + EOS`` (Table 1 format)."""
-        eos = self.tokenizer.eos_token_id
-        return [[Completion(t, tuple(self.tokenizer(" " + t, add_special_tokens=False)["input_ids"]) + (eos,), True)
-                 for t in row] for row in texts]
+        return [[completion_from_text(t, self.tokenizer) for t in row] for row in texts]
 
     def _flat_batches(self, prompts: Sequence[str], completions: Completions):
         """Yield ``(rows, batch)`` over the flattened (B·n) prompt+completion sequences."""
@@ -132,12 +130,12 @@ class LLMBackend:
             reward_model.train(was_training)
         return out
 
-    def score(self, reward_model, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
-        """The reward model's score of each completion, shape (B, n) float64 (dispatch to the scorer)."""
-        if not hasattr(reward_model, "score") or not callable(getattr(reward_model, "score")):
-            raise ValueError(f"{type(reward_model).__name__} is not an LLM-backend scorer; wrap it in GlobalRM, "
-                             "LocalRM, DPORM, RougeRM or FunctionRM")
-        return reward_model.score(self, prompts, completions)
+    def score(self, scorer, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """The scorer's score of each completion, shape (B, n) float64 (dispatch to ``scorer.score``)."""
+        if not hasattr(scorer, "score") or not callable(getattr(scorer, "score")):
+            raise ValueError(f"{type(scorer).__name__} is not an LLM-backend scorer; wrap a reward model in GlobalRM, "
+                             "or use LocalRM, DPORM, RougeRM or FunctionRM")
+        return scorer.score(self, prompts, completions)
 
     def take(self, completions: Completions, index: torch.Tensor) -> list[Completion]:
         """``completions[b][index[b]]`` for every prompt b; a list of B completions."""
@@ -181,12 +179,12 @@ class DPORM:
     """Its reference π_ref (π_sft for offline DPO)."""
     beta: float = 0.05
     """β of Table 3."""
-    temperature: float = 1.0
-    """Temperature of both log-probs (the one DPO was trained with)."""
+    logit_temperature: float = 1.0
+    """Divide the logits of both π and π_ref by this (the policy temperature DPO was trained with)."""
 
     def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
-        lp = backend.seq_logp(self.policy, prompts, completions, self.temperature)
-        lr = backend.seq_logp(self.ref, prompts, completions, self.temperature)
+        lp = backend.seq_logp(self.policy, prompts, completions, self.logit_temperature)
+        lr = backend.seq_logp(self.ref, prompts, completions, self.logit_temperature)
         return self.beta * (lp - lr)
 
 

@@ -9,7 +9,7 @@ Layout under ``<output_dir>/checkpoints``::
 
 A checkpoint directory is written under a temporary name in the same parent and renamed into place
 (``os.rename`` of a directory is atomic on POSIX), then ``latest`` is replaced atomically
-(``os.replace``), then older checkpoints are removed. A kill at any moment leaves ``latest`` naming a
+(:func:`allroads.llm.atomic.write_text`), then older checkpoints are removed. A kill at any moment leaves ``latest`` naming a
 complete checkpoint (or no ``latest`` at all before the first one).
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import write_text
 
 __all__ = ["rng_state", "set_rng_state", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_model_weights"]
 
@@ -41,15 +42,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(ckpt_root: str | Path, *, step: int, model_state_dict: dict | None, model=None, tokenizer=None,
@@ -86,7 +78,7 @@ def save_checkpoint(ckpt_root: str | Path, *, step: int, model_state_dict: dict 
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _atomic_write_text(root / "latest", final.name)
+        write_text(root / "latest", final.name)
         old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
         for p in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "SFTConfig", "RMConfig", "DPOConfig", "LocalRMConfig", "load_config", "config_hash"]
+__all__ = ["TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfig", "LocalRMConfig", "load_config",
+           "config_key", "config_hash", "digest"]
 
 PYTHIA_1B4 = "EleutherAI/pythia-1.4b-deduped"
 SFT_HUB_ID = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
@@ -78,7 +79,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (needed for 6.9B)."""
     save_every: int = 0
-    """Write a resumable checkpoint every this many steps; 0 = only at the end."""
+    """Write a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many steps before the last;
+    0 = none. The final weights are written once, to ``output_dir/model``."""
+    save_final_checkpoint: bool = False
+    """Also keep a resumable checkpoint of the last step (optimizer state included; ≈ 16 bytes per parameter),
+    to train on from it later. Off: the intermediate checkpoints are removed once ``model/`` is written."""
     resume: bool = True
     """Resume from ``output_dir/checkpoints/latest`` when it exists."""
     fsdp: bool = False
@@ -166,8 +171,9 @@ class RMConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class DPOConfig(TrainConfig):
-    """Offline DPO (Eq. 9 with a reference; Table 3): π_ref = π_sft."""
+class PreferenceConfig(TrainConfig):
+    """What every stage that trains a policy on preference pairs shares (Table 3; DPO and the local RM):
+    the comparisons, Table 3's optimisation, β of the implicit reward and the policy's temperature."""
 
     data: str = PFT_HUB_ID
     """Comparisons (OpenAI ``comparisons`` schema)."""
@@ -179,6 +185,21 @@ class DPOConfig(TrainConfig):
     """Linear decay (Table 3)."""
     beta: float = 0.05
     """KL weight β of the implicit reward β·log π/π_ref (Table 3)."""
+    policy_temperature: float = 1.0
+    """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
+    at its own temperature). Setting it to the sampling temperature as well gives the other reading of the
+    Table 3 caption (both π and π_ref at T); this codebase uses π only at 1."""
+
+    def validate(self, world_size: int = 1) -> None:
+        super().validate(world_size)
+        if self.beta <= 0 or self.policy_temperature <= 0:
+            raise ValueError(f"beta ({self.beta}) and policy_temperature ({self.policy_temperature}) must be > 0")
+
+
+@dataclass(frozen=True)
+class DPOConfig(PreferenceConfig):
+    """Offline DPO (Eq. 9 with a reference; Table 3): π_ref = π_sft."""
+
     ref_model: str = ""
     """π_ref weights (the SFT policy); empty = a frozen copy of the initial ``model``."""
     precompute_ref: bool = True
@@ -186,10 +207,6 @@ class DPOConfig(TrainConfig):
     (``output_dir/ref_logps.pt``, with a key of π_ref's weights, ``ref_temperature``, the pairs and the
     numerics), so π_ref need not stay in memory during training. A stored table is reused only when its key
     matches (resume); otherwise it is recomputed."""
-    temperature: float = 1.0
-    """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
-    at its own temperature). Setting it to the sampling temperature as well gives the other reading of the
-    Table 3 caption (both π and π_ref at T); the issue and this codebase use π only at 1."""
     ref_temperature: float = 1.0
     """Divide *π_ref's* logits by this before the softmax in log π_ref(ξ), live or precomputed. Offline DPO:
     1 (π_ref = π_sft, Table 3). Online DPO: the sampling temperature, 0.1 in the paper: π_ref is "whatever
@@ -202,23 +219,16 @@ class DPOConfig(TrainConfig):
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)
-        if self.beta <= 0 or self.temperature <= 0 or self.ref_temperature <= 0:
-            raise ValueError(f"beta ({self.beta}), temperature ({self.temperature}) and ref_temperature "
-                             f"({self.ref_temperature}) must be > 0")
+        if self.ref_temperature <= 0:
+            raise ValueError(f"ref_temperature ({self.ref_temperature}) must be > 0")
 
 
 @dataclass(frozen=True)
-class LocalRMConfig(DPOConfig):
+class LocalRMConfig(PreferenceConfig):
     """Local RM: reference-free DPO (Eq. 7–9), β = 1/H = 1/53 (Table 4); other values as Table 3."""
 
     beta: float = 1.0 / 53.0
     """β = 1/H with H = 53 the generation length (Table 4)."""
-    ref_model: str = ""
-    """Unused: a local RM has no π_ref (Table 4)."""
-    precompute_ref: bool = False
-    """Unused: there is no reference."""
-    ref_temperature: float = 1.0
-    """Unused: there is no reference."""
 
     @property
     def stage(self) -> str:
@@ -274,9 +284,28 @@ def load_config(cls: type[TrainConfig], path: str | None = None, overrides: dict
     return dataclasses.replace(defaults, **typed)
 
 
+RUN_ONLY_FIELDS = ("output_dir", "progress", "resume", "log_every", "device", "save_final_checkpoint")
+"""Config fields that say where or how visibly a run happens, not what it computes: left out of every key."""
+
+
+def config_key(obj: Any) -> Any:
+    """What a config computes, as JSON-able data: a dataclass becomes a dict without :data:`RUN_ONLY_FIELDS`
+    (at every depth); other values are returned as they are."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: config_key(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.name not in RUN_ONLY_FIELDS}
+    if isinstance(obj, dict):
+        return {k: config_key(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [config_key(v) for v in obj]
+    return obj
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    """The project's one hash: SHA-256 of ``obj`` as sorted-key JSON (``default=str``), first ``n`` hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
 def config_hash(cfg: TrainConfig) -> str:
-    """Short stable hash of a config (names output directories so a rerun finds its results)."""
-    d = cfg.to_dict()
-    for k in ("output_dir", "progress", "resume", "log_every"):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    """Short stable hash of what a config computes (names output directories so a rerun finds its results)."""
+    return digest({"stage": cfg.stage, **config_key(cfg)})

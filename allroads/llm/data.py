@@ -22,15 +22,9 @@ comparison rows that are not TL;DR posts (the OpenAI comparisons validation spli
 CNN/DM articles, whose ``info`` has ``article`` and no ``post``; the paper's 83.8K validation pairs are
 the TL;DR ones, Table 1), and pairs whose chosen and rejected texts are identical (no preference).
 
-Format (Table 1; Stiennon et al. 2020 / the REBEL codebase):
-
-    prompt   = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
-    response = " " + summary + EOS
-
-The post is cut at its last newline (repeatedly) until the prompt fits ``max_prompt_tokens`` (512)
-tokens. If no newline is left, it is cut at its last whitespace, and a post with no whitespace left
-is cut token by token. Responses longer than ``max_response_tokens`` (53, EOS included) are cut to
-that many tokens (then they carry no EOS); the number cut is reported.
+Format (Table 1): the prompt template and the response encoding ``" " + summary + EOS`` live in
+:mod:`allroads.llm.tldr_format`. Responses longer than ``max_response_tokens`` (53, EOS included) are cut
+to that many tokens (then they carry no EOS); the number cut is reported.
 """
 from __future__ import annotations
 
@@ -41,6 +35,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+
+from .tldr_format import PROMPT_TEMPLATE, TWO_WORD_PROMPT_TEMPLATE, _PROMPT_RE, encode_response, format_prompt
 
 __all__ = [
     "DataSourceError",
@@ -59,12 +55,9 @@ __all__ = [
     "collate_sequences",
     "collate_sft",
     "collate_pairs",
+    "nested_subset",
 ]
 
-PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
-TWO_WORD_PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTwo-Word TL;DR:"
-"""Fig. 10 (App. B.1): the standard prompt with "TL;DR:" replaced by "Two-Word TL;DR:"."""
-_PROMPT_RE = re.compile(r"^SUBREDDIT: r/(?P<subreddit>.*?)\n\nTITLE: (?P<title>.*?)\n\nPOST: (?P<post>.*)\n\nTL;DR:\s*$", re.S)
 _HUB_DEFAULT_CONFIG = {"openai/summarize_from_feedback": "comparisons"}
 
 
@@ -311,51 +304,6 @@ def load_comparison_rows(source: str, split: str = "train", limit: int = 0) -> t
 
 
 # ----------------------------------------------------------------------------------------- format
-def _n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def format_prompt(subreddit: str, title: str, post: str, tokenizer, max_tokens: int = 512, where: str = "", *,
-                  template: str = PROMPT_TEMPLATE) -> tuple[str, bool]:
-    r"""The paper's prompt, with the post cut until the prompt fits ``max_tokens`` tokens (Table 1).
-
-        "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
-
-    (``template=TWO_WORD_PROMPT_TEMPLATE`` ends in "Two-Word TL;DR:" instead, Fig. 10.)
-
-    Cutting rule, applied repeatedly until it fits: drop the post's text from its last newline on
-    (Stiennon et al.'s preprocessing); if the post has no newline, drop it from its last whitespace;
-    if it has no whitespace either, keep only as many of its leading tokens as fit. Trailing
-    whitespace of the cut post is stripped. Returns ``(prompt, was_cut)``; raises a ValueError naming
-    ``where`` if even an empty post does not fit (title too long).
-    """
-    cut = False
-    while True:
-        prompt = template.format(subreddit=subreddit, title=title, post=post)
-        n = _n_tokens(tokenizer, prompt)
-        if n <= max_tokens:
-            return prompt, cut
-        if not post:
-            raise ValueError(
-                f"{where or 'prompt'}: does not fit {max_tokens} tokens even with an empty post ({n} tokens); "
-                "the title/subreddit are too long: raise max_prompt_tokens or drop the row"
-            )
-        cut = True
-        if "\n" in post:
-            post = post[: post.rindex("\n")].rstrip()
-        elif re.search(r"\s", post):
-            post = post[: max(i for i, ch in enumerate(post) if ch.isspace())].rstrip()
-        else:
-            ids = tokenizer(post, add_special_tokens=False)["input_ids"]
-            keep = max(0, len(ids) - (n - max_tokens))
-            post = tokenizer.decode(ids[:keep]) if keep else ""
-
-
-def _encode_response(summary: str, tokenizer, max_tokens: int) -> tuple[list[int], bool]:
-    ids = tokenizer(" " + summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return ids[:max_tokens], len(ids) > max_tokens
-
-
 def tokenize_sft(rows: Sequence[SFTRow], tokenizer, report: LoadReport | None = None, *,
                  max_prompt_tokens: int = 512, max_response_tokens: int = 53) -> list[TokenizedSFT]:
     """Token ids of the paper's prompt and of ``" " + summary + EOS`` (≤ 53 tokens) per row."""
@@ -364,7 +312,7 @@ def tokenize_sft(rows: Sequence[SFTRow], tokenizer, report: LoadReport | None = 
     out = []
     for r in rows:
         prompt, cut = format_prompt(r.subreddit, r.title, r.post, tokenizer, max_prompt_tokens, r.where)
-        resp, rcut = _encode_response(r.summary, tokenizer, max_response_tokens)
+        resp, rcut = encode_response(r.summary, tokenizer, max_response_tokens)
         if report is not None:
             report.prompts_truncated += cut
             report.responses_truncated += rcut
@@ -380,8 +328,8 @@ def tokenize_pairs(rows: Sequence[PreferenceRow], tokenizer, report: LoadReport 
     out = []
     for r in rows:
         prompt, cut = format_prompt(r.subreddit, r.title, r.post, tokenizer, max_prompt_tokens, r.where)
-        w, wcut = _encode_response(r.chosen, tokenizer, max_response_tokens)
-        l, lcut = _encode_response(r.rejected, tokenizer, max_response_tokens)
+        w, wcut = encode_response(r.chosen, tokenizer, max_response_tokens)
+        l, lcut = encode_response(r.rejected, tokenizer, max_response_tokens)
         if report is not None:
             report.prompts_truncated += cut
             report.responses_truncated += wcut + lcut
@@ -423,3 +371,13 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, padding_side: str
     batch = collate_sequences(prompts, responses, pad_id, padding_side)
     batch["p_w"] = torch.tensor([p.p_w for p in pairs], dtype=torch.float64)
     return batch
+
+
+def nested_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """Fig. 12's data subsets: sorted indices of ``round(fraction · n)`` (≥ 1) of ``n`` rows, the first ones of
+    one permutation drawn with ``seed``, so for one seed a smaller fraction is a subset of a larger one."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: must be in (0, 1]")
+    k = max(1, int(round(fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[:k])

@@ -13,7 +13,6 @@ r"""Evaluation of policies and reward models on TL;DR (Swamy et al. 2025, Sec. 3
   forward-KL (data) term as the BT negative log-likelihood of the policy's implied reward
   β(log π − log π_ref) on the preference data, and the reverse KL estimated on-policy:
   ``E_{ξ∼π}[log π(ξ) − log π_ref(ξ)]`` over samples at T = 1 (Fig. 4).
-* :func:`dataset_fraction` — the nested data subsets of Fig. 12.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from ..losses import bt_logits, select_best_of_n
 from .backend import DPORM, LLMBackend
 
 __all__ = ["BTValidation", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
-           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "dataset_fraction"]
+           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective"]
 
 
 def _sem(x: torch.Tensor) -> float:
@@ -77,10 +76,9 @@ def policy_samples(backend: LLMBackend, policy, prompts: Sequence[str], *, n: in
                    seed: int, max_new_tokens: int | None = None):
     """n samples per prompt at ``temperature`` (B.4: 0.01 for win rate / ROUGE-L, 0.1 for BoN). Returns
     the (B, n) completions and the number of unfinished ones (no EOS within the budget; kept, counted)."""
-    sampling = dataclasses.replace(backend.sampling, temperature=temperature,
-                                   max_new_tokens=max_new_tokens or backend.sampling.max_new_tokens)
+    sampling = dataclasses.replace(backend.sampling, max_new_tokens=max_new_tokens or backend.sampling.max_new_tokens)
     b = dataclasses.replace(backend, sampling=sampling)
-    comps = b.sample(policy, list(prompts), n, torch.Generator().manual_seed(seed))
+    comps = b.sample(policy, list(prompts), n, torch.Generator().manual_seed(seed), temperature)
     return comps, sum(not c.finished for row in comps for c in row)
 
 
@@ -92,13 +90,13 @@ def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], 
     One sample per prompt at T = 0.01 (``max_new_tokens``: the backend's budget unless given; 5 for the
     two-word TL;DR of Fig. 10). Returns the judge's summary (wins, losses, unparseable, errors, win_rate)
     plus ``unfinished`` (samples cut at the budget) and ``empty`` (empty summaries)."""
-    from .judge import win_rate
+    from .judge import judge_win_rate
 
     comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed,
                                        max_new_tokens=max_new_tokens)
     texts = [row[0].text for row in comps]
     empty = sum(not t.strip() for t in texts)  # an empty summary is a valid (bad) answer: judged, and counted
-    res = win_rate(judge, list(posts), texts, list(references))
+    res = judge_win_rate(judge, list(posts), texts, list(references))
     return {**res.summary(), "unfinished": unfinished, "empty": empty, "samples": texts}
 
 
@@ -136,7 +134,7 @@ def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge,
         raise ValueError(f"ns={ns}: need N >= 1")
     comps, unfinished = policy_samples(backend, policy, prompts, n=ns[-1], temperature=temperature, seed=seed)
     out: dict = {"unfinished": unfinished, "n_prompts": len(prompts), "curves": {}}
-    from .judge import win_rate
+    from .judge import judge_win_rate
 
     for name, scorer in scorers.items():
         scores = backend.score(scorer, list(prompts), comps)  # (B, N_max)
@@ -144,7 +142,7 @@ def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge,
         for n in ns:
             idx = select_best_of_n(scores[:, :n])
             texts = [c.text for c in backend.take(comps, idx)]
-            curve[n] = win_rate(judge, list(posts), texts, list(references)).summary()
+            curve[n] = judge_win_rate(judge, list(posts), texts, list(references)).summary()
         out["curves"][name] = curve
     return out
 
@@ -191,13 +189,3 @@ def eq2_objective(backend: LLMBackend, policy, ref, *, beta: float, pair_prompts
     ratio = backend.seq_logp(policy, list(kl_prompts), comps) - backend.seq_logp(ref, list(kl_prompts), comps)  # (B, n)
     flat = ratio.reshape(-1)
     return Eq2Estimate(-val.loglik, float(flat.mean()), _sem(flat), beta, int(flat.numel()), unfinished)
-
-
-def dataset_fraction(n: int, fraction: float, seed: int) -> list[int]:
-    """Fig. 12: indices of a ``fraction`` of ``n`` pairs; nested across fractions for one seed (a prefix of
-    one fixed permutation), so a smaller fraction is a subset of a larger one."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction={fraction}: must be in (0, 1]")
-    k = max(1, int(round(fraction * n)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[:k])

@@ -1,7 +1,8 @@
 r"""The paper's TL;DR figures 3–12 as functions over the cached stage graph (:mod:`allroads.llm.pipeline`).
 
-``figure_N(pipe, fig) -> dict`` asks the :class:`~allroads.llm.pipeline.Pipeline` for the stages it needs
-(each runs once and is cached by its config hash) and returns the figure's numbers: ``bars`` (mean ± s.e.
+``figure_N(pipe, fig) -> dict`` composes the stage functions it needs (:mod:`allroads.llm.train_stages`,
+:mod:`allroads.llm.data_stages`, :mod:`allroads.llm.eval_stages`; each runs once and is cached by its config,
+inputs and code) and returns the figure's numbers: ``bars`` (mean ± s.e.
 over seeds) or ``curves``. :func:`run_figure` writes ``<figure>.json`` and ``<figure>.png``;
 :class:`FigureConfig` is one figure's experiment (``experiments/llm/configs/fig*.json``).
 """
@@ -14,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .pipeline import Artifact, Pipeline, _atomic_json, _jsonable
+from .atomic import write_json
+from . import data_stages as G
+from . import eval_stages as E
+from . import train_stages as T
+from .pipeline import Artifact, Pipeline
 
 __all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
 
@@ -62,21 +67,21 @@ def _mean_se(xs: list[float]) -> dict:
 
 def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False) -> dict[str, Artifact]:
     """Fig. 3's policies for one seed: DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO)."""
-    dpo = pipe.dpo(sft, seed)
-    rm = pipe.rm(sft, seed)
-    out = {"DPO": dpo, "DPO (2x)": pipe.dpo(sft, seed, epochs=2)}
-    out["Online DPO (SFT)"] = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, augment=augment), seed)
-    out["Online DPO (DPO)"] = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, augment=augment), seed)
+    dpo = T.dpo(pipe, sft, seed)
+    rm = T.rm(pipe, sft, seed)
+    out = {"DPO": dpo, "DPO (2x)": T.dpo(pipe, sft, seed, epochs=2)}
+    out["Online DPO (SFT)"] = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, augment=augment), seed)
+    out["Online DPO (DPO)"] = T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed, augment=augment), seed)
     return out
 
 
 def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifact], dict[str, Artifact]],
               with_sft: bool = True, rate: Callable[..., dict] | None = None) -> dict:
     """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
-    ``rate(artifact, seed)`` is the evaluation (default :meth:`Pipeline.win_rate`). Known scores (tiny
+    ``rate(artifact, seed)`` is the evaluation (default :func:`allroads.llm.eval_stages.reference_win_rate`). Known scores (tiny
     preset) are summarised alongside."""
-    rate = rate or pipe.win_rate
-    sft = pipe.sft()
+    rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
+    sft = T.sft(pipe)
     vals: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}
 
@@ -97,7 +102,7 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
 
 
 def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
-    """Append one seed's BoN win rates (``Pipeline.bon`` output) to ``curves[panel][rm][N]``."""
+    """Append one seed's BoN win rates (``eval_stages.bon`` output) to ``curves[panel][rm][N]``."""
     for rm_name, curve in bon_result["curves"].items():
         for n, summ in curve.items():
             curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ["win_rate"])
@@ -116,12 +121,12 @@ def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 4: Eq. 2 (lower is better) of DPO vs Online DPO (DPO), reverse KL sampled on-policy."""
-    sft = pipe.sft()
+    sft = T.sft(pipe)
     vals: dict[str, list[float]] = {}
     for seed in fig.seeds:
         m = _methods(pipe, seed, sft)
         for name in ("DPO", "Online DPO (DPO)"):
-            vals.setdefault(name, []).append(pipe.eq2(m[name], sft, seed)["objective"])
+            vals.setdefault(name, []).append(E.eq2(pipe, m[name], sft, seed)["objective"])
     return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
 
 
@@ -138,13 +143,13 @@ def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 7: validation BT log-likelihood of global, local and DPO RMs (each with its own scaling)."""
-    sft = pipe.sft()
+    sft = T.sft(pipe)
     vals: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
     for seed in fig.seeds:
-        arts = {"global": pipe.rm(sft, seed), "local": pipe.local_rm(sft, seed), "dpo": pipe.dpo(sft, seed)}
+        arts = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for kind, art in arts.items():
-            r = pipe.validation(kind, art, sft)
+            r = E.validation(pipe, kind, art, sft)
             vals.setdefault(kind, []).append(r["loglik"])
             acc.setdefault(kind, []).append(r["accuracy"])
     return {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
@@ -153,40 +158,40 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
-    sft = pipe.sft()
+    sft = T.sft(pipe)
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for seed in fig.seeds:
-        rms = {"global": pipe.rm(sft, seed), "local": pipe.local_rm(sft, seed), "dpo": pipe.dpo(sft, seed)}
+        rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
-            _add_curves(curves, base_name, pipe.bon(base, rms, sft, fig.bon_ns, seed))
+            _add_curves(curves, base_name, E.bon(pipe, base, rms, sft, fig.bon_ns, seed))
     return {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
 
 
 def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
-    sft = pipe.sft()
+    sft = T.sft(pipe)
     curves: dict[str, dict[float, list[float]]] = {"DPO": {}, "Online DPO (SFT)": {}}
     for seed in fig.seeds:
         for f in fig.fractions:
-            dpo = pipe.dpo(sft, seed, fraction=f)
-            rm = pipe.rm(sft, seed, fraction=f)
-            online = pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed, fraction=f), seed)
-            curves["DPO"].setdefault(f, []).append(pipe.win_rate(dpo, seed)["win_rate"])
-            curves["Online DPO (SFT)"].setdefault(f, []).append(pipe.win_rate(online, seed)["win_rate"])
+            dpo = T.dpo(pipe, sft, seed, fraction=f)
+            rm = T.rm(pipe, sft, seed, fraction=f)
+            online = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, fraction=f), seed)
+            curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed)["win_rate"])
+            curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed)["win_rate"])
     return {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
 
 
 def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 6: SFT, DPO, Online DPO (SFT), Online DPO (DPO) when the preference data are two SFT samples per
-    prompt labelled by the judge (:meth:`Pipeline.gpt_label_data`); the RM is trained on the same data."""
-    sft = pipe.sft()
-    data = pipe.gpt_label_data(sft)
+    prompt labelled by the judge (:func:`allroads.llm.data_stages.gpt_label_data`); the RM is trained on the same data."""
+    sft = T.sft(pipe)
+    data = G.gpt_label_data(pipe, sft)
 
     def per_seed(seed, sft):
-        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
         return {"DPO": dpo,
-                "Online DPO (SFT)": pipe.online_dpo(sft, pipe.online_pairs(sft, rm, "global", seed), seed),
-                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+                "Online DPO (SFT)": T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed), seed),
+                "Online DPO (DPO)": T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed), seed)}
 
     out = _winrates(pipe, fig, per_seed)
     out["data"] = json.loads((data.path / "report.json").read_text())
@@ -199,48 +204,48 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
     for label in tuple(fig.policy_sizes) + tuple(fig.rm_sizes):
         pipe.s.size_model(label)  # unknown labels fail before any training
     sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
-    sfts = {label: sub.sft() for label, sub in sized.items()}
+    sfts = {label: T.sft(sub) for label, sub in sized.items()}
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for seed in fig.seeds:
-        rms = {f"RM {r}": sized[r].rm(sfts[r], seed) for r in fig.rm_sizes}
+        rms = {f"RM {r}": T.rm(sized[r], sfts[r], seed) for r in fig.rm_sizes}
         for p in fig.policy_sizes:
             _add_curves(curves, f"policy {p}",
-                        sized[p].bon(sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
+                        E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
     return {"metric": "BoN win rate vs reference (global RM per size)",
             "models": {label: pipe.s.size_model(label) for label in sized}, "curves": _summarise_curves(curves)}
 
 
 def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 10: two-word TL;DR. DPO and a global RM are trained from SFT on judge-written, judge-ranked two-word
-    pairs (:meth:`Pipeline.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
+    pairs (:func:`allroads.llm.data_stages.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
     Win rates against judge-written two-word references with the two-word judge prompt."""
-    data = pipe.two_word_data()
+    data = G.two_word_data(pipe)
 
     def per_seed(seed, sft):
-        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
-        online = pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed, two_word=True), seed)
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
+        online = T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed, two_word=True), seed)
         return {"DPO": dpo, "Online DPO (DPO)": online}
 
-    out = _winrates(pipe, fig, per_seed, rate=pipe.win_rate_two_word)
+    out = _winrates(pipe, fig, per_seed, rate=lambda art, seed=0: E.two_word_reference_win_rate(pipe, art, seed))
     out["metric"] = "two-word win rate vs judge-written reference"
     out["data"] = json.loads((data.path / "report.json").read_text())
-    out["references"] = json.loads((pipe.two_word_refs().path / "report.json").read_text())
+    out["references"] = json.loads((G.two_word_refs(pipe).path / "report.json").read_text())
     return out
 
 
 def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
-    """Fig. 11: ROUGE-L as the label (:meth:`Pipeline.rouge_data`) and the metric (:meth:`Pipeline.rouge`). DPO and
+    """Fig. 11: ROUGE-L as the label (:func:`allroads.llm.data_stages.rouge_data`) and the metric (:func:`allroads.llm.eval_stages.rouge`). DPO and
     DPO (2x) train on the ROUGE-ranked pairs, a global RM learns from them, and one iteration of online DPO from
     the DPO policy uses that RM's feedback (Sec. 3.3). SFT is shown for reference."""
-    sft = pipe.sft()
-    data = pipe.rouge_data(sft)
-    vals: dict[str, list[float]] = {"SFT": [pipe.rouge(sft)["rouge_l"]]}
+    sft = T.sft(pipe)
+    data = G.rouge_data(pipe, sft)
+    vals: dict[str, list[float]] = {"SFT": [E.rouge(pipe, sft)["rouge_l"]]}
     for seed in fig.seeds:
-        dpo, rm = pipe.dpo(sft, seed, pairs=data), pipe.rm(sft, seed, pairs=data)
-        arts = {"DPO": dpo, "DPO (2x)": pipe.dpo(sft, seed, epochs=2, pairs=data),
-                "Online DPO (DPO)": pipe.online_dpo(dpo, pipe.online_pairs(dpo, rm, "global", seed), seed)}
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
+        arts = {"DPO": dpo, "DPO (2x)": T.dpo(pipe, sft, seed, epochs=2, pairs=data),
+                "Online DPO (DPO)": T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed), seed)}
         for name, art in arts.items():
-            vals.setdefault(name, []).append(pipe.rouge(art, seed)["rouge_l"])
+            vals.setdefault(name, []).append(E.rouge(pipe, art, seed)["rouge_l"])
     return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
             "bars": {k: _mean_se(v) for k, v in vals.items()},
             "data": json.loads((data.path / "report.json").read_text())}
@@ -266,9 +271,9 @@ def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path) -> dict:
     numbers = FIGURES[fig.figure](pipe, fig)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"figure": fig.figure, "config": dataclasses.asdict(fig), "settings": _jsonable(pipe.s),
+    result = {"figure": fig.figure, "config": dataclasses.asdict(fig), "settings": pipe.settings_block(),
               "stages_executed": list(pipe.executed), **numbers}
-    _atomic_json(out / f"{fig.figure}.json", result)
+    write_json(out / f"{fig.figure}.json", result)
     plot_figure(result, out / f"{fig.figure}.png")
     return result
 

@@ -14,7 +14,7 @@ rank two-word summaries for Fig. 10 (Appendix B.1). This module provides
   connection errors, an sqlite cache keyed by (model, sampling parameters, prompt) so that a rerun pays for
   nothing twice, and a JSONL token-usage log. The API key is never logged or written to disk;
 * :meth:`Judge.compare` with the A/B order randomised per pair from a recorded seed, and the helpers
-  :func:`win_rate`, :func:`gpt_label_dataset` (Fig. 6), :func:`two_word_preference_dataset` and
+  :func:`judge_win_rate`, :func:`gpt_label_dataset` (Fig. 6), :func:`two_word_preference_dataset` and
   :func:`generate_two_word_summaries` (Fig. 10), which take already-sampled texts.
 
 Two reading decisions about the paper's prompt text, both applied by :func:`render_judge_prompt`:
@@ -42,7 +42,7 @@ __all__ = [
     "STANDARD_JUDGE_TEMPLATE", "TWO_WORD_JUDGE_TEMPLATE", "TWO_WORD_SUMMARY_TEMPLATE",
     "render_judge_prompt", "render_two_word_summary_prompt", "parse_preferred", "parse_summary",
     "JudgeConfig", "Judge", "ChatReply", "PairRecord", "PairwiseResult", "ResponseCache",
-    "win_rate", "preference_rows", "gpt_label_dataset", "two_word_preference_dataset",
+    "judge_win_rate", "preference_rows", "gpt_label_dataset", "two_word_preference_dataset",
     "generate_two_word_summaries",
 ]
 
@@ -336,7 +336,7 @@ class PairwiseResult:
         return sum(r.cached for r in self.records)
 
     @property
-    def win_rate(self) -> float:
+    def decided_win_rate(self) -> float:
         """wins / (wins + losses): unparseable and failed pairs are excluded (and reported by count).
         NaN when no pair was decided."""
         decided = self.wins + self.losses
@@ -347,7 +347,7 @@ class PairwiseResult:
         return {
             "model": self.model, "variant": self.variant, "seed": self.seed, "n_pairs": self.n_pairs,
             "wins": self.wins, "losses": self.losses, "unparseable": self.unparseable, "errors": self.errors,
-            "cached": self.n_cached, "win_rate": self.win_rate,
+            "cached": self.n_cached, "win_rate": self.decided_win_rate,
         }
 
 
@@ -493,11 +493,11 @@ def _check_texts(where: str, **lists: Sequence[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 # Paper-level helpers
 # ------------------------------------------------------------------------------------------------
-def win_rate(judge: Judge, posts: Sequence[str], candidates: Sequence[str], references: Sequence[str]) -> PairwiseResult:
+def judge_win_rate(judge: Judge, posts: Sequence[str], candidates: Sequence[str], references: Sequence[str]) -> PairwiseResult:
     """Win rate of policy ``candidates`` against the dataset's ``references`` (Figs. 3, 5, 6, 8–10).
 
     Appendix B.4: 600 test prompts for standard summaries, 6000 for two-word ones, samples at T = 0.01.
-    ``result.win_rate`` excludes unparseable / failed pairs, which ``result.summary()`` reports.
+    ``result.decided_win_rate`` excludes unparseable / failed pairs, which ``result.summary()`` reports.
     """
     return judge.compare(posts, candidates, references)
 

@@ -35,7 +35,6 @@ __all__ = [
     "rewards",
 ]
 
-PYTHIA_TOKENIZER_FILE = "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,16 +86,15 @@ def build_tiny_tokenizer(words: list[str] | None = None):
 
 
 def load_tokenizer(name: str):
-    """``"tiny"`` → :func:`build_tiny_tokenizer`; ``"pythia-local"`` or a ``tokenizer.json`` path → the
-    GPT-NeoX-20B BPE from a file; otherwise ``AutoTokenizer.from_pretrained(name)``. A pad token
+    """``"tiny"`` → :func:`build_tiny_tokenizer`; a ``tokenizer.json`` path → the GPT-NeoX-20B BPE from a
+    file; otherwise ``AutoTokenizer.from_pretrained(name)``. A pad token
     distinct from EOS is ensured (Pythia: ``<|padding|>`` = 1)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if name == "tiny":
         return build_tiny_tokenizer()
-    if name == "pythia-local" or name.endswith(".json"):
-        path = PYTHIA_TOKENIZER_FILE if name == "pythia-local" else name
-        return PreTrainedTokenizerFast(tokenizer_file=path, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    if name.endswith(".json"):
+        return PreTrainedTokenizerFast(tokenizer_file=name, eos_token="<|endoftext|>", pad_token="<|padding|>")
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as err:  # noqa: BLE001

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-__all__ = ["rouge_l_f1", "rouge_l_f1_batch", "rank_by_rouge_l", "rouge_l_pair"]
+__all__ = ["rouge_l_f1", "rouge_l_f1_batch"]
 
 
 @lru_cache(maxsize=4)
@@ -43,28 +43,3 @@ def rouge_l_f1_batch(candidates: Sequence[str], references: Sequence[str], *, us
             "pass one reference per candidate (repeat the reference for several samples of one prompt)."
         )
     return [rouge_l_f1(c, r, use_stemmer=use_stemmer) for c, r in zip(candidates, references)]
-
-
-def rank_by_rouge_l(samples: Sequence[str], reference: str, *, use_stemmer: bool = False) -> list[int]:
-    """Indices of ``samples`` from highest to lowest ROUGE-L F1 against ``reference`` (stable on ties)."""
-    if len(samples) == 0:
-        raise ValueError("rank_by_rouge_l: no samples to rank.")
-    scores = rouge_l_f1_batch(samples, [reference] * len(samples), use_stemmer=use_stemmer)
-    return sorted(range(len(samples)), key=lambda i: -scores[i])
-
-
-def rouge_l_pair(prompt: str, samples: Sequence[str], reference: str, *, use_stemmer: bool = False) -> dict:
-    """The Fig. 11 preference row for one prompt: the best and worst of ``samples`` by ROUGE-L F1
-    against the preferred completion ``reference`` (Appendix B.1), with their scores.
-
-    Returns ``{prompt, chosen, rejected, score_chosen, score_rejected}``; when all samples tie, chosen and
-    rejected are the first and last sample and ``score_chosen == score_rejected`` (the caller decides
-    whether a tie is a usable pair).
-    """
-    if len(samples) < 2:
-        raise ValueError(f"rouge_l_pair: need at least 2 samples to form a pair, got {len(samples)}.")
-    scores = rouge_l_f1_batch(samples, [reference] * len(samples), use_stemmer=use_stemmer)
-    order = sorted(range(len(samples)), key=lambda i: -scores[i])
-    best, worst = order[0], order[-1]
-    return {"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
-            "score_chosen": scores[best], "score_rejected": scores[worst]}

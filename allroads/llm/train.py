@@ -17,14 +17,16 @@ handed to one optimisation loop, :func:`_optimize`, which does what every stage 
 * bf16 autocast on CUDA; gradient checkpointing via the config;
 * metrics to ``metrics.jsonl`` every step (loss, rewards/chosen, rewards/rejected, margins,
   accuracy, lr, tokens/s), tqdm on rank 0, ``curves.png`` at the end;
-* atomic checkpoints (:mod:`allroads.llm.checkpoint`) and exact resume: model, optimizer,
-  scheduler, RNG and the step (which fixes the data position).
+* atomic checkpoints (:mod:`allroads.llm.checkpoint`) every ``save_every`` steps and exact resume: model,
+  optimizer, scheduler, RNG and the step (which fixes the data position); the final weights are written
+  once, to ``model/`` (a last full checkpoint only with ``save_final_checkpoint``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch
 
 from ..losses import bt_loss, dpo_implicit_reward, dpo_loss, local_rm_loss, sft_loss
 from . import checkpoint as ckpt
+from .atomic import torch_save, write_json
 from .config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig, config_hash
 from .data import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
 from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, init_distributed, no_sync, unwrap, wrap_model
@@ -135,7 +138,7 @@ def _optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[lis
     hf = _hf_model(model)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_json(out / "config.json", cfg.to_dict())
         dropped = n_examples - steps_per_epoch * cfg.batch_size
         print(f"[{cfg.stage}] {n_examples} examples, {steps_per_epoch} steps/epoch, {total} steps; "
               f"{dropped} examples of the last incomplete batch per epoch are not used; "
@@ -214,7 +217,8 @@ def _optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[lis
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+        last = step + 1 == total
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last) or (last and cfg.save_final_checkpoint):
             ckpt.save_checkpoint(
                 ckpt_root, step=step + 1, model_state_dict=_save_state_dict(wrapped, info), model=hf,
                 tokenizer=tokenizer, optimizer_state=_optimizer_state(wrapped, opt, cfg), scheduler=sched,
@@ -233,6 +237,8 @@ def _optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[lis
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "model")
         plot_metrics(out / "metrics.jsonl", out / "curves.png")
+        if not cfg.save_final_checkpoint:
+            shutil.rmtree(ckpt_root, ignore_errors=True)  # the final model is in model/
     barrier(info)
     history.finished = True
     return history
@@ -302,7 +308,7 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
 
     def step_loss(model, batch):
         logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                 cfg.temperature)
+                                 cfg.policy_temperature)
         logp_w, logp_l = logp.chunk(2)  # (b,) each
         return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l)
 
@@ -375,10 +381,7 @@ def _load_or_compute_ref_table(ref, pairs: Sequence[TokenizedPair], cfg: DPOConf
             print(f"[{cfg.stage}] {path} was computed for another π_ref / ref_temperature / pairs: recomputing it")
     table = precompute_ref_logps(ref, pairs, cfg, info=info)
     if info.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"key": key, "ref_temperature": float(cfg.ref_temperature), "table": table}, tmp)
-        tmp.replace(path)
+        torch_save({"key": key, "ref_temperature": float(cfg.ref_temperature), "table": table}, path)
     return table
 
 
@@ -386,7 +389,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
               info: DistInfo | None = None, stop_after: int | None = None) -> History:
     r"""DPO (Eq. 9 with a reference, Table 3): :func:`allroads.losses.dpo_loss` with β = 0.05,
 
-        log π(ξ) at ``cfg.temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
+        log π(ξ) at ``cfg.policy_temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
 
     offline: π_ref = π_sft at T = 1; online: π_ref = the sampling policy at the sampling temperature
     (:func:`allroads.llm.online_data.train_online_dpo`). Chosen and rejected go through one concatenated
@@ -417,7 +420,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
 
     def step_loss(model, batch):
         logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                 cfg.temperature)
+                                 cfg.policy_temperature)
         logp_w, logp_l = logp.chunk(2)  # (b,) each
         if "ref_logp" in batch:
             ref_w, ref_l = batch["ref_logp"].to(logp.dtype).unbind(1)

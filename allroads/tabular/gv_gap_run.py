@@ -5,7 +5,8 @@ Per regime and for every (seed, N) — all blocks of one method are one batched 
 * ``rlhf`` — BT MLE r̂ in the shared class (Eq. 5–6), then exact soft VI relative to π_ref (Lemma A.1);
 * ``dpo`` — offline DPO through π_θ ∝ π_ref·exp(f_θ) (Eq. 9, Thm 2.3);
 * ``local_rm`` — reference-free DPO, π_θ ∝ exp(f_θ) (Eq. 7–9): an RM for Figs. 7/8 and a policy;
-* online DPO (Sec. 3, App. B.1.1), pairs from :func:`allroads.online.online_dpo_pairs`: for each of the N
+* online DPO (Sec. 3, App. B.1.1), pairs from :func:`allroads.online.sample_and_score` and a labelling
+  (:func:`allroads.online.best_worst_pairs`, :func:`allroads.online.best_worst_soft_pairs`): for each of the N
   prompts, ``n_online`` samples ranked by r̂, best vs worst — ``online_dpo`` (sampler and reference π_ref,
   hard labels), ``online_dpo_soft`` (labels σ(r̂_w − r̂_l)), and ``*_from_dpo`` (sampler and reference the
   offline DPO policy: the paper's "Online DPO (DPO)").
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..online import online_dpo_pairs
+from ..online import best_worst_pairs, best_worst_soft_pairs, sample_and_score
 from .backend import TabularBackend
 from .data import PreferenceData, bt_nll, sample_preferences
 from .fit import bt_objective, dpo_objective, minimize_lbfgs, policy_mle_loss, population_bt_objective
@@ -165,16 +166,18 @@ def _splits(cfg: GVGapConfig, data: PreferenceData, seed: int, fresh=None):
 
 def _online_data(data, sampler, r_hat, n_online, seed_offset, prompts=None):
     """Online-DPO pairs of every block b: for each prompt of block b (its dataset's prompts, or ``prompts``),
-    ``n_online`` samples from ``sampler(b)`` ranked by r̂_b (``allroads.online.online_dpo_pairs``).
+    ``n_online`` samples from ``sampler(b)`` ranked by r̂_b (``allroads.online.sample_and_score``), labelled hard
+    and soft (``best_worst_pairs``, ``best_worst_soft_pairs``).
     Returns (hard-label data, soft-label data, prompts dropped per block), batched."""
     backend, hard, soft, dropped = TabularBackend(), [], [], []
     for b in range(r_hat.shape[0]):
         g = torch.Generator().manual_seed(20_011 * (b + 1) + seed_offset)
         pr = data.block(b).prompt if prompts is None else prompts
-        op = online_dpo_pairs(backend, sampler(b), r_hat[b].detach(), pr, n_samples=n_online, generator=g, soft_labels=True)
-        dropped.append(op.n_dropped)
-        hard.append(PreferenceData(op.prompts, op.chosen, op.rejected))
-        soft.append(PreferenceData(op.prompts, op.chosen, op.rejected, p_w=op.p_w))
+        scored = sample_and_score(backend, sampler(b), r_hat[b].detach(), pr, n=n_online, temperature=1.0, generator=g)
+        hp, sp = best_worst_pairs(scored), best_worst_soft_pairs(scored)
+        dropped.append(hp.n_dropped)
+        hard.append(PreferenceData(hp.prompts, hp.chosen, hp.rejected))
+        soft.append(PreferenceData(sp.prompts, sp.chosen, sp.rejected, p_w=sp.p_w))
     return PreferenceData.stack(hard), PreferenceData.stack(soft), dropped
 
 

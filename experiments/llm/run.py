@@ -3,7 +3,7 @@
     python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU, synthetic, minutes
     python experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # GPU, Pythia 1.4B, gpt-4o
 
-Every stage is cached under ``--root`` by the hash of its config and inputs, so rerunning (or adding a seed
+Every stage is cached under ``--root`` by the hash of its config, inputs and code, so rerunning (or adding a seed
 or a figure) only runs what is missing. Writes ``<out>/<figure>.json`` (numbers, config, stages run) and
 ``<out>/<figure>.png``. See experiments/llm/README.md.
 """
@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from allroads.llm.figures import load_figure_config, run_figure
-from allroads.llm.pipeline import JudgeFactory, Pipeline, paper_settings, tiny_settings
+from allroads.llm.judges import JudgeFactory
+from allroads.llm.pipeline import Pipeline
+from allroads.llm.settings import paper_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -157,6 +157,16 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tok, pairs):
     losses_b = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert losses_a == losses_b and len(losses_a) == 8
     assert (tmp_path / "b" / "model" / "config.json").is_file() and (tmp_path / "b" / "curves.png").is_file()
+    assert not (tmp_path / "b" / "checkpoints").exists()  # the final model is written once, to model/
+
+
+def test_final_checkpoint_only_when_asked(tmp_path, tok, pairs):
+    kw = dict(COMMON, batch_size=8, micro_batch_size=8, max_steps=2, lr=1e-3, dtype="float32")
+    T.train_dpo(policy(tok, 0, "float32"), policy(tok, 1, "float32"), pairs, DPOConfig(**kw, output_dir=str(tmp_path / "a")))
+    assert (tmp_path / "a" / "model" / "config.json").is_file() and not (tmp_path / "a" / "checkpoints").exists()
+    T.train_dpo(policy(tok, 0, "float32"), policy(tok, 1, "float32"), pairs,
+                DPOConfig(**kw, output_dir=str(tmp_path / "b"), save_final_checkpoint=True))
+    assert (tmp_path / "b" / "checkpoints" / "step-000002" / "optimizer.pt").is_file()
 
 
 def greedy_mean_score(model, tok, rows):

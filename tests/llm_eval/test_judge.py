@@ -11,7 +11,7 @@ import openai  # noqa: E402
 from allroads.llm.judge import (  # noqa: E402
     STANDARD_JUDGE_TEMPLATE, TWO_WORD_JUDGE_TEMPLATE, TWO_WORD_SUMMARY_TEMPLATE, Judge, JudgeConfig,
     generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary, render_judge_prompt,
-    two_word_preference_dataset, win_rate,
+    two_word_preference_dataset, judge_win_rate,
 )
 from allroads.llm.judge_server import RuleJudgeServer, split_judge_prompt  # noqa: E402
 
@@ -113,9 +113,9 @@ def test_parse_summary():
 def test_win_rate_is_derandomised_and_order_reproducible(server):
     posts, cand, ref = make_pairs()
     with judge_for(server, seed=3) as judge:
-        res = win_rate(judge, posts, cand, ref)
+        res = judge_win_rate(judge, posts, cand, ref)
     assert (res.wins, res.losses, res.unparseable, res.errors) == (30, 10, 0, 0)
-    assert res.win_rate == 0.75
+    assert res.decided_win_rate == 0.75
     orders = [r.first_is_a for r in res.records]
     assert 5 < sum(orders) < 35  # the order really varies
     assert {r.preferred for r in res.records} == {"A", "B"}  # so the raw labels do too
@@ -193,7 +193,7 @@ def test_malformed_answer_is_counted_unparseable(tmp_path):
     assert (res.unparseable, res.errors, res.wins + res.losses) == (1, 0, 7)
     bad = res.records[5]
     assert bad.preferred is None and bad.first_wins is None and "Preferred: both" in bad.answer
-    assert res.win_rate == pytest.approx(sum(i % 4 != 0 for i in range(8) if i != 5) / 7)
+    assert res.decided_win_rate == pytest.approx(sum(i % 4 != 0 for i in range(8) if i != 5) / 7)
 
 
 def test_key_from_environment_never_written(server, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("rouge_score")
 
-from allroads.llm.rouge import rank_by_rouge_l, rouge_l_f1, rouge_l_f1_batch, rouge_l_pair  # noqa: E402
+from allroads.llm.rouge import rouge_l_f1, rouge_l_f1_batch  # noqa: E402
 
 from ._rouge_reference import f1_reference  # noqa: E402
 
@@ -37,12 +37,9 @@ def test_known_values_and_batch():
         rouge_l_f1([1, 2], "a")
 
 
-def test_fig11_pair_takes_best_and_worst():
+def test_fig11_scores_order_best_and_worst():
     ref = "my dog ate my homework so i failed"
     samples = ["dog ate homework", "i failed math", "my dog ate my homework so i failed", "unrelated text"]
-    assert rank_by_rouge_l(samples, ref) == [2, 0, 1, 3]
-    row = rouge_l_pair("PROMPT", samples, ref)
-    assert (row["chosen"], row["rejected"]) == (samples[2], samples[3])
-    assert (row["score_chosen"], row["score_rejected"]) == (1.0, 0.0)
-    with pytest.raises(ValueError, match="at least 2"):
-        rouge_l_pair("P", ["one"], ref)
+    scores = rouge_l_f1_batch(samples, [ref] * len(samples))
+    assert sorted(range(4), key=lambda i: -scores[i]) == [2, 0, 1, 3]
+    assert (scores[2], scores[3]) == (1.0, 0.0)

@@ -1,7 +1,7 @@
 """The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10), through the real openai client."""
 import openai
 
-from allroads.llm.judge import Judge, JudgeConfig, generate_two_word_summaries, render_two_word_summary_prompt, win_rate
+from allroads.llm.judge import Judge, JudgeConfig, generate_two_word_summaries, render_two_word_summary_prompt, judge_win_rate
 from allroads.llm.judge_server import RuleJudgeServer, split_summary_prompt
 from allroads.llm.synthetic import make_synthetic_sft, synthetic_score, synthetic_two_word_summary
 
@@ -20,6 +20,6 @@ def test_writer_answers_summary_prompts_and_still_judges(tmp_path):
             assert pair == [synthetic_two_word_summary(post, 0), synthetic_two_word_summary(post, 1)]
             assert [synthetic_score(post, s) for s in pair] == [2.0, 0.0]
         # judge prompts are still answered by the score rule: the good variant always wins
-        res = win_rate(judge, posts, [p[0] for p in sums], [p[1] for p in sums])
+        res = judge_win_rate(judge, posts, [p[0] for p in sums], [p[1] for p in sums])
         assert res.wins == len(posts) and res.unparseable == 0
         judge.close()

@@ -33,6 +33,5 @@ def small_settings():
     s = tiny_settings()
     return dataclasses.replace(
         s, sft_data="synthetic:64", pft_data="synthetic:32", valid_limit=16, n_test=6, eq2_samples=2,
-        sft=dataclasses.replace(s.sft, epochs=1, data="synthetic:64"),
-        online=dataclasses.replace(s.online, n_samples=3),
+        sft=dataclasses.replace(s.sft, epochs=1), online=dataclasses.replace(s.online, n_samples=3),
     )

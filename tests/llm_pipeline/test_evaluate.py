@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from allroads.llm.backend import DPORM, LocalRM
-from allroads.llm.evaluate import bt_validation, dataset_fraction, eq2_objective, validation_likelihood
+from allroads.llm.data import nested_subset
+from allroads.llm.evaluate import bt_validation, eq2_objective, validation_likelihood
 from allroads.llm.sample import Completion
 
 from llm_eval._rouge_reference import f1_reference
@@ -63,11 +64,11 @@ def test_eq2_reverse_kl_matches_exact_enumeration():
     assert est.objective == pytest.approx(est.data_nll + 0.05 * est.reverse_kl)
 
 
-def test_dataset_fraction_nested():
-    a, b = dataset_fraction(100, 0.1, 0), dataset_fraction(100, 0.5, 0)
+def test_nested_subset_nested():
+    a, b = nested_subset(100, 0.1, 0), nested_subset(100, 0.5, 0)
     assert len(a) == 10 and len(b) == 50 and set(a) <= set(b)
     with pytest.raises(ValueError):
-        dataset_fraction(10, 0.0, 0)
+        nested_subset(10, 0.0, 0)
 
 
 def test_policy_rouge_scores_every_row_once_and_samples_each_prompt_once():

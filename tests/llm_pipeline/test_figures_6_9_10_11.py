@@ -11,7 +11,8 @@ import pytest
 from allroads.llm import models as M
 from allroads.llm.data import TokenizedPair
 from allroads.llm.figures import FigureConfig, run_figure
-from allroads.llm.pipeline import Artifact, JudgeFactory, Pipeline
+from allroads.llm.judges import JudgeFactory
+from allroads.llm.pipeline import Artifact, Pipeline
 from allroads.llm.synthetic import synthetic_score
 
 from llm_eval._rouge_reference import f1_reference
@@ -133,10 +134,11 @@ def test_fig6_pairs_are_two_sft_samples_ordered_by_the_judge(ran):
 
     (d,) = _stage_dirs(tmp / "root", "gpt_label_data")
     sft = _sft_dirs(tmp / "root")["tiny"]  # the standard SFT (Fig. 9's 2.8b SFT has its own stage)
-    prompts, posts = pipe._distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit))
+    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit))
     o = pipe.s.online
     comps, _ = policy_samples(pipe.backend(), pipe.policy(Artifact("sft", sft, "")), prompts, n=2,
-                              temperature=o.temperature, seed=pipe.s.data_seed, max_new_tokens=o.max_new_tokens)
+                              temperature=o.sampling_temperature, seed=pipe.s.data_seed,
+                              max_new_tokens=pipe.s.max_response_tokens)
     by_prompt = {tuple(pipe.tokenizer(p, add_special_tokens=False)["input_ids"]): (post, row)
                  for p, post, row in zip(prompts, posts, comps)}
     pairs = _pairs(d)
@@ -158,7 +160,7 @@ def test_fig10_two_word_pairs_prompts_and_budget(ran):
     tmp, pipe, _ = ran
     (d,) = _stage_dirs(tmp / "root", "two_word_data")
     tok = pipe.tokenizer
-    prompts, posts = pipe._distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit), two_word=True)
+    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit), two_word=True)
     post_of = {tuple(tok(p, add_special_tokens=False)["input_ids"]): post for p, post in zip(prompts, posts)}
     pairs = _pairs(d)
     assert len(pairs) == len(prompts)  # the rule writer's two summaries always differ, the rule judge always decides

@@ -2,7 +2,9 @@
 import torch
 
 from allroads.llm.backend import FunctionRM
-from allroads.llm.online_data import OnlineDataConfig, ScoredSamples, build_online_pairs, rerank, to_tokenized_pairs
+from allroads.llm.online_data import (OnlineDataConfig, build_online_pairs, load_scored, online_report, save_scored,
+                                      to_tokenized_pairs)
+from allroads.online import Scored, best_worst_pairs, best_worst_soft_pairs, rescore
 
 from . import _tiny
 
@@ -15,7 +17,7 @@ def _rm_b(prompt, text):
     return float(-len(text))
 
 
-def _brute(scored: ScoredSamples):
+def _brute(scored: Scored):
     """argmax / argmin with ties to the lowest index; prompts with all-equal scores dropped."""
     out = []
     for row, s in zip(scored.completions, scored.scores.tolist()):
@@ -36,7 +38,7 @@ def _check(pairs, scored, rep):
     assert [c.token_ids for c in pairs.chosen] == [w.token_ids for w, _ in kept]
     assert [c.token_ids for c in pairs.rejected] == [l.token_ids for _, l in kept]
     assert pairs.kept.tolist() == [b is not None for b in brute]
-    assert rep.n_unfinished == scored.n_unfinished
+    assert rep.n_unfinished == sum(not c.finished for r in scored.completions for c in r)
 
 
 def test_best_worst_matches_brute_force_and_rerank(tmp_path):
@@ -44,7 +46,7 @@ def test_best_worst_matches_brute_force_and_rerank(tmp_path):
     pol = _tiny.policy(tok)
     prompts, _ = _tiny.prompts(tok, n=5)
     be = _tiny.backend(tok)
-    cfg = OnlineDataConfig(n_samples=6, temperature=1.0, max_new_tokens=4, seed=3)
+    cfg = OnlineDataConfig(n_samples=6, sampling_temperature=1.0, max_new_tokens=4, seed=3)
     pairs, scored, rep = build_online_pairs(be, pol, FunctionRM(_rm_a), prompts, cfg)
     assert scored.scores.shape == (5, 6)
     # the scores are those of the RM on the stored samples
@@ -52,12 +54,19 @@ def test_best_worst_matches_brute_force_and_rerank(tmp_path):
     _check(pairs, scored, rep)
 
     # saved samples reload exactly and can be re-ranked by another RM without resampling
-    path = scored.save(tmp_path / "scored.jsonl")
-    loaded = ScoredSamples.load(path)
+    path = save_scored(scored, tmp_path / "scored.jsonl")
+    loaded = load_scored(path)
     assert loaded.prompts == scored.prompts and torch.equal(loaded.scores, scored.scores)
+    assert loaded.sampling_temperature == scored.sampling_temperature == 1.0
     assert [[c.token_ids for c in r] for r in loaded.completions] == [[c.token_ids for c in r] for r in scored.completions]
-    pairs_b, scored_b, rep_b = rerank(be, loaded, FunctionRM(_rm_b))
-    _check(pairs_b, scored_b, rep_b)
+    scored_b = rescore(be, loaded, FunctionRM(_rm_b))
+    assert scored_b.completions is loaded.completions and not torch.equal(scored_b.scores, loaded.scores)
+    pairs_b = best_worst_pairs(scored_b)
+    _check(pairs_b, scored_b, online_report(scored_b, pairs_b))
+    soft = best_worst_soft_pairs(scored_b)
+    assert [c.token_ids for c in soft.chosen] == [c.token_ids for c in pairs_b.chosen] and pairs_b.p_w is None
+    torch.testing.assert_close(soft.p_w, torch.sigmoid(soft.score_w - soft.score_l))
+    assert [p.p_w for p in to_tokenized_pairs(be, soft)] == soft.p_w.tolist()
 
     # same seed, same samples
     _, scored2, _ = build_online_pairs(be, pol, FunctionRM(_rm_a), prompts, cfg)
@@ -72,7 +81,7 @@ def test_all_ties_are_dropped_and_counted():
     tok = _tiny.tok()
     prompts, _ = _tiny.prompts(tok, n=3)
     pairs, scored, rep = build_online_pairs(_tiny.backend(tok), _tiny.policy(tok), FunctionRM(lambda p, t: 1.0), prompts,
-                                            OnlineDataConfig(n_samples=3, temperature=1.0, max_new_tokens=3))
+                                            OnlineDataConfig(n_samples=3, sampling_temperature=1.0, max_new_tokens=3))
     assert rep.n_pairs == 0 and rep.n_dropped_ties == 3
 
 
@@ -81,5 +90,5 @@ def test_config_errors():
 
     with pytest.raises(ValueError, match="n_samples"):
         OnlineDataConfig(n_samples=1).validate()
-    with pytest.raises(ValueError, match="temperature"):
-        OnlineDataConfig(temperature=0).validate()
+    with pytest.raises(ValueError, match="sampling_temperature"):
+        OnlineDataConfig(sampling_temperature=0).validate()

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from allroads.llm.figures import FigureConfig, load_figure_config, run_figure
-from allroads.llm.pipeline import JudgeFactory, Pipeline, paper_settings, tiny_settings
+from allroads.llm.judges import JudgeFactory
+from allroads.llm.pipeline import Pipeline, paper_settings, tiny_settings
 
 from . import _tiny
 

@@ -8,8 +8,8 @@ import torch
 
 from allroads.llm.config import DPOConfig
 from allroads.llm.data import TokenizedPair
-from allroads.llm.online_data import reference_logps, train_online_dpo
-from allroads.llm.train import train_dpo
+from allroads.llm.online_data import train_online_dpo
+from allroads.llm.train import precompute_ref_logps, train_dpo
 
 from . import _tiny
 
@@ -38,6 +38,13 @@ def _pairs(tok):
 def _naive_table(model, pairs, T):
     return torch.tensor([[_independent_logp(model, p.prompt_ids, p.chosen_ids, T),
                           _independent_logp(model, p.prompt_ids, p.rejected_ids, T)] for p in pairs], dtype=torch.float64)
+
+
+def reference_logps(ref, pairs, *, temperature, micro_batch_size=8):
+    """The training code path's reference table at ``temperature`` (right padding, no autocast)."""
+    cfg = DPOConfig(ref_temperature=temperature, micro_batch_size=micro_batch_size, device="cpu",
+                    padding_side="right", bf16=False)
+    return precompute_ref_logps(ref, pairs, cfg)
 
 
 def test_reference_logps_divide_logits_by_T():
@@ -81,7 +88,7 @@ def test_first_step_loss_with_ref_temperature_equals_hand_computed(tmp_path, pre
     assert abs(loss_1 - want_loss) > 1e-3
 
 
-def test_train_online_dpo_sets_ref_temperature_and_rejects_a_contradiction(tmp_path):
+def test_train_online_dpo_sets_ref_temperature(tmp_path):
     tok = _tiny.tok()
     pairs = _pairs(tok)
     T = 0.1
@@ -92,8 +99,9 @@ def test_train_online_dpo_sets_ref_temperature_and_rejects_a_contradiction(tmp_p
     stored = torch.load(tmp_path / "o" / "ref_logps.pt")
     assert stored["ref_temperature"] == T
     torch.testing.assert_close(stored["table"], _naive_table(ref, pairs, T), atol=1e-9, rtol=0)
-    with pytest.raises(ValueError, match="contradicts"):
-        train_online_dpo(pol, ref, pairs, _cfg(tmp_path, "o2", ref_temperature=0.5), sampling_temperature=T)
+    # the sampling temperature is the one route: a ref_temperature in the config is replaced by it
+    train_online_dpo(pol, ref, pairs, _cfg(tmp_path, "o2", ref_temperature=0.5), sampling_temperature=T)
+    assert torch.load(tmp_path / "o2" / "ref_logps.pt")["ref_temperature"] == T
     with pytest.raises(ValueError, match="> 0"):
         DPOConfig(ref_temperature=0.0).validate()
 

@@ -1,0 +1,136 @@
+r"""The evaluation stages of the TL;DR graph (App. B.4): plain functions of artifacts → cached numbers.
+
+    reference_win_rate(pipe, policy, seed)        win rate vs the reference summaries, judged (Figs. 3, 5, 6, 12)
+    two_word_reference_win_rate(pipe, policy, seed)     the same for two-word TL;DR (Fig. 10)
+    rouge(pipe, policy, seed)                 ROUGE-L F1 vs the preferred completions (Fig. 11)
+    validation(pipe, kind, rm, sft)           BT validation likelihood of an RM (Fig. 7)
+    bon(pipe, policy, rms, sft, ns, seed)     best-of-N win-rate curves (Figs. 8, 9)
+    eq2(pipe, policy, sft, seed)              the Eq. 2 objective (Fig. 4)
+
+Each returns its ``result.json`` as a dict; the judge's id and ``n_test`` are part of every key.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from .atomic import write_json
+from .data_stages import two_word_refs
+from .evaluate import best_of_n_curve, eq2_objective, policy_rouge, policy_win_rate, validation_likelihood
+from .pipeline import Artifact, Pipeline
+
+__all__ = ["reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2"]
+
+
+def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compute: Callable[[], dict]) -> dict:
+    def build(out: Path):
+        write_json(out / "result.json", compute())
+
+    art = pipe.run(kind, {**spec, "judge": pipe.s.judge_id, "n_test": pipe.s.n_test}, inputs, build)
+    return json.loads((art.path / "result.json").read_text())
+
+
+def _with_known_score(pipe: Pipeline, res: dict, posts: list[str]) -> dict:
+    """Tiny preset: add the synthetic data's known score of the judged samples (mean over posts)."""
+    if pipe.s.known_score:
+        from .synthetic import synthetic_score
+
+        res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
+    return res
+
+
+def reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
+    """Judge win rate vs the reference summaries (B.4), plus the known score in the tiny preset."""
+    s = pipe.s
+
+    def compute():
+        prompts, posts, refs = pipe.test_set()
+        res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge(), prompts, posts, refs,
+                              temperature=s.eval_sampling_temperature, seed=seed)
+        return _with_known_score(pipe, res, posts)
+
+    return _result(pipe, "eval_winrate", {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens},
+                   [policy], compute)
+
+
+def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
+    """Fig. 10: two-word judge win rate (B.4's two-word prompt) of one T = 0.01, 5-token sample per "Two-Word
+    TL;DR:" SFT-test prompt against the judge-written references of :func:`two_word_refs`."""
+    s, refs = pipe.s, two_word_refs(pipe)
+
+    def compute():
+        rows = pipe.sft_rows("test", s.n_test_two_word)
+        ref = json.loads((refs.path / "refs.json").read_text())
+        sel = [rows[d["index"]] for d in ref]
+        posts = [r.post for r in sel]
+        res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge("two_word"),
+                              [pipe.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
+                              temperature=s.eval_sampling_temperature, seed=seed, max_new_tokens=s.two_word_tokens)
+        return _with_known_score(pipe, res, posts)
+
+    spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.two_word_tokens, "n_test_two_word": s.n_test_two_word}
+    return _result(pipe, "eval_winrate_2w", spec, [policy, refs], compute)
+
+
+def rouge(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
+    """Fig. 11: mean ROUGE-L F1 of one T = 0.01 sample per prompt against the preferred completion of each
+    PFT-validation row (first ``valid_limit`` rows; B.4)."""
+    s = pipe.s
+
+    def compute():
+        rows = pipe.pft_rows("validation", s.valid_limit)
+        return policy_rouge(pipe.backend(), pipe.policy(policy), [pipe.prompt_text(r) for r in rows],
+                            [r.chosen for r in rows], temperature=s.eval_sampling_temperature, seed=seed)
+
+    spec = {"seed": seed, "T": s.eval_sampling_temperature, "valid_limit": s.valid_limit, "pft": s.pft_data,
+            "tokens": s.max_response_tokens}
+    return _result(pipe, "eval_rouge", spec, [policy], compute)
+
+
+def validation(pipe: Pipeline, kind: str, rm: Artifact, sft: Artifact) -> dict:
+    """Fig. 7: BT validation likelihood on the PFT validation split with the RM's own scaling."""
+    s = pipe.s
+
+    def compute():
+        rows = pipe.pft_rows("validation", s.valid_limit)
+        return validation_likelihood(pipe.backend(), pipe.scorer(kind, rm, sft), [pipe.prompt_text(r) for r in rows],
+                                     [r.chosen for r in rows], [r.rejected for r in rows]).to_dict()
+
+    spec = {"rm_kind": kind, "valid_limit": s.valid_limit, "beta_local": s.local_rm.beta, "beta_dpo": s.dpo.beta}
+    return _result(pipe, "eval_valid", spec, [rm, sft], compute)
+
+
+def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifact, ns, seed: int = 0, *,
+        kinds: dict[str, str] | None = None) -> dict:
+    """Figs. 8 / 9: BoN win-rate curves of each RM on samples of ``policy`` (T = 0.1). ``rms`` maps a curve name
+    to an RM artifact; ``kinds`` maps the name to its :meth:`Pipeline.scorer` kind (default: the name)."""
+    s, names = pipe.s, sorted(rms)
+    kinds = {k: (kinds or {}).get(k, k) for k in names}
+
+    def compute():
+        prompts, posts, refs = pipe.test_set()
+        scorers = {k: pipe.scorer(kinds[k], rms[k], sft) for k in names}
+        return best_of_n_curve(pipe.backend(), pipe.policy(policy), scorers, pipe.judge(), prompts, posts, refs,
+                               ns=ns, temperature=s.bon_sampling_temperature, seed=seed)
+
+    spec = {"rms": names, "ns": list(ns), "seed": seed, "T": s.bon_sampling_temperature, "tokens": s.max_response_tokens}
+    if any(kinds[k] != k for k in names):
+        spec["kinds"] = kinds
+    return _result(pipe, "eval_bon", spec, [policy, sft] + [rms[k] for k in names], compute)
+
+
+def eq2(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
+    """Fig. 4: Eq. 2 with π_ref = π_sft, β = 0.05, data term on the PFT validation pairs."""
+    s = pipe.s
+
+    def compute():
+        rows = pipe.pft_rows("validation", s.valid_limit)
+        prompts, _, _ = pipe.test_set()
+        return eq2_objective(pipe.backend(), pipe.policy(policy), pipe.policy(sft), beta=s.dpo.beta,
+                             pair_prompts=[pipe.prompt_text(r) for r in rows], chosen=[r.chosen for r in rows],
+                             rejected=[r.rejected for r in rows], kl_prompts=prompts, n_samples=s.eq2_samples,
+                             seed=seed).to_dict()
+
+    return _result(pipe, "eval_eq2", {"seed": seed, "n": s.eq2_samples, "beta": s.dpo.beta,
+                                      "tokens": s.max_response_tokens}, [policy, sft], compute)

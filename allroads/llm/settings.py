@@ -1,0 +1,142 @@
+r"""The settings of one TL;DR run (paper defaults, App. B) and the one place each stage's config is derived.
+
+:class:`Settings` holds every setting once. Model, tokenizer, data, token budgets, dtype and device are
+fields of :class:`Settings` only; :func:`stage_config` writes them into a training stage's config and
+:func:`online_config` into the online-data config, so ``paper_settings(model=X)`` trains every stage from X
+with X's tokenizer. The per-stage configs in :class:`Settings` (``sft``, ``rm``, ``local_rm``, ``dpo``) hold
+what differs between stages: optimisation, β, epochs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig
+from .online_data import OnlineDataConfig
+
+__all__ = ["Settings", "paper_settings", "tiny_settings", "stage_config", "online_config"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything shared by the stages of one preset (paper hyperparameters by default, App. B)."""
+
+    model: str = PYTHIA_1B4
+    """Base model of the policy and of every RM (Pythia 1.4B deduped; 2.8B / 6.9B for Fig. 9)."""
+    tokenizer: str = ""
+    """Tokenizer (empty = ``model``)."""
+    sft_data: str = SFT_HUB_ID
+    """SFT data source (Table 1: 117K/6.45K/6.55K)."""
+    pft_data: str = PFT_HUB_ID
+    """Preference data source (Table 1: 92.9K/83.8K)."""
+    max_prompt_tokens: int = 512
+    """Prompt token budget of every stage (Table 1); the post is cut to fit."""
+    max_response_tokens: int = 53
+    """Response token budget of every stage, EOS included (Table 1): training responses and samples."""
+    dtype: str = "float32"
+    """Parameter dtype of every trained and loaded model (``float32``, ``float64``, ``bfloat16``)."""
+    device: str = ""
+    """Device of every stage (``cpu``, ``cuda``, ``cuda:N``); empty = CUDA when available."""
+    sft_limit: int = 0
+    """Use only the first N SFT rows (0 = all)."""
+    pft_limit: int = 0
+    """Use only the first N PFT training pairs (0 = all)."""
+    valid_limit: int = 0
+    """PFT validation rows for Fig. 7's likelihoods and Fig. 11's ROUGE-L evaluation (0 = all 83.8K; B.4 does not
+    say how many rows Fig. 11 used)."""
+    n_test: int = 600
+    """SFT-test prompts for win rates (B.4: 600; 6000 for two-word)."""
+    sft: SFTConfig = SFTConfig()
+    """SFT optimisation (B.2: 1 epoch); model, data, budgets, dtype and device come from the fields above."""
+    rm: RMConfig = RMConfig()
+    """Global RM optimisation (Table 2)."""
+    local_rm: LocalRMConfig = LocalRMConfig()
+    """Local RM optimisation (Table 4: β = 1/53)."""
+    dpo: DPOConfig = DPOConfig()
+    """Offline and online DPO optimisation (Table 3: β = 0.05, lr 3e-7, batch 128)."""
+    online: OnlineDataConfig = OnlineDataConfig()
+    """Online data (B.1.1: 25 samples at T = 0.1); its response budget is ``max_response_tokens``."""
+    eval_sampling_temperature: float = 0.01
+    """Sampling temperature of the win-rate / ROUGE-L samples (B.4)."""
+    bon_sampling_temperature: float = 0.1
+    """Sampling temperature of the BoN samples (B.4)."""
+    eq2_samples: int = 8
+    """On-policy samples per prompt for the reverse KL of Eq. 2 (not stated in the paper)."""
+    eval_micro_batch: int = 16
+    """Sequences per forward pass when scoring."""
+    judge_id: str = "gpt-4o"
+    """Name of the judge (B.4: gpt-4o); part of every evaluation stage's hash."""
+    known_score: bool = False
+    """Tiny preset: also report the synthetic data's known score of each policy's samples."""
+    data_seed: int = 0
+    """Seed of the sampling passes that build the model-generated preference datasets of Figs. 6 and 11 (built
+    once and shared by every training seed, like the human data they replace)."""
+    subset_seed: int = 0
+    """Seed of the nested PFT subsets of Fig. 12 (:func:`allroads.llm.data.nested_subset`), shared by every
+    training seed."""
+    two_word_tokens: int = 5
+    """Response budget of two-word TL;DR (Fig. 10, B.1: 5 tokens), for sampling, online data and evaluation."""
+    n_test_two_word: int = 6000
+    """SFT-test prompts for the two-word win rates (B.4: 6000)."""
+    two_word_writer_temperature: float = 1.0
+    """Temperature of the judge model when it writes two-word summaries (training pairs and the test references
+    of Fig. 10); the paper does not state it, 1.0 makes the two summaries of a post differ."""
+    size_models: tuple[tuple[str, str], ...] = (
+        ("1.4b", "EleutherAI/pythia-1.4b-deduped"), ("2.8b", "EleutherAI/pythia-2.8b-deduped"),
+        ("6.9b", "EleutherAI/pythia-6.9b-deduped"))
+    """Fig. 9: size label → base model of that size's SFT policy and global RM (B.2: Pythia deduped)."""
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.model
+
+    def size_model(self, label: str) -> str:
+        """The base model of size ``label`` (Fig. 9), from :attr:`size_models`."""
+        known = dict(self.size_models)
+        if label not in known:
+            raise ValueError(f"model size {label!r} is not in Settings.size_models {sorted(known)}; add it there "
+                             "or use one of those labels in the figure config")
+        return known[label]
+
+    def with_model(self, model: str) -> "Settings":
+        """These settings with ``model`` as every stage's base model, keeping the tokenizer (Fig. 9: the Pythia
+        suite shares one)."""
+        return dataclasses.replace(self, model=model, tokenizer=self.tokenizer_name)
+
+
+def stage_config(kind: str, s: Settings, **overrides) -> TrainConfig:
+    """The config of training stage ``kind`` (``sft``, ``rm``, ``local_rm``, ``dpo``): that stage's optimisation
+    from ``s``, with model, tokenizer, data, token budgets, dtype and device from ``s`` (then ``overrides``)."""
+    base = {"sft": s.sft, "rm": s.rm, "local_rm": s.local_rm, "dpo": s.dpo}
+    if kind not in base:
+        raise ValueError(f"unknown training stage {kind!r}; use one of {sorted(base)}")
+    shared = dict(model=s.model, tokenizer=s.tokenizer_name, data=s.sft_data if kind == "sft" else s.pft_data,
+                  max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens, dtype=s.dtype,
+                  device=s.device)
+    return dataclasses.replace(base[kind], **{**shared, **overrides})
+
+
+def online_config(s: Settings, **overrides) -> OnlineDataConfig:
+    """The online-data config of ``s``: its sampling settings with the response budget ``max_response_tokens``."""
+    return dataclasses.replace(s.online, **{"max_new_tokens": s.max_response_tokens, **overrides})
+
+
+def paper_settings(**overrides) -> Settings:
+    """The paper's setting (Pythia 1.4B, Tables 1–4, B.1.1, B.4)."""
+    return dataclasses.replace(Settings(), **overrides)
+
+
+def tiny_settings(**overrides) -> Settings:
+    """The CPU preset (the one tiny preset of the project; the CLI's ``--preset tiny`` too): the tiny GPT-NeoX,
+    the word-level tokenizer, synthetic TL;DR, short runs (minutes)."""
+    common = dict(progress=False, micro_batch_size=16, batch_size=16, schedule="constant")
+    s = Settings(
+        model="tiny", tokenizer="tiny", sft_data="synthetic:384", pft_data="synthetic:160", max_response_tokens=8,
+        dtype="float32", device="cpu", valid_limit=48, n_test=24,
+        sft=SFTConfig(**common, lr=3e-3, epochs=2), rm=RMConfig(**common, lr=1e-3),
+        local_rm=LocalRMConfig(**common, lr=1e-3), dpo=DPOConfig(**common, lr=1e-3),
+        online=OnlineDataConfig(n_samples=6, sampling_temperature=0.7, sample_batch_size=32),
+        eq2_samples=4, judge_id="rule:synthetic_score", known_score=True, n_test_two_word=24,
+        size_models=(("1.4b", "tiny"), ("2.8b", "tiny:96x2"), ("6.9b", "tiny:128x2")),
+    )
+    return dataclasses.replace(s, **overrides)

@@ -1,0 +1,114 @@
+"""The stage cache keys a stage by config, inputs and code: a rerun with nothing changed executes nothing, and
+an edit of a module re-runs exactly the stages whose code imports it (and what consumes their outputs).
+Edits are made to a copy of the package that the code hasher reads, never to the real source."""
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from allroads.llm import eval_stages as E
+from allroads.llm import train_stages as T
+from allroads.llm.judges import JudgeFactory
+from allroads.llm.pipeline import Pipeline
+from allroads.llm.settings import paper_settings, stage_config
+from allroads.llm.stage_cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
+
+from . import _tiny
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    dst = tmp_path / "src" / "allroads"
+    shutil.copytree(PACKAGE_ROOT, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def _edit(root: Path, module: str) -> None:
+    f = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    f.write_text(f.read_text() + "\n# an edited comment\n")
+
+
+def test_closure_follows_imports_of_the_stage_modules():
+    train = module_closure(["allroads.llm.train_stages"])
+    evals = module_closure(["allroads.llm.eval_stages"])
+    assert {"allroads.llm.train", "allroads.losses", "allroads.llm.pipeline", "allroads"} <= set(train)
+    assert "allroads.llm.judge" not in train and "allroads.tabular" not in train
+    assert {"allroads.llm.judge", "allroads.llm.evaluate", "allroads.llm.data_stages"} <= set(evals)
+
+
+def test_code_hash_sees_comments_and_only_imported_modules(package_copy):
+    before = {m: code_hash([m], package_copy) for m in ("allroads.llm.train_stages", "allroads.llm.eval_stages")}
+    assert before == {m: code_hash([m]) for m in before}  # the copy hashes like the package
+    _edit(package_copy, "allroads.llm.judge")
+    assert code_hash(["allroads.llm.train_stages"], package_copy) == before["allroads.llm.train_stages"]
+    assert code_hash(["allroads.llm.eval_stages"], package_copy) != before["allroads.llm.eval_stages"]
+    _edit(package_copy, "allroads.losses")
+    assert code_hash(["allroads.llm.train_stages"], package_copy) != before["allroads.llm.train_stages"]
+
+
+def test_a_failed_stage_is_never_done(tmp_path):
+    cache = StageCache(tmp_path, log=lambda m: None)
+
+    def fail(out):
+        (out / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.run("demo", {"a": 1}, [], fail)
+    assert not list(tmp_path.glob("demo-*/DONE")) and len(list(tmp_path.glob("demo-*.partial"))) == 1
+    art = cache.run("demo", {"a": 1}, [], lambda out: (out / "ok.txt").write_text("y"))
+    assert (art.path / "DONE").is_file() and (art.path / "half.txt").is_file() and cache.executed == ["demo"]
+    assert not list(tmp_path.glob("demo-*.partial"))
+    again = StageCache(tmp_path, log=lambda m: None)
+    assert again.run("demo", {"a": 1}, [], fail) == art and again.executed == []
+    assert again.run("demo", {"a": 2}, [], lambda out: None).hash != art.hash  # another config, another stage
+
+
+def _sft_and_eval(root, code_root):
+    judges = JudgeFactory("tiny", root)
+    pipe = Pipeline(root, _tiny.small_settings(), judges, log=lambda m: None, code_root=code_root)
+    try:
+        sft = T.sft(pipe)
+        res = E.reference_win_rate(pipe, sft)
+    finally:
+        judges.close()
+    return pipe.executed, res
+
+
+def test_edits_rerun_exactly_the_stages_whose_code_includes_them(tmp_path, package_copy):
+    root = tmp_path / "root"
+    executed, res = _sft_and_eval(root, package_copy)
+    assert executed == ["sft", "eval_winrate"]
+    assert _sft_and_eval(root, package_copy) == ([], res)  # nothing changed: nothing runs
+    _edit(package_copy, "allroads.tabular.mdp")  # imported by no stage
+    assert _sft_and_eval(root, package_copy)[0] == []
+    _edit(package_copy, "allroads.llm.judge")  # the judge's module: evaluation re-runs, SFT is not retrained
+    assert _sft_and_eval(root, package_copy)[0] == ["eval_winrate"]
+    _edit(package_copy, "allroads.llm.train")  # the training loop: SFT re-runs, and so does what consumes it
+    assert _sft_and_eval(root, package_copy)[0] == ["sft", "eval_winrate"]
+
+
+def test_paper_settings_model_reaches_every_stage():
+    s = paper_settings(model="org/other-model")
+    for kind in ("sft", "rm", "local_rm", "dpo"):
+        cfg = stage_config(kind, s, seed=3)
+        assert (cfg.model, cfg.tokenizer, cfg.seed) == ("org/other-model", "org/other-model", 3)
+        assert (cfg.max_prompt_tokens, cfg.max_response_tokens) == (s.max_prompt_tokens, s.max_response_tokens)
+        assert cfg.data == (s.sft_data if kind == "sft" else s.pft_data)
+    assert s.tokenizer_name == "org/other-model"
+    assert s.with_model("org/bigger").tokenizer_name == "org/other-model"  # Fig. 9 keeps the tokenizer
+    with pytest.raises(ValueError, match="unknown training stage"):
+        stage_config("ppo", s)
+
+
+def test_tiny_model_setting_trains_sft_and_rm_from_it(tmp_path):
+    from allroads.llm import models as M
+
+    s = dataclasses.replace(_tiny.small_settings(), model="tiny:32x1")
+    pipe = Pipeline(tmp_path, s, None, log=lambda m: None)
+    sft = T.sft(pipe)
+    rm = T.rm(pipe, sft, 0)
+    assert M.load_policy(str(sft.path / "model")).config.hidden_size == 32
+    assert M.load_reward_model(str(rm.path / "model")).config.hidden_size == 32
+    assert pipe.tokenizer.get_vocab() == _tiny.tok().get_vocab()  # the tokenizer setting, not the model's name
