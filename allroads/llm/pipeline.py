@@ -22,8 +22,8 @@ import torch
 
 from . import data as D
 from . import models as M
-from .config import config_key
 from .backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
+from .config import config_key
 from .sample import SamplingConfig
 from .settings import Settings, paper_settings, tiny_settings
 from .stage_cache import Artifact, StageCache
