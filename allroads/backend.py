@@ -28,8 +28,7 @@ class Backend(Protocol):
     """What :mod:`allroads.online` needs from a backend. Implementations: tabular (exact), LLM."""
 
     def sample(self, policy: Any, prompts: Any, n: int, generator: torch.Generator, temperature: float = 1.0) -> Any:
-        """n i.i.d. completions ξ ∼ π_T(·|s_0) for each of the B prompts (logits / T); a (B, n) batch. A backend
-        that samples at T = 1 only may omit ``temperature`` (:mod:`allroads.online` then passes none at T = 1)."""
+        """n i.i.d. completions ξ ∼ π_T(·|s_0) for each of the B prompts (logits / T); a (B, n) batch."""
         ...
 
     def seq_logp(self, policy: Any, prompts: Any, completions: Any, temperature: float = 1.0) -> torch.Tensor:

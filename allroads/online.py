@@ -56,16 +56,9 @@ def sample_and_score(backend: Backend, policy: Any, scorer: Any, prompts: Any, *
     """
     if n < 2:
         raise ValueError(f"n must be >= 2 to form a best/worst pair, got {n}")
-    completions = _sample(backend, policy, prompts, n, generator, temperature)  # (B, N)
+    completions = backend.sample(policy, prompts, n, generator, temperature)  # (B, N)
     lp = backend.seq_logp(policy, prompts, completions, temperature) if logps else None
     return Scored(prompts, completions, backend.score(scorer, prompts, completions), temperature, lp)
-
-
-def _sample(backend: Backend, policy: Any, prompts: Any, n: int, generator: torch.Generator, temperature: float) -> Any:
-    """``backend.sample`` at ``temperature``; at T = 1 without the argument, which every backend accepts."""
-    if temperature == 1.0:
-        return backend.sample(policy, prompts, n, generator)
-    return backend.sample(policy, prompts, n, generator, temperature=temperature)
 
 
 def rescore(backend: Backend, scored: Scored, scorer: Any) -> Scored:
@@ -136,7 +129,7 @@ def _take(completions: Any, index: torch.Tensor) -> Any:
 def best_of_n(backend: Backend, policy: Any, scorer: Any, prompts: Any, *, n: int, generator: torch.Generator,
               temperature: float = 1.0) -> Any:
     """Best-of-n (paper Fig. 8): for each prompt, the RM's highest-scored of n samples from π_T; a batch of B."""
-    completions = _sample(backend, policy, prompts, n, generator, temperature)
+    completions = backend.sample(policy, prompts, n, generator, temperature)
     return backend.take(completions, select_best_of_n(backend.score(scorer, prompts, completions)))
 
 

@@ -41,10 +41,12 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy/scipy load: one BLAS
     os.environ.setdefault(_v, "1")  # thread (scipy L-BFGS-B); a second one on a busy 2-core machine is ~10x slower
 
-from . import bt_gibbs, lemma_2_1, lemma_a_1, partial_coverage, q_logits, thm_2_2, thm_2_3, thm_2_4, thm_3_1  # noqa: E402
+from . import (  # noqa: E402
+    bt_gibbs, lemma_2_1, lemma_a_1, partial_coverage, partial_coverage_sweep, q_logits, thm_2_2, thm_2_3, thm_2_4, thm_3_1,
+)
 from .common import Check, CheckResult, NegativeControl, format_table, run_check  # noqa: E402
 
-MODULES = (lemma_2_1, lemma_a_1, bt_gibbs, thm_2_2, thm_2_3, thm_2_4, thm_3_1, partial_coverage, q_logits)
+MODULES = (lemma_2_1, lemma_a_1, bt_gibbs, thm_2_2, thm_2_3, thm_2_4, thm_3_1, partial_coverage, partial_coverage_sweep, q_logits)
 ALL_CHECKS: list[Check] = [c for m in MODULES for c in m.CHECKS]
 
 

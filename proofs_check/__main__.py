@@ -82,9 +82,9 @@ def main(argv=None) -> int:
                   + (f" (+{len(r.nonfinite_instances) - 10} more)" if len(r.nonfinite_instances) > 10 else "")
                   + f"; replay one: python -m proofs_check --only {r.name} --seed {args.seed} "
                     f"--start {r.nonfinite_instances[0]} --instances 1")
-    if any(c.name == "partial_coverage" for c in checks):
-        from .partial_coverage import slide_table
-        print("\n" + slide_table())
+    for c, r in zip(checks, results):
+        if c.report is not None:
+            print("\n" + c.report(r.details))
     if args.json:
         report = {"checks": [r.to_json() for r in results], "all_passed": all_passed,
                   "seed": args.seed, "instances": args.instances, "start": args.start, "seconds": wall}

@@ -26,7 +26,8 @@ Check, two cases, each side by its own L-BFGS run from its own random start:
   reward as ``LocalReward``(Π) would minimise the very same function of θ as DPO over Π.)
 
 Error = max TV(P_{π̂_rlhf}, P_{π̂_mle}). Tolerance 1e-6 in TV: three optimisers each stopped at
-max|∇| ≤ 1e-8 (see :mod:`proofs_check.lemma_2_1` for the argument; observed worst ~1e-8).
+max|∇| ≤ 1e-7 (see :mod:`proofs_check.lemma_2_1` for the argument; observed worst 2.9e-8 over 1000
+instances).
 
 Negative controls (the weaker reported): R ≠ R(Π) — (a) Π a random restricted log-linear class but R =
 all tabular rewards (a richer class): π̂_rlhf = soft RL over Π on the tabular r̂ (a lossy RKL projection) vs
@@ -52,15 +53,17 @@ from allroads.tabular.policy import traj_log_probs_from_levels
 
 from .common import Check, fit, max_tv, random_full_coverage_data, random_loglinear, random_small_mdp, uniform
 
-FIT_TOL = 1e-8
+FIT_TOL = 1e-7
 
 
-def rlhf_vs_mle(reward_class, policy_class, data, beta: float, g: torch.Generator, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log P_{π̂_rlhf}, log P_{π̂_mle}): BT MLE over R then soft RL over Π, and DPO over Π; three random starts."""
-    r_fit = fit(fit_bt_reward, reward_class, data, theta0=reward_class.init(g, scale), tol=FIT_TOL)
+def rlhf_vs_mle(reward_class, policy_class, data, beta: float, g: torch.Generator, scale: float,
+                tol: float = FIT_TOL) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P_{π̂_rlhf}, log P_{π̂_mle}): BT MLE over R then soft RL over Π, and DPO over Π; three random starts
+    (``tol`` 1e-6 for the controls, which only need TVs ≫ 1e-4)."""
+    r_fit = fit(fit_bt_reward, reward_class, data, theta0=reward_class.init(g, scale), tol=tol, shrink=False)
     r_hat = reward_class.reward(r_fit.theta).detach()
-    rl = fit(fit_soft_rl, policy_class, r_hat, beta=beta, theta0=policy_class.init(g, scale), tol=FIT_TOL)
-    mle = fit(fit_policy_mle, policy_class, data, beta=beta, theta0=policy_class.init(g, scale), tol=FIT_TOL)
+    rl = fit(fit_soft_rl, policy_class, r_hat, beta=beta, theta0=policy_class.init(g, scale), tol=tol, shrink=False)
+    mle = fit(fit_policy_mle, policy_class, data, beta=beta, theta0=policy_class.init(g, scale), tol=tol, shrink=False)
     return policy_class.traj_log_probs(rl.theta).detach(), policy_class.traj_log_probs(mle.theta).detach()
 
 
@@ -100,12 +103,12 @@ def instance(g: torch.Generator) -> tuple[float, float]:
     pi_cls = permuted_loglinear(mdp, g, d=3)
     errors.append(max_tv(*rlhf_vs_mle(path_sum_reward(pi_cls), pi_cls, data, beta, g, 0.5)))
     free = permuted_loglinear(mdp, g, d=3, permute=False)
-    neg_b = max_tv(*rlhf_vs_mle(path_sum_reward(free), free, data, beta, g, 0.5))
+    neg_b = max_tv(*rlhf_vs_mle(path_sum_reward(free), free, data, beta, g, 0.5, tol=1e-6))
     # negative control: same Π, tabular R ≠ R(Π), on a tree where Π is genuinely restricted
     mdp = random_small_mdp(g, min_traj=6)
     data = random_full_coverage_data(mdp, g)
     pi_cls = random_loglinear(mdp, g, d=2)
-    neg = max_tv(*rlhf_vs_mle(TabularReward(mdp), pi_cls, data, beta, g, 0.5))
+    neg = max_tv(*rlhf_vs_mle(TabularReward(mdp), pi_cls, data, beta, g, 0.5, tol=1e-6))
     return max(errors), min(neg, neg_b)
 
 

@@ -4,6 +4,9 @@ import json
 import math
 
 import pytest
+import torch
+
+from allroads.tabular import LogLinearPolicy, policy_mle_loss
 
 import proofs_check
 from proofs_check import ALL_CHECKS, select_checks
@@ -42,7 +45,7 @@ def test_worst_instance_is_replayed_by_start():
 def test_select_checks_by_module_and_name():
     assert [c.name for c in select_checks(["thm_2_4"])] == ["thm_2_4", "thm_2_4_mc"]
     assert [c.name for c in select_checks(["thm_2_4_mc"])] == ["thm_2_4_mc"]
-    assert len(select_checks()) == len(ALL_CHECKS) == 10
+    assert len(select_checks()) == len(ALL_CHECKS) == 11
     with pytest.raises(KeyError):
         select_checks(["no_such_check"])
 
@@ -162,3 +165,70 @@ def test_mutations_restore_the_library():
         with m.patch():
             pass
     assert all(run_check(c, 1, 0, False).ok for c in ALL_CHECKS)
+
+
+def test_adam_path_is_torch_adam_per_block():
+    """The sweep's batched Adam (per-block learning rates) = torch.optim.Adam run on each block alone (1e-12)."""
+    from proofs_check.partial_coverage_sweep import adam_path
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, 4, dtype=torch.float64, generator=g)
+    c = torch.randn(3, 4, dtype=torch.float64, generator=g)
+
+    def loss(th):  # (B, 4) → (B,): a different smooth non-quadratic loss per block
+        return torch.log1p(torch.einsum("bij,bj->bi", A, th).pow(2)).sum(-1) + (c * th).sum(-1)
+
+    lr = torch.tensor([[0.3], [0.05], [0.01]], dtype=torch.float64)
+    th0 = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    got = adam_path(loss, th0, lr, {7, 40})
+    for b in range(3):
+        p = th0[b].clone().requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=float(lr[b]))
+        for t in range(1, 41):
+            opt.zero_grad()
+            full = torch.zeros(3, 4, dtype=torch.float64)
+            full[b] = p
+            loss(full)[b].backward()
+            opt.step()
+            if t in (7, 40):
+                torch.testing.assert_close(got[t][b], p.detach(), atol=1e-12, rtol=0)
+
+
+def test_sweep_dpo_never_moves_the_ood_weight_unless_it_is_in_d():
+    """The argument of the partial-coverage sweep, on its own code: DPO's θ_2 stays at z0 (to rounding) and
+    (θ_0, θ_1) follow the covered problem's run (1e-10); with covered losers θ_2 falls."""
+    from proofs_check import partial_coverage_sweep as pcs
+
+    g = torch.Generator().manual_seed(1)
+    B = 4
+    ref3, ref_eps, ref2, _ = pcs.references(torch.randn(B, 4, 2, dtype=torch.float64, generator=g))
+    k = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    psi = torch.zeros(B, 3, 3, dtype=torch.float64)
+    psi[:, 0, 0], psi[:, 1, 1], psi[:, 2, 2], psi[:, 2, 0] = 1.0, 1.0, 1.0, k
+    cls3 = LogLinearPolicy(pcs.MDP3, pcs.token_features(psi, pcs.MDP3))
+    cls2 = LogLinearPolicy(pcs.MDP2, pcs.token_features(torch.eye(2, dtype=torch.float64).expand(B, 2, 2), pcs.MDP2))
+    beta, lr = torch.full((B, 1), 0.5, dtype=torch.float64), torch.full((B, 1), 0.1, dtype=torch.float64)
+    th0 = torch.tensor([[0.0, 0.0, -6.0]] * B, dtype=torch.float64)
+    data = pcs.preference_pairs(pcs.MDP3, False)
+    dpo = pcs.adam_path(lambda th: policy_mle_loss(cls3.traj_log_probs(th), data, beta, ref3), th0, lr, {200})[200]
+    cov = pcs.adam_path(lambda th: policy_mle_loss(cls2.traj_log_probs(th), pcs.covered_data(data), beta, ref2),
+                        th0[:, :2].clone(), lr, {200})[200]
+    assert float((dpo[:, 2] + 6.0).abs().max()) < 1e-9, dpo[:, 2] + 6.0  # rounding only: ∂L/∂θ_2 = 0 exactly in exact arithmetic
+    torch.testing.assert_close(dpo[:, :2], cov, atol=1e-10, rtol=0)
+    assert (dpo[:, 0] > 2).all()  # it did learn: token 0 up (≈ 4.8–5.7 here)
+    ctrl = pcs.adam_path(lambda th: policy_mle_loss(cls3.traj_log_probs(th), pcs.preference_pairs(pcs.MDP3, True), beta, ref_eps),
+                         th0, lr, {200})[200]
+    assert (ctrl[:, 2] < -6.0 - 1.0).all()
+
+
+def test_once_check_runs_one_instance_and_prints_its_report(capsys):
+    """A ``once`` check runs one instance whatever n says, keeps its details, and the CLI prints its report."""
+    check = select_checks(["partial_coverage_sweep"])[0]
+    res = run_check(check, 5, seed=0, progress=False)
+    assert res.instances == 1 and res.ok
+    a = res.details["all"]
+    assert a["settings"] == 810 and a["inside"] > 0 and a["outside"] > 0
+    assert a["effect_inside"] == 1.0 and a["effect_outside"] == 0.0 and a["rlhf_effect"] == 0.0
+    assert main(["--only", "partial_coverage_sweep", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Partial coverage sweep" in out and "DPO moves ≥ 1/2" in out

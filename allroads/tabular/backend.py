@@ -23,14 +23,16 @@ def _as_index(x, name: str) -> torch.Tensor:
 class TabularBackend:
     """Exact primitives on a tree MDP: sampling by enumeration, log-probs by path sums, scores by lookup."""
 
-    def sample(self, policy: TabularPolicy, prompts, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n completions ξ ∼ P_π(·|s_0) per prompt, int64 (B, n); draws from ``generator`` only."""
+    def sample(self, policy: TabularPolicy, prompts, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """n completions ξ ∼ P_{π_T}(·|s_0) per prompt (per-state logits / T), int64 (B, n); draws from
+        ``generator`` only."""
         prompts = _as_index(prompts, "prompts").reshape(-1)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if prompts.numel() and (prompts.min() < 0 or prompts.max() >= policy.mdp.n_prompts):
             raise ValueError(f"prompts must lie in [0, {policy.mdp.n_prompts})")
-        return sample_from_log_probs(policy.traj_log_probs(), prompts, n, generator)
+        pol = policy if temperature == 1.0 else policy.with_temperature(temperature)
+        return sample_from_log_probs(pol.traj_log_probs(), prompts, n, generator)
 
     def seq_logp(self, policy: TabularPolicy, prompts, completions, temperature: float = 1.0) -> torch.Tensor:
         """log P_{π_T}(ξ|s_0) of each completion, float64 (B, n) (path sums of the per-level log-probs)."""

@@ -14,7 +14,8 @@ Policy classes (``.log_pi(θ)`` → per-level log-probs, ``.policy(θ)`` → :cl
 * :class:`SoftOptimalPolicyClass` — Π(R) = {π*_r : r ∈ R}, soft-optimal policies of a reward class
   (Thm 3.1), differentiable through soft value iteration.
 
-Every class has ``n_params`` and ``init(generator, scale)``; θ is a 1-D float64 tensor.
+Every class has ``n_params`` and ``init(generator, scale)``; θ is a 1-D float64 tensor (``LogLinearPolicy`` and
+``SharedScorer`` also take a batch of them, (B, n_params)).
 """
 from __future__ import annotations
 
@@ -140,26 +141,46 @@ class TabularSoftmaxPolicy(_PolicyClass):
 
 
 class LogLinearPolicy(_PolicyClass):
-    r"""Π = {π_θ(a|s) ∝ exp(φ(s, a)ᵀθ)}: ``features[h]`` of shape (n_prompts, A**h, A, d), one per depth."""
+    r"""Π = {π_θ(a|s) ∝ exp(φ(s, a)ᵀθ)}: ``features[h]`` of shape (n_prompts, A**h, A, d), one per depth.
+
+    θ may carry a leading batch dimension, (B, d), for B independent policies at once (``log_pi`` and
+    ``traj_log_probs`` then return (B, …)); ``features[h]`` may then also be per block, (B, n_prompts, A**h,
+    A, d). ``policy(θ)`` takes an unbatched θ and shared features.
+    """
 
     def __init__(self, mdp: TreeMDP, features):
         if len(features) != mdp.horizon:
             raise ValueError(f"features must hold H={mdp.horizon} arrays (one per depth), got {len(features)}")
-        fs, d = [], None
+        fs, d, batched = [], None, set()
         for h, f in enumerate(features):
             f = as_float64(f, f"features[{h}]")
             want = (mdp.n_prompts, mdp.n_actions**h, mdp.n_actions)
-            if f.ndim != 4 or tuple(f.shape[:3]) != want:
-                raise ValueError(f"features[{h}] must have shape (n_prompts, A**h, A, d) = {want + ('d',)}, got {tuple(f.shape)}")
-            if d is not None and f.shape[3] != d:
-                raise ValueError(f"features[{h}] has {f.shape[3]} features, features[0] has {d}; use one d for all depths")
-            d = f.shape[3]
+            if f.ndim not in (4, 5) or tuple(f.shape[-4:-1]) != want:
+                raise ValueError(f"features[{h}] must have shape (n_prompts, A**h, A, d) = {want + ('d',)} "
+                                 f"or (B, n_prompts, A**h, A, d), got {tuple(f.shape)}")
+            if d is not None and f.shape[-1] != d:
+                raise ValueError(f"features[{h}] has {f.shape[-1]} features, features[0] has {d}; use one d for all depths")
+            d = f.shape[-1]
+            batched.add(f.shape[0] if f.ndim == 5 else None)
             fs.append(f)
+        if len(batched) > 1:
+            raise ValueError(f"features: every depth must be shared or have the same number of blocks, got {batched}")
         self.mdp, self.features, self.n_params = mdp, fs, d
+        self.n_blocks = batched.pop()  # blocks of per-block features; None when shared
 
     def log_pi(self, theta: torch.Tensor) -> list[torch.Tensor]:
-        _check_theta(theta, self.n_params, "LogLinearPolicy")
-        return [torch.log_softmax(f @ theta, dim=-1) for f in self.features]
+        if theta.ndim == 1 and self.n_blocks is None:
+            _check_theta(theta, self.n_params, "LogLinearPolicy")
+            return [torch.log_softmax(f @ theta, dim=-1) for f in self.features]
+        if theta.ndim != 2 or theta.shape[1] != self.n_params or self.n_blocks not in (None, theta.shape[0]):
+            raise ValueError(f"LogLinearPolicy: theta must have shape ({self.n_params},) or (B, {self.n_params}) "
+                             f"with B = {self.n_blocks} (the features' blocks), got {tuple(theta.shape)}")
+        return [torch.log_softmax((f * theta[:, None, None, None, :]).sum(-1), dim=-1) for f in self.features]
+
+    def policy(self, theta: torch.Tensor) -> TabularPolicy:
+        if theta.ndim != 1 or self.n_blocks is not None:
+            raise ValueError("LogLinearPolicy.policy takes one θ and shared features; use traj_log_probs for a batch")
+        return super().policy(theta)
 
 
 def node_counts(mdp: TreeMDP) -> list[int]:

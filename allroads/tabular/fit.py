@@ -45,6 +45,7 @@ __all__ = [
     "bt_objective",
     "dpo_objective",
     "rkl_objective",
+    "soft_rl_loss",
     "population_bt_objective",
     "l2_penalty",
 ]
@@ -142,8 +143,9 @@ def l2_penalty(l2):
 
 
 def _theta_view(cls, data: PreferenceData | None, n_blocks: int | None = None):
-    """θ's shape for a (possibly batched) objective: (n,) or (B, n)."""
-    B = n_blocks if data is None else data.n_blocks
+    """θ's shape for a (possibly batched) objective: (n,) or (B, n). A batched ``data`` sets B; otherwise
+    ``n_blocks`` does (B copies of one objective on one unbatched dataset, e.g. several starts at once)."""
+    B = data.n_blocks if data is not None and data.n_blocks is not None else n_blocks
     return (cls.n_params,) if B is None else (B, cls.n_params)
 
 
@@ -163,17 +165,20 @@ def bt_objective(reward_class, data: PreferenceData, *, l2=0.0):
     return fun
 
 
-def dpo_objective(policy_class, data: PreferenceData, *, beta: float = 1.0, ref_logp: torch.Tensor | None = None, l2=0.0):
+def dpo_objective(policy_class, data: PreferenceData, *, beta: float = 1.0, ref_logp: torch.Tensor | None = None, l2=0.0,
+                  n_blocks: int | None = None):
     r"""θ ↦ DPO loss of ``data`` (paper Eq. 9; with a reference, Thm 2.3) plus L2, summed over blocks:
 
         L(θ) = Σ_b [ Σ_i w_bi · ℓ_BT(β[(log π_θ(ξ_w) − log π_ref(ξ_w)) − (log π_θ(ξ_l) − log π_ref(ξ_l))]; p_bi)
                      + (l2_b/2)·‖θ_b‖² ]
 
     ``ref_logp`` (P, A**H), or (B, P, A**H) per block; None is reference-free DPO (the local RM,
-    log π_ref ≡ 0: MLE through the local reward β·log π_θ, Eq. 7–8).
+    log π_ref ≡ 0: MLE through the local reward β·log π_θ, Eq. 7–8). ``n_blocks`` = B with an unbatched
+    ``data``: B independent fits of the same data at once (θ of shape (B, n); ``beta`` may then be a (B, 1)
+    tensor, one β per block).
     """
     data.check(policy_class.mdp)
-    shape = _theta_view(policy_class, data)
+    shape = _theta_view(policy_class, data, n_blocks)
     ref, pen = (None if ref_logp is None else ref_logp.detach()), l2_penalty(l2)
 
     def fun(th):
@@ -185,18 +190,45 @@ def dpo_objective(policy_class, data: PreferenceData, *, beta: float = 1.0, ref_
 def rkl_objective(policy_class, target_log_probs: torch.Tensor, *, l2=0.0, n_blocks: int | None = None):
     r"""θ ↦ E_{s_0∼ρ_0} KL(P_{π_θ}(·|s_0) ‖ P_target(·|s_0)) plus L2 (paper Lemma 2.1), summed over blocks.
 
-    ``target_log_probs`` (P, A**H), or (B, P, A**H) with ``n_blocks`` = B; rows log-normalised (may be −inf
-    off its support).
+    ``target_log_probs`` (P, A**H), or (B, P, A**H) with ``n_blocks`` = B (a (P, A**H) target is then shared
+    by the B blocks); rows log-normalised (may be −inf off its support).
     """
     mdp: TreeMDP = policy_class.mdp
     target = target_log_probs.detach()
-    if n_blocks is None:
+    if n_blocks is None or target.ndim == 2:
         target = mdp.check_traj_array(target, "target_log_probs", allow_neg_inf=True).detach()
+        if n_blocks is not None:  # one target for every block
+            target = target.expand(n_blocks, *target.shape)
     shape, pen = _theta_view(policy_class, None, n_blocks), l2_penalty(l2)
 
     def fun(th):
         th = th.reshape(shape)
         return mdp.expect_over_prompts(reverse_kl(policy_class.traj_log_probs(th), target)).sum() + pen(th)
+    return fun
+
+
+def soft_rl_loss(policy_class, reward: torch.Tensor, *, beta: float = 1.0, ref_logp: torch.Tensor | None = None,
+                 n_blocks: int | None = None):
+    r"""θ ↦ −J(π_θ), the negated soft RL objective (paper Eq. 10; Lemma A.1 with a reference), summed over blocks:
+
+        −J(θ) = −Σ_b E_{s_0∼ρ_0} Σ_ξ P_θ_b(ξ|s_0) [r(ξ) − β·(log P_θ_b(ξ|s_0) − log P_ref(ξ|s_0))]
+
+    (log P_ref ≡ 0 without a reference: the entropy bonus). The same value as
+    :func:`allroads.tabular.soft_rl_objective` on ``policy_class.policy(θ)``, computed from trajectory
+    log-probs so that θ may be a batch (B, n) with ``n_blocks`` = B (B starts at once). Trajectories with
+    P_θ = 0 contribute 0.
+    """
+    mdp: TreeMDP = policy_class.mdp
+    r = mdp.check_traj_array(reward, "reward").detach()
+    ref = None if ref_logp is None else mdp.check_traj_array(ref_logp, "ref_logp", allow_neg_inf=True).detach()
+    shape = _theta_view(policy_class, None, n_blocks)
+
+    def fun(th):
+        lp = policy_class.traj_log_probs(th.reshape(shape))
+        p = torch.exp(lp)
+        penalty = lp if ref is None else lp - ref
+        safe = torch.where(p > 0, penalty, torch.zeros_like(penalty))
+        return -mdp.expect_over_prompts((p * (r - beta * safe)).sum(-1)).sum()
     return fun
 
 
