@@ -6,6 +6,10 @@ Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads
 :func:`allroads.llm.settings.stage_config`), before the config file and the overrides are applied. Under ``torchrun`` the same command
 runs data-parallel (DDP, or FSDP with ``--fsdp true``).
 
+An ``--output_dir`` that holds a run of another config is refused (exit status 2) before anything is loaded,
+with the fields that differ; an unfinished run of the same config resumes from its last checkpoint, a
+finished one is reported and nothing runs (exit status 0).
+
 Examples::
 
     python -m allroads.llm sft --preset tiny --output_dir runs/tiny-sft
@@ -50,6 +54,24 @@ def _parse(argv: list[str]):
     return args, overrides
 
 
+def _output_dir_status(cfg, stage: str) -> int | None:
+    """Exit status when the output directory settles the run before any loading: 0 for a finished run of this
+    config, 2 for a run of another config (the differing fields printed); None to go on (new or resumed run)."""
+    from .loop import output_dir
+    from .resume import RunMismatchError, check_output_dir
+
+    out = output_dir(cfg)
+    try:
+        status = check_output_dir(cfg, out)
+    except RunMismatchError as e:
+        print(f"[{stage}] refused: {e}", file=sys.stderr)
+        return 2
+    if status == "finished":
+        print(f"[{stage}] {out} already holds the finished run of this config: nothing to do (model in {out / 'model'})")
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -71,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     values.update(overrides)
     cfg = load_config(cls, None, values)
     cfg.validate()  # fail before loading anything (world size re-checked inside the loop)
+    status = _output_dir_status(cfg, args.stage)
+    if status is not None:
+        return status
     tok = M.load_tokenizer(cfg.tokenizer or cfg.model)
     kw = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)
     if args.stage == "sft":

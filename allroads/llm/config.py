@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,10 @@ class TrainConfig:
     """Split name used for hub datasets and directories (``train``, ``validation``)."""
     output_dir: str = ""
     """Where checkpoints, the final model, ``config.json`` and ``metrics.jsonl`` go. Empty =
-    ``runs/<stage>-<config hash>`` so that a rerun of the same config finds its output."""
+    ``runs/<stage>-<config hash>`` so that a rerun of the same config finds its output. A directory holding a run
+    of another config is refused before any work, naming the fields that differ (all but output_dir, progress,
+    log_every, micro_batch_size, fsdp, resume, save_every and save_final_checkpoint, which cannot change the
+    result; :mod:`allroads.llm.resume`); a finished run of the same config is reported and not run again."""
     batch_size: int = 64
     """Global batch size: examples (pairs for preference stages) per optimizer step, over all ranks."""
     micro_batch_size: int = 8
@@ -136,6 +140,21 @@ class TrainConfig:
             raise ValueError(f"padding_side={self.padding_side!r}; use 'left' or 'right'")
         if self.max_response_tokens < 1 or self.max_prompt_tokens < 8:
             raise ValueError("max_response_tokens must be >= 1 and max_prompt_tokens >= 8")
+        self._validate_counts_and_rates()
+
+    def _validate_counts_and_rates(self) -> None:
+        """Every count, size and rate in range (a run of 0 steps, a negative rate or a NaN is refused)."""
+        at_least = {"epochs": 1, "log_every": 1, "max_steps": 0, "warmup_steps": 0, "save_every": 0}
+        bad = [f"--{k} {getattr(self, k)} (must be an integer >= {v})" for k, v in at_least.items()
+               if getattr(self, k) < v]
+        positive = {"lr": self.lr, "adam_eps": self.adam_eps}
+        bad += [f"--{k} {v} (must be a finite number > 0)" for k, v in positive.items() if not 0 < v < math.inf]
+        non_negative = {"weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm}
+        bad += [f"--{k} {v} (must be a finite number >= 0)" for k, v in non_negative.items() if not 0 <= v < math.inf]
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            bad.append(f"--adam_betas {list(self.adam_betas)} (must be two numbers in [0, 1))")
+        if bad:
+            raise ValueError("invalid config: " + "; ".join(bad))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -32,6 +32,7 @@ from .config import TrainConfig, config_hash
 from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, init_distributed, no_sync, unwrap, wrap_model
 from .metrics import MetricsWriter, plot_metrics
 from .models import RewardModel
+from .resume import check_output_dir, finished_history_metrics, mark_finished
 
 __all__ = ["History", "StepLoss", "optimize", "resolve_device", "output_dir", "batch_to"]
 
@@ -197,6 +198,8 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
     many steps as if the process were killed there (used to test resume)."""
     info = info or init_distributed()
     cfg.validate(info.world_size)
+    if check_output_dir(cfg, output_dir(cfg)) == "finished":  # another config's run is refused here, before any work
+        return _finished(cfg, info)
     out, plan, device, hf = output_dir(cfg), _plan(cfg, n_examples, info), resolve_device(cfg, info), _hf_model(model)
     if info.is_main:
         write_json(out / "config.json", cfg.to_dict())
@@ -247,8 +250,19 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
     if bar is not None:
         bar.close()
     _finish(wrapped, hf, cfg, info, out, tokenizer)
+    if info.is_main:
+        mark_finished(out, plan.total)
     history.finished = True
     return history
+
+
+def _finished(cfg: TrainConfig, info: DistInfo) -> History:
+    """The History of the finished run of ``cfg`` in its output directory (nothing is trained again)."""
+    out = output_dir(cfg)
+    steps, metrics = finished_history_metrics(out)
+    if info.is_main:
+        print(f"[{cfg.stage}] {out} holds a finished run of this config ({steps} steps): nothing to do")
+    return History(output_dir=out, metrics=metrics, final_step=steps, finished=True)
 
 
 def _clip(wrapped, cfg: TrainConfig) -> float | None:

@@ -24,6 +24,7 @@ from .data import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .loop import History, batch_to, optimize, output_dir, resolve_device
 from .models import RewardModel, sequence_logps
+from .resume import check_output_dir
 
 __all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
 
@@ -186,7 +187,10 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
     cfg.validate(info.world_size)
     pad = policy.config.pad_token_id
     ref_table = None
-    if cfg.precompute_ref:
+    finished = check_output_dir(cfg, output_dir(cfg)) == "finished"  # another config's run is refused before any work
+    if finished:
+        ref = None  # optimize returns the finished run's history without training
+    elif cfg.precompute_ref:
         ref_table = _load_or_compute_ref_table(ref, pairs, cfg, info)
         ref = None  # not needed any more: free it
     else:

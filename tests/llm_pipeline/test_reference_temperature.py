@@ -2,6 +2,7 @@
 ``DPOConfig.ref_temperature``; the precomputed reference table is keyed so it is never reused for another
 π_ref, temperature or dataset."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -106,6 +107,14 @@ def test_train_online_dpo_sets_ref_temperature(tmp_path):
         DPOConfig(ref_temperature=0.0).validate()
 
 
+def _only_the_table(d):
+    """Leave only ``ref_logps.pt`` in ``d``: a table left by another run (a directory holding the other run's
+    config is refused before the table is read, :mod:`allroads.llm.resume`)."""
+    for f in d.iterdir():
+        if f.name != "ref_logps.pt":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
 def test_stale_reference_table_is_never_reused(tmp_path):
     """A table left in output_dir by another ref_temperature or another π_ref of the same shape is recomputed."""
     tok = _tiny.tok()
@@ -118,15 +127,18 @@ def test_stale_reference_table_is_never_reused(tmp_path):
     key_a1 = torch.load(path)["key"]
 
     # same dir, same π_ref, another temperature: recomputed
+    _only_the_table(path.parent)
     train_dpo(_tiny.policy(tok, seed=0, dtype="float64"), ref_a, pairs, _cfg(tmp_path, "d", ref_temperature=0.1))
     torch.testing.assert_close(torch.load(path)["table"], _naive_table(ref_a, pairs, 0.1), atol=1e-9, rtol=0)
 
     # same dir and temperature, another π_ref with identical shapes: recomputed
+    _only_the_table(path.parent)
     train_dpo(_tiny.policy(tok, seed=0, dtype="float64"), ref_b, pairs, _cfg(tmp_path, "d", ref_temperature=0.1))
     torch.testing.assert_close(torch.load(path)["table"], _naive_table(ref_b, pairs, 0.1), atol=1e-9, rtol=0)
 
     # an old-format bare tensor of the right shape is not trusted either
     torch.save(torch.zeros(len(pairs), 2, dtype=torch.float64), path)
+    _only_the_table(path.parent)
     train_dpo(_tiny.policy(tok, seed=0, dtype="float64"), ref_a, pairs, _cfg(tmp_path, "d", ref_temperature=1.0))
     assert torch.load(path)["key"] == key_a1
     torch.testing.assert_close(torch.load(path)["table"], _naive_table(ref_a, pairs, 1.0), atol=1e-9, rtol=0)
@@ -136,6 +148,7 @@ def test_stale_reference_table_is_never_reused(tmp_path):
     planted = stored["table"] + 1.0  # shifts both ref log-probs equally per pair: the loss is unchanged ...
     planted[:, 0] += 3.0  # ... except this makes the chosen reference 3 nats more likely
     torch.save({**stored, "table": planted}, path)
+    _only_the_table(path.parent)
     pol = _tiny.policy(tok, seed=0, dtype="float64")
     m = train_dpo(pol, ref_a, pairs, _cfg(tmp_path, "d", ref_temperature=1.0)).metrics[0]
     pol_t = _naive_table(_tiny.policy(tok, seed=0, dtype="float64"), pairs, 1.0)
