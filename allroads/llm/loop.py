@@ -8,12 +8,13 @@ the loop does what every stage shares:
   ``loss.sum() / per_rank_batch``, so the accumulated gradient is the gradient of the mean over the
   whole batch (not a mean of micro-batch means), and DDP's average over ranks makes it the global mean;
 * AdamW (ε from the tables), cosine or linear decay to 0 with optional warm-up, optional clipping;
-* bf16 autocast on CUDA; gradient checkpointing via the config;
+* bf16 autocast on CUDA (and FSDP2's bf16 compute / fp32 reduction); gradient checkpointing via the config;
 * metrics to ``metrics.jsonl`` every step (loss, rewards/chosen, rewards/rejected, margins,
   accuracy, lr, tokens/s), tqdm on rank 0, ``curves.png`` at the end;
-* atomic checkpoints (:mod:`allroads.llm.checkpoint`) every ``save_every`` steps and exact resume: model,
-  optimizer, scheduler, RNG and the step (which fixes the data position); the final weights are written
-  once, to ``model/`` (a last full checkpoint only with ``save_final_checkpoint``).
+* atomic sharded checkpoints (:mod:`allroads.llm.checkpoint`) every ``save_every`` steps and exact resume,
+  also on another number of processes or with FSDP2 switched on or off: model, optimizer, scheduler, RNG and
+  the step (which fixes the data position); the final weights are written once, to ``model/`` (safetensors;
+  a last full checkpoint only with ``save_final_checkpoint``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from . import checkpoint as ckpt
 from .atomic import write_json
 from .config import TrainConfig, config_hash
-from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, init_distributed, no_sync, unwrap, wrap_model
+from .distributed import DistInfo, all_reduce_sum, barrier, clip_grad_norm, init_distributed, no_sync, unwrap, wrap_model
 from .metrics import MetricsWriter, plot_metrics
 from .models import RewardModel
 from .resume import check_output_dir, finished_history_metrics, mark_finished
@@ -88,29 +89,6 @@ def _hf_model(model: torch.nn.Module):
     return inner.hf if isinstance(inner, RewardModel) else inner
 
 
-def _save_state_dict(wrapped, info: DistInfo) -> dict | None:
-    state = full_state_dict(wrapped)
-    if isinstance(unwrap(wrapped), RewardModel) and state is not None:
-        state = {k[len("hf."):]: v for k, v in state.items() if k.startswith("hf.")}
-    return state if info.is_main else None
-
-
-def _optimizer_state(wrapped, opt, cfg: TrainConfig) -> dict:
-    if cfg.fsdp and hasattr(wrapped, "module") and type(wrapped).__name__ == "FullyShardedDataParallel":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP.optim_state_dict(wrapped, opt)
-    return opt.state_dict()
-
-
-def _load_optimizer_state(wrapped, opt, state: dict, cfg: TrainConfig) -> None:
-    if cfg.fsdp and type(wrapped).__name__ == "FullyShardedDataParallel":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        state = FSDP.optim_state_dict_to_load(wrapped, opt, state)
-    opt.load_state_dict(state)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """The step arithmetic of one run."""
@@ -136,29 +114,25 @@ def _plan(cfg: TrainConfig, n_examples: int, info: DistInfo) -> _Plan:
     return plan
 
 
-def _start(model, hf, cfg: TrainConfig, info: DistInfo, device: torch.device, ckpt_root: Path, total: int):
-    """Weights (resumed ones go in before wrapping: FSDP shards what it is given), wrapper, AdamW, schedule and
-    the first step; from the latest checkpoint when ``cfg.resume`` finds one."""
-    resume = ckpt.latest_checkpoint(ckpt_root) if cfg.resume else None
-    state = ckpt.load_checkpoint(resume, rank=info.rank) if resume else None
-    if state is not None:
-        ckpt.load_model_weights(hf, state["model_dir"])
-    model.to(device)
+def _start(model, cfg: TrainConfig, info: DistInfo, device: torch.device, ckpt_root: Path, total: int):
+    """Wrapper (DDP / FSDP2; FSDP2 moves each rank's shard to ``device``), AdamW (fused on CUDA), schedule and
+    the first step; model, optimizer, schedule and RNG from the latest checkpoint when ``cfg.resume`` finds one
+    (written by any number of processes, with or without FSDP2: :mod:`allroads.llm.checkpoint`)."""
+    if not cfg.fsdp:
+        model.to(device)
     model.train()
-    wrapped = wrap_model(model, info, fsdp=cfg.fsdp, device=device)
+    wrapped = wrap_model(model, info, fsdp=cfg.fsdp, device=device, bf16=cfg.bf16)
     opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, total))
-    start = 0
-    if state is not None:
-        _load_optimizer_state(wrapped, opt, state["optimizer"], cfg)
-        sched.load_state_dict(state["scheduler"])
-        if state["rng"] is not None:
-            ckpt.set_rng_state(state["rng"])
-        start = int(state["step"])
-        if info.is_main:
-            print(f"[{cfg.stage}] resumed from {resume} at step {start}")
-    return wrapped, opt, sched, start
+    resume = ckpt.latest_checkpoint(ckpt_root) if cfg.resume else None
+    if resume is None:
+        return wrapped, opt, sched, 0
+    state = ckpt.load_checkpoint(resume, model=wrapped, optimizer=opt, scheduler=sched, info=info)
+    if info.is_main:
+        print(f"[{cfg.stage}] resumed from {resume} at step {state['step']} (written by {state.get('world_size', 1)} "
+              f"process(es); now {info.world_size})")
+    return wrapped, opt, sched, int(state["step"])
 
 
 def _accumulate(wrapped, make_batch, step_loss: StepLoss, rank_idx: list[int], cfg: TrainConfig, plan: _Plan,
@@ -180,11 +154,9 @@ def _accumulate(wrapped, make_batch, step_loss: StepLoss, rank_idx: list[int], c
 
 def _finish(wrapped, hf, cfg: TrainConfig, info: DistInfo, out: Path, tokenizer) -> None:
     """Write the final model once (``model/``), the curves, and drop the intermediate checkpoints."""
-    state_dict = _save_state_dict(wrapped, info)
+    prefix = "hf." if isinstance(unwrap(wrapped), RewardModel) else ""
+    ckpt.export_pretrained(wrapped, hf, out / "model", prefix=prefix, tokenizer=tokenizer, info=info)
     if info.is_main:
-        hf.save_pretrained(out / "model", state_dict=state_dict, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out / "model")
         plot_metrics(out / "metrics.jsonl", out / "curves.png")
         if not cfg.save_final_checkpoint:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is in model/
@@ -196,7 +168,7 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
     """The shared loop (module docstring). ``make_batch(indices)`` collates examples; ``step_loss``
     returns per-example losses (b,) and per-example metrics; ``stop_after`` ends the run after that
     many steps as if the process were killed there (used to test resume)."""
-    info = info or init_distributed()
+    info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
     if check_output_dir(cfg, output_dir(cfg)) == "finished":  # another config's run is refused here, before any work
         return _finished(cfg, info)
@@ -204,7 +176,7 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
     if info.is_main:
         write_json(out / "config.json", cfg.to_dict())
     ckpt_root = out / "checkpoints"
-    wrapped, opt, sched, start = _start(model, hf, cfg, info, device, ckpt_root, plan.total)
+    wrapped, opt, sched, start = _start(model, cfg, info, device, ckpt_root, plan.total)
     writer = MetricsWriter(out / "metrics.jsonl", resume_step=start) if info.is_main else None
     history = History(output_dir=out, final_step=start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
@@ -237,12 +209,8 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last) or (last and cfg.save_final_checkpoint):
-            ckpt.save_checkpoint(
-                ckpt_root, step=step + 1, model_state_dict=_save_state_dict(wrapped, info), model=hf,
-                tokenizer=tokenizer, optimizer_state=_optimizer_state(wrapped, opt, cfg), scheduler=sched,
-                extra={"epoch": epoch, "seed": cfg.seed, "config_hash": config_hash(cfg)}, rank=info.rank,
-                barrier=lambda: barrier(info),
-            )
+            ckpt.save_checkpoint(ckpt_root, step=step + 1, model=wrapped, optimizer=opt, scheduler=sched, info=info,
+                                 extra={"epoch": epoch, "seed": cfg.seed, "config_hash": config_hash(cfg)})
         if stop_after is not None and step + 1 >= stop_after and not last:
             if bar is not None:
                 bar.close()
@@ -269,9 +237,7 @@ def _clip(wrapped, cfg: TrainConfig) -> float | None:
     """Clip the global gradient norm to ``cfg.max_grad_norm`` (0: no clipping); returns the norm before."""
     if cfg.max_grad_norm <= 0:
         return None
-    clip = wrapped.clip_grad_norm_ if hasattr(wrapped, "clip_grad_norm_") else (
-        lambda n: torch.nn.utils.clip_grad_norm_(wrapped.parameters(), n))
-    return float(clip(cfg.max_grad_norm))
+    return clip_grad_norm(wrapped, cfg.max_grad_norm)
 
 
 def _record(sums, tokens, info: DistInfo, cfg: TrainConfig, step: int, epoch: int, lr: float, t0: float,

@@ -183,7 +183,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
     (reused on resume only when the key matches); otherwise ``ref`` runs under ``no_grad`` on every micro-batch.
     """
     _hard_labels_only(pairs, "train_dpo")
-    info = info or init_distributed()
+    info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
     pad = policy.config.pad_token_id
     ref_table = None

@@ -166,7 +166,7 @@ def test_final_checkpoint_only_when_asked(tmp_path, tok, pairs):
     assert (tmp_path / "a" / "model" / "config.json").is_file() and not (tmp_path / "a" / "checkpoints").exists()
     T.train_dpo(policy(tok, 0, "float32"), policy(tok, 1, "float32"), pairs,
                 DPOConfig(**kw, output_dir=str(tmp_path / "b"), save_final_checkpoint=True))
-    assert (tmp_path / "b" / "checkpoints" / "step-000002" / "optimizer.pt").is_file()
+    assert (tmp_path / "b" / "checkpoints" / "step-000002" / "dcp" / ".metadata").is_file()
 
 
 def greedy_mean_score(model, tok, rows):
