@@ -241,7 +241,8 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     on the last ``k`` positions of the batch, from the earliest position that predicts a response token
     (``logits_to_keep``; the whole sequence on older transformers): with left padding that is the
     longest response + 1 instead of the whole prompt (TL;DR: ~54 of ~565 positions), which saves the
-    head's FLOPs and the (B, T, V) float32 logits' memory. The values are the same either way.
+    head's FLOPs and the (B, T, V) float32 logits' memory. The values are the same either way. The log-softmax
+    is taken as ``logits[a] − logsumexp(logits)``, without a second (B, T, V) tensor.
 
     Args: ``input_ids``, ``attention_mask``, ``response_mask`` shape (B, T).
     Returns ``(logp, n_tokens)``: shape (B,) each.
@@ -259,7 +260,8 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logits = logits[:, :-1].to(compute) / temperature  # (B, T−1−first, V): position t predicts token t+1
     labels = input_ids[:, first + 1:]
     mask = response_mask[:, first + 1:]
-    token_logp = torch.gather(logits.log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+    # log softmax(z)[a] = z[a] − logsumexp(z): no second (B, T, V) tensor of log-probs is made
+    token_logp = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, T')
     return (token_logp * mask).sum(-1), response_mask[:, 1:].sum(-1)
 
 
