@@ -7,7 +7,9 @@ r"""The evaluation stages of the TL;DR graph (App. B.4): plain functions of arti
     bon(pipe, policy, rms, sft, ns, seed)     best-of-N win-rate curves (Figs. 8, 9)
     eq2(pipe, policy, sft, seed)              the Eq. 2 objective (Fig. 4)
 
-Each returns its ``result.json`` as a dict; the judge's id and ``n_test`` are part of every key.
+Each returns its ``result.json`` as a dict; the judge's id and ``n_test`` are part of every key. A judged stage
+whose errors plus unparseable answers exceed ``Settings.judge_failure_budget`` (default 0) raises
+:class:`JudgeFailuresError` and is not finished; a rerun re-asks only the failed pairs.
 """
 from __future__ import annotations
 
@@ -20,15 +22,36 @@ from .data_stages import two_word_refs
 from .evaluate import best_of_n_curve, eq2_objective, policy_rouge, policy_win_rate, validation_likelihood
 from .pipeline import Artifact, Pipeline
 
-__all__ = ["reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2"]
+__all__ = ["JudgeFailuresError", "reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2"]
 
 
-def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compute: Callable[[], dict]) -> dict:
+def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compute: Callable[[], dict],
+            judged: bool = False) -> dict:
     def build(out: Path):
         write_json(out / "result.json", compute())
 
-    art = pipe.run(kind, {**spec, "judge": pipe.s.judge_id, "n_test": pipe.s.n_test}, inputs, build)
+    spec = {**spec, "judge": pipe.s.judge_id, "n_test": pipe.s.n_test}
+    if judged:
+        spec["judge_failure_budget"] = pipe.s.judge_failure_budget
+    art = pipe.run(kind, spec, inputs, build)
     return json.loads((art.path / "result.json").read_text())
+
+
+class JudgeFailuresError(RuntimeError):
+    """A judged evaluation had more failed pairs (errors + unparseable answers) than its budget."""
+
+
+def _check_judged(pipe: Pipeline, kind: str, summaries: list[dict]) -> None:
+    """Raise :class:`JudgeFailuresError` (the stage is then not finished) when the judge's errors plus unparseable
+    answers over ``summaries`` (:meth:`~allroads.llm.judge.PairwiseResult.summary` dicts) exceed the budget."""
+    errors, unparseable = sum(r["errors"] for r in summaries), sum(r["unparseable"] for r in summaries)
+    budget = pipe.s.judge_failure_budget
+    if errors + unparseable > budget:
+        n = sum(r["n_pairs"] for r in summaries)
+        raise JudgeFailuresError(
+            f"{kind}: {errors + unparseable} of {n} judged pairs failed ({errors} errors, {unparseable} unparseable "
+            f"answers), over the budget of {budget}: the stage is not finished. Rerun to re-ask only those pairs (the "
+            "answers already paid for are cached), or raise Settings.judge_failure_budget to accept them")
 
 
 def _with_known_score(pipe: Pipeline, res: dict, posts: list[str]) -> dict:
@@ -48,10 +71,11 @@ def reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
         prompts, posts, refs = pipe.test_set()
         res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge(), prompts, posts, refs,
                               temperature=s.eval_sampling_temperature, seed=seed)
+        _check_judged(pipe, "eval_winrate", [res])
         return _with_known_score(pipe, res, posts)
 
     return _result(pipe, "eval_winrate", {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens},
-                   [policy], compute)
+                   [policy], compute, judged=True)
 
 
 def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
@@ -67,10 +91,11 @@ def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0)
         res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge("two_word"),
                               [pipe.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
                               temperature=s.eval_sampling_temperature, seed=seed, max_new_tokens=s.two_word_tokens)
+        _check_judged(pipe, "eval_winrate_2w", [res])
         return _with_known_score(pipe, res, posts)
 
     spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.two_word_tokens, "n_test_two_word": s.n_test_two_word}
-    return _result(pipe, "eval_winrate_2w", spec, [policy, refs], compute)
+    return _result(pipe, "eval_winrate_2w", spec, [policy, refs], compute, judged=True)
 
 
 def rouge(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
@@ -111,13 +136,15 @@ def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifac
     def compute():
         prompts, posts, refs = pipe.test_set()
         scorers = {k: pipe.scorer(kinds[k], rms[k], sft) for k in names}
-        return best_of_n_curve(pipe.backend(), pipe.policy(policy), scorers, pipe.judge(), prompts, posts, refs,
-                               ns=ns, temperature=s.bon_sampling_temperature, seed=seed)
+        res = best_of_n_curve(pipe.backend(), pipe.policy(policy), scorers, pipe.judge(), prompts, posts, refs,
+                              ns=ns, temperature=s.bon_sampling_temperature, seed=seed)
+        _check_judged(pipe, "eval_bon", [summ for curve in res["curves"].values() for summ in curve.values()])
+        return res
 
     spec = {"rms": names, "ns": list(ns), "seed": seed, "T": s.bon_sampling_temperature, "tokens": s.max_response_tokens}
     if any(kinds[k] != k for k in names):
         spec["kinds"] = kinds
-    return _result(pipe, "eval_bon", spec, [policy, sft] + [rms[k] for k in names], compute)
+    return _result(pipe, "eval_bon", spec, [policy, sft] + [rms[k] for k in names], compute, judged=True)
 
 
 def eq2(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:

@@ -65,6 +65,18 @@ def _mean_se(xs: list[float]) -> dict:
     return {"mean": m, "se": se, "n": len(xs), "values": xs}
 
 
+_JUDGE_COUNTS = (("n", "n_pairs"), ("wins", "wins"), ("losses", "losses"), ("errors", "errors"),
+                 ("unparseable", "unparseable"))
+
+
+def _judged_point(results: list[dict]) -> dict:
+    """Mean ± s.e. over seeds of judged win rates, with the judge's counts summed over the seeds under ``judged``
+    (``n`` pairs, ``wins``, ``losses``, ``errors``, ``unparseable``)."""
+    point = _mean_se([r["win_rate"] for r in results])
+    point["judged"] = {name: sum(r[key] for r in results) for name, key in _JUDGE_COUNTS}
+    return point
+
+
 def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False) -> dict[str, Artifact]:
     """Fig. 3's policies for one seed: DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO)."""
     dpo = T.dpo(pipe, sft, seed)
@@ -82,11 +94,11 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     preset) are summarised alongside."""
     rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
     sft = T.sft(pipe)
-    vals: dict[str, list[float]] = {}
+    vals: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
 
     def add(name: str, r: dict) -> None:
-        vals.setdefault(name, []).append(r["win_rate"])
+        vals.setdefault(name, []).append(r)
         if "known_score" in r:
             extra.setdefault(name, []).append(r["known_score"])
 
@@ -95,7 +107,7 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     for seed in fig.seeds:
         for name, art in per_seed(seed, sft).items():
             add(name, rate(art, seed))
-    out = {"metric": "win rate vs reference (judge)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
+    out = {"metric": "win rate vs reference (judge)", "bars": {k: _judged_point(v) for k, v in vals.items()}}
     if extra:
         out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
     return out
@@ -105,12 +117,13 @@ def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
     """Append one seed's BoN win rates (``eval_stages.bon`` output) to ``curves[panel][rm][N]``."""
     for rm_name, curve in bon_result["curves"].items():
         for n, summ in curve.items():
-            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ["win_rate"])
+            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ)
 
 
 def _summarise_curves(curves: dict) -> dict:
-    """``{panel: {curve: {x: [values over seeds]}}}`` → the same with mean ± s.e. per point, x sorted."""
-    return {panel: {name: {str(x): _mean_se(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
+    """``{panel: {curve: {x: [judge summaries over seeds]}}}`` → the same with :func:`_judged_point` per point, x
+    sorted."""
+    return {panel: {name: {str(x): _judged_point(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
             for panel, d in curves.items()}
 
 
@@ -159,7 +172,7 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
 def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
     sft = T.sft(pipe)
-    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
     for seed in fig.seeds:
         rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
@@ -170,14 +183,14 @@ def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
 def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
     sft = T.sft(pipe)
-    curves: dict[str, dict[float, list[float]]] = {"DPO": {}, "Online DPO (SFT)": {}}
+    curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
     for seed in fig.seeds:
         for f in fig.fractions:
             dpo = T.dpo(pipe, sft, seed, fraction=f)
             rm = T.rm(pipe, sft, seed, fraction=f)
             online = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, fraction=f), seed)
-            curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed)["win_rate"])
-            curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed)["win_rate"])
+            curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed))
+            curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed))
     return {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
 
 
@@ -205,7 +218,7 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
         pipe.s.size_model(label)  # unknown labels fail before any training
     sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
     sfts = {label: T.sft(sub) for label, sub in sized.items()}
-    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
     for seed in fig.seeds:
         rms = {f"RM {r}": T.rm(sized[r], sfts[r], seed) for r in fig.rm_sizes}
         for p in fig.policy_sizes:

@@ -234,10 +234,11 @@ class ResponseCache:
             row = self._db.execute("SELECT content, usage FROM answers WHERE key = ?", (key,)).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
-    def put(self, key: str, model: str, prompt: str, content: str, usage: dict) -> None:
+    def put(self, key: str, model: str, prompt: str, content: str, usage: dict, *, replace: bool = False) -> None:
+        """Store an answer; an existing one under ``key`` is kept unless ``replace`` (a re-asked unusable answer)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers VALUES (?, ?, ?, ?, ?, ?)",
                 (key, model, prompt, content, json.dumps(usage), time.time()),
             )
 
@@ -410,16 +411,19 @@ class Judge:
             self._log.write(json.dumps(line) + "\n")
             self._log.flush()
 
-    def complete(self, prompt: str, *, sample_index: int = 0, temperature: float | None = None) -> ChatReply:
+    def complete(self, prompt: str, *, sample_index: int = 0, temperature: float | None = None,
+                 reask_if: Callable[[str], bool] | None = None) -> ChatReply:
         """One chat completion for a single user message, through the cache.
 
         ``sample_index`` distinguishes repeated samples of the same prompt in the cache (two-word summary
-        generation asks twice); ``temperature`` overrides ``cfg.temperature`` for this call. Raises the
+        generation asks twice); ``temperature`` overrides ``cfg.temperature`` for this call; a cached answer
+        for which ``reask_if(answer)`` is True (e.g. unparseable) is asked again and replaced. Raises the
         last openai exception when a non-retryable error occurs or all retries fail.
         """
         temperature = self.cfg.temperature if temperature is None else temperature
         key = ResponseCache.key(self.cfg.model, temperature, self.cfg.max_tokens, sample_index, prompt)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None and not (reask_if is not None and reask_if(hit[0])):
             return ChatReply(content=hit[0], cached=True, usage=hit[1], attempts=0)
         for attempt in range(self.cfg.max_retries + 1):
             try:
@@ -440,7 +444,7 @@ class Judge:
             usage = {k: getattr(response.usage, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         self._log_usage(prompt, usage, attempt + 1, sample_index)
         if self.cache is not None:
-            self.cache.put(key, self.cfg.model, prompt, content, usage)
+            self.cache.put(key, self.cfg.model, prompt, content, usage, replace=hit is not None)
         return ChatReply(content=content, cached=False, usage=usage, attempts=attempt + 1)
 
     def ab_orders(self, n: int) -> list[bool]:
@@ -454,7 +458,8 @@ class Judge:
         The A/B order of each pair is drawn from ``cfg.seed`` and undone when reading the answer, so a
         judge with a position bias does not bias the result. Requests run on ``cfg.max_workers`` threads;
         a pair whose request fails after all retries is recorded with its error and counted, not raised,
-        so that the answers already paid for are kept (and cached); check ``result.errors``.
+        so that the answers already paid for are kept (and cached); check ``result.errors``. An unparseable answer
+        is cached and counted, and asked again by the next ``compare`` of the same pair.
         """
         _check_texts("Judge.compare", posts=posts, first=first, second=second)
         orders = self.ab_orders(len(posts))
@@ -463,7 +468,7 @@ class Judge:
             a, b = (first[i], second[i]) if orders[i] else (second[i], first[i])
             prompt = render_judge_prompt(posts[i], a, b, variant=self.cfg.variant)
             try:
-                reply = self.complete(prompt)
+                reply = self.complete(prompt, reask_if=lambda answer: parse_preferred(answer) is None)
             except Exception as exc:  # noqa: BLE001 (recorded in the result, counted in .errors)
                 return PairRecord(i, orders[i], None, None, "", False, error=f"{type(exc).__name__}: {exc}")
             label = parse_preferred(reply.content)

@@ -66,6 +66,10 @@ class Settings:
     """Sequences per forward pass when scoring."""
     judge_id: str = "gpt-4o"
     """Name of the judge (B.4: gpt-4o); part of every evaluation stage's hash."""
+    judge_failure_budget: int = 0
+    """Judge errors plus unparseable answers a judged evaluation stage may have and still finish (counted in its
+    result and in every figure point). More, and the stage fails unfinished; a rerun re-asks only those pairs
+    (every answer paid for is cached)."""
     known_score: bool = False
     """Tiny preset: also report the synthetic data's known score of each policy's samples."""
     data_seed: int = 0

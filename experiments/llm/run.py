@@ -10,12 +10,12 @@ or a figure) only runs what is missing. Writes ``<out>/<figure>.json`` (numbers,
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from allroads.llm.figure_summary import summary_lines
 from allroads.llm.figures import load_figure_config, run_figure
 from allroads.llm.judges import JudgeFactory
 from allroads.llm.pipeline import Pipeline
@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             fig = load_figure_config(path, seeds=seeds)
             t0 = time.perf_counter()
             result = run_figure(pipe, fig, out)
-            bars = result.get("bars") or result.get("curves")
-            print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {rev[:10]}) ==")
-            print(json.dumps(bars, indent=1, default=str)[:3000])
+            print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {rev[:10]}; {out / fig.figure}.json) ==")
+            print("\n".join(summary_lines(result)))
     finally:
         judges.close()
     print(f"stages executed: {len(pipe.executed)} {pipe.executed}")

@@ -1,0 +1,34 @@
+r"""A short console summary of one figure's numbers (:func:`allroads.llm.figures.run_figure` output): one line per
+bar or curve point, with the judge's counts where the numbers are judged win rates."""
+from __future__ import annotations
+
+__all__ = ["summary_lines"]
+
+
+def _value(point: dict) -> str:
+    if point.get("mean") is None:
+        return "n/a (no decided pair)"
+    se = point.get("se")
+    return f"{point['mean']:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+
+def _counts(point: dict) -> str:
+    seeds = f"{point.get('n', 0)} seed{'s' if point.get('n', 0) != 1 else ''}"
+    j = point.get("judged")
+    if j is None:
+        return f"({seeds})"
+    return (f"({seeds}; {j['n']} pairs: {j['wins']} wins, {j['losses']} losses, {j['errors']} errors, "
+            f"{j['unparseable']} unparseable)")
+
+
+def summary_lines(result: dict) -> list[str]:
+    """``<figure>: <metric>``, then ``  <bar>  mean ± s.e. (seeds; judged pairs, wins, losses, errors,
+    unparseable)`` per bar, or ``  <panel> / <curve> @ <x>  …`` per curve point."""
+    lines = [f"{result['figure']}: {result.get('metric', '')}"]
+    if "bars" in result:
+        width = max((len(k) for k in result["bars"]), default=0)
+        lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}" for name, p in result["bars"].items()]
+    for panel, curves in result.get("curves", {}).items():
+        for name, points in curves.items():
+            lines += [f"  {panel} / {name} @ {x}:  {_value(p)}  {_counts(p)}" for x, p in points.items()]
+    return lines
