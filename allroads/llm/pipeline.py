@@ -73,9 +73,9 @@ class Pipeline:
         return other
 
     def backend(self) -> LLMBackend:
-        """The LLM backend of every stage (response budget ``max_response_tokens``, HF sampling)."""
+        """The LLM backend of every stage (response budget ``max_response_tokens``, sampler ``Settings.sampler``)."""
         s = self.s
-        return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend="hf",
+        return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend=s.sampler,
                                                          batch_size=s.online.sample_batch_size, compute_logp=False),
                           micro_batch_size=s.eval_micro_batch, device=self.device)
 

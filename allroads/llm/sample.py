@@ -12,19 +12,22 @@ kept; :attr:`SamplingResult.n_unfinished` counts them and :meth:`SamplingResult.
 when the caller chooses to.
 
 Determinism: the HF path seeds a forked torch RNG with ``cfg.seed`` (the global RNG is left untouched),
-so the same seed, config, model and prompts give the same samples; the vLLM path passes a per-prompt seed
-``cfg.seed + i`` to ``SamplingParams``. ``temperature == 0`` is greedy decoding (all ``n`` copies equal).
+so the same seed, config, model and prompts give the same samples; the vLLM path gives every (prompt, sample)
+its own seeded stream (:mod:`allroads.llm.sample_vllm`). ``temperature == 0`` is greedy decoding: one
+completion, copied ``n`` times. Both paths take the prompts as token ids encoded with
+``add_special_tokens=False``, as training does.
 
 Sequence log-probabilities (HF path, ``compute_logp=True``): the sum over response tokens, EOS included,
 of ``log softmax(logits / T)`` at the sampled token — the log-probability of the completion under the
 distribution it was sampled from (for T = 0, under the untempered softmax). They are gathered step by
 step inside ``generate`` by a logits processor, so memory stays O(batch × vocab), not O(steps × batch ×
-vocab). The vLLM path leaves ``logp`` as None (vLLM's own log-probs are of the untempered model); compute
-them with the training code's sequence log-prob when needed.
+vocab). The vLLM path returns the same quantity from vLLM's processed (tempered) log-probs when it builds
+the engine itself; an engine passed in keeps its own ``logprobs_mode``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -53,7 +56,11 @@ class SamplingConfig:
     compute_logp: bool = True
     """Return each completion's log-probability under the sampling temperature (HF path only)."""
     backend: str = "auto"
-    """``"auto"`` (vLLM when importable, a CUDA device exists and the model is given by name), ``"hf"`` or ``"vllm"``."""
+    """``"auto"`` (vLLM when importable, a CUDA device exists and the model is a ``vllm.LLM``, a name, or a model
+    loaded from a ``save_pretrained`` directory), ``"hf"`` or ``"vllm"``. vLLM samples a loaded model from its
+    directory (``name_or_path``), so a model changed in memory since it was loaded must be saved first."""
+    vllm_gpu_memory: float = 0.5
+    """Fraction of the GPU's memory a vLLM engine built here may take (the rest stays for training / scoring)."""
 
     def __post_init__(self):
         problems = []
@@ -65,6 +72,8 @@ class SamplingConfig:
             problems.append(f"max_new_tokens={self.max_new_tokens} (must be >= 1)")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size} (must be >= 1)")
+        if not 0 < self.vllm_gpu_memory <= 1:
+            problems.append(f"vllm_gpu_memory={self.vllm_gpu_memory} (a fraction in (0, 1])")
         if self.backend not in ("auto", "hf", "vllm"):
             problems.append(f"backend={self.backend!r} (use 'auto', 'hf' or 'vllm')")
         if problems:
@@ -167,19 +176,38 @@ def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = Sampl
             "sample: no EOS token: the tokenizer has no eos_token_id; set SamplingConfig(eos_token_id=...)."
         )
 
-    is_llm = type(model).__module__.startswith("vllm")
-    if cfg.backend == "vllm" or (cfg.backend == "auto" and (is_llm or (isinstance(model, str) and vllm_available()))):
-        if not (is_llm or isinstance(model, str)):
-            raise ValueError("sample: backend='vllm' needs a vllm.LLM or a model name/path, not a torch module.")
-        if not vllm_available():
-            raise ValueError("sample: backend='vllm' but vLLM is not importable or no CUDA device exists; "
-                             "install the 'vllm' extra on a GPU machine or use backend='hf'.")
-        return _sample_vllm(model, tokenizer, prompts, cfg, eos)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    empty = [i for i, x in enumerate(encoded) if len(x) == 0]
+    if empty:
+        raise ValueError(f"sample: prompts[{empty[0]}] tokenizes to no tokens; give at least one token of context.")
+    llm = _vllm_target(model, cfg)
+    if llm is not None:
+        from .sample_vllm import engine, sample_vllm
+
+        return sample_vllm(engine(llm, cfg) if isinstance(llm, str) else llm, tokenizer, prompts, encoded, cfg, eos)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(model)
-    return _sample_hf(model, tokenizer, prompts, cfg, eos)
+    return _sample_hf(model, tokenizer, prompts, encoded, cfg, eos)
+
+
+def _vllm_target(model, cfg: SamplingConfig):
+    """What vLLM samples (a ``vllm.LLM``, or the path / name to build one from), or None for the HF path."""
+    if type(model).__module__.startswith("vllm"):
+        return model
+    path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+    loaded_from_dir = not isinstance(model, str) and bool(path) and Path(path).is_dir()
+    usable = isinstance(model, str) or loaded_from_dir
+    if cfg.backend == "hf" or (cfg.backend == "auto" and not (usable and vllm_available())):
+        return None
+    if not usable:
+        raise ValueError("sample: backend='vllm' needs a vllm.LLM, a model name/path, or a model loaded with "
+                         "from_pretrained from a directory (it is sampled from there); save the model first.")
+    if not vllm_available():
+        raise ValueError("sample: backend='vllm' but vLLM is not importable or no CUDA device exists; "
+                         "install the 'vllm' extra on a GPU machine or use backend='hf'.")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,14 +270,11 @@ def _left_pad(batch_ids: list[list[int]], pad: int, device) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def _sample_hf(model, tokenizer, prompts: list[str], cfg: SamplingConfig, eos: int) -> SamplingResult:
+def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], cfg: SamplingConfig,
+               eos: int) -> SamplingResult:
     from transformers import GenerationConfig, LogitsProcessorList
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    empty = [i for i, x in enumerate(encoded) if len(x) == 0]
-    if empty:
-        raise ValueError(f"sample: prompts[{empty[0]}] tokenizes to no tokens; give at least one token of context.")
     device = next(model.parameters()).device
     n_gen = 1 if cfg.greedy else cfg.n  # greedy: decode once, copy n times
     gen_cfg = GenerationConfig(
@@ -287,30 +312,3 @@ def _sample_hf(model, tokenizer, prompts: list[str], cfg: SamplingConfig, eos: i
     finally:
         model.train(was_training)
     return SamplingResult(tuple(out), "hf", cfg)
-
-
-# ------------------------------------------------------------------------------------------------
-# vLLM path (GPU only; not exercised by the CPU test suite)
-# ------------------------------------------------------------------------------------------------
-def _sample_vllm(model, tokenizer, prompts: list[str], cfg: SamplingConfig, eos: int) -> SamplingResult:
-    from vllm import LLM, SamplingParams
-
-    llm = model if not isinstance(model, str) else LLM(model=model, seed=cfg.seed)
-    params = [
-        SamplingParams(
-            n=cfg.n, temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_new_tokens,
-            seed=cfg.seed + i, stop_token_ids=[eos], skip_special_tokens=False,
-        )
-        for i in range(len(prompts))
-    ]
-    outputs = llm.generate(prompts, params)
-    result = []
-    for prompt, req in zip(prompts, outputs):
-        comps = []
-        for o in req.outputs:
-            ids = list(o.token_ids)
-            if o.finish_reason == "stop" and eos not in ids:
-                ids.append(eos)  # vLLM may omit the stop token; restore it so _cut sees the EOS
-            comps.append(_completion(tokenizer, ids, eos, cfg, None))
-        result.append(PromptSamples(prompt, tuple(comps)))
-    return SamplingResult(tuple(result), "vllm", cfg)

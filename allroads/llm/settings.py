@@ -64,6 +64,9 @@ class Settings:
     """On-policy samples per prompt for the reverse KL of Eq. 2 (not stated in the paper)."""
     eval_micro_batch: int = 16
     """Sequences per forward pass when scoring."""
+    sampler: str = "auto"
+    """Sampler of every sampling stage (online data, generated datasets, best-of-N, evaluation): ``auto`` (vLLM
+    when it is importable and a CUDA device exists, else Hugging Face ``generate``), ``vllm`` or ``hf``."""
     judge_id: str = "gpt-4o"
     """Name of the judge (B.4: gpt-4o); part of every evaluation stage's hash."""
     judge_failure_budget: int = 0
