@@ -76,7 +76,7 @@ def instance(g: torch.Generator) -> tuple[float, float]:
     ref = TabularPolicy.random(mdp, g, scale=1.0)
     ref_lp = ref.traj_log_probs()
     cls = TabularSoftmaxPolicy(mdp)
-    rl = fit(fit_soft_rl, cls, r, beta=beta, ref=ref, theta0=cls.init(g, 0.3), tol=FIT_TOL, shrink=False)
+    rl = fit(fit_soft_rl, cls, r, beta=beta, ref=ref, theta0=cls.init(g, 0.3), tol=FIT_TOL)
     rkl = fit(rkl_projection, cls, gibbs_log_probs(mdp, r, beta, ref_lp), theta0=cls.init(g, 0.3), tol=FIT_TOL)
     lp_rl = cls.traj_log_probs(rl.theta)
     lp_vi = soft_value_iteration(mdp, r, ref=ref, beta=beta).policy.traj_log_probs()

@@ -59,10 +59,10 @@ FIT_TOL = 1e-7
 def rlhf_vs_mle(reward_class, policy_class, data, beta: float, g: torch.Generator, scale: float,
                 tol: float = FIT_TOL) -> tuple[torch.Tensor, torch.Tensor]:
     """(log P_{π̂_rlhf}, log P_{π̂_mle}): BT MLE over R then soft RL over Π, and DPO over Π; three random starts
-    (``tol`` 1e-6 for the controls, which only need TVs ≫ 1e-4)."""
+    (``tol`` 1e-6 and no saturation guard for the controls, which only need TVs ≫ 1e-4)."""
     r_fit = fit(fit_bt_reward, reward_class, data, theta0=reward_class.init(g, scale), tol=tol, shrink=False)
     r_hat = reward_class.reward(r_fit.theta).detach()
-    rl = fit(fit_soft_rl, policy_class, r_hat, beta=beta, theta0=policy_class.init(g, scale), tol=tol, shrink=False)
+    rl = fit(fit_soft_rl, policy_class, r_hat, beta=beta, theta0=policy_class.init(g, scale), tol=tol, shrink=tol == FIT_TOL)
     mle = fit(fit_policy_mle, policy_class, data, beta=beta, theta0=policy_class.init(g, scale), tol=tol, shrink=False)
     return policy_class.traj_log_probs(rl.theta).detach(), policy_class.traj_log_probs(mle.theta).detach()
 

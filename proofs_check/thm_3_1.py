@@ -94,7 +94,7 @@ def instance(g: torch.Generator) -> tuple[float, float]:
     R_sim = simple_reward_class(mdp, g)
     r_hat = R_sim.reward(fit(fit_bt_reward, R_sim, data, theta0=R_sim.init(g, 1.0), tol=FIT_TOL, shrink=False).theta).detach()
     Pi = TabularSoftmaxPolicy(mdp)
-    lp_rlhf = Pi.traj_log_probs(fit(fit_soft_rl, Pi, r_hat, beta=beta, theta0=Pi.init(g, 1.0), tol=FIT_TOL, shrink=False).theta).detach()
+    lp_rlhf = Pi.traj_log_probs(fit(fit_soft_rl, Pi, r_hat, beta=beta, theta0=Pi.init(g, 1.0), tol=FIT_TOL).theta).detach()
     Pi_sim = SoftOptimalPolicyClass(R_sim, beta=beta)
     sim = fit(fit_policy_mle, Pi_sim, data, beta=beta, theta0=Pi_sim.init(g, 1.0), tol=FIT_TOL, shrink=False)
     lp_sim = Pi_sim.traj_log_probs(sim.theta).detach()
