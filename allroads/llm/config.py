@@ -28,6 +28,9 @@ __all__ = ["TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfi
 PYTHIA_1B4 = "EleutherAI/pythia-1.4b-deduped"
 SFT_HUB_ID = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
 PFT_HUB_ID = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
+DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
+"""The judge of App. B.4, pinned: the paper names ``gpt-4o``, an alias OpenAI moves between snapshots;
+``gpt-4o-2024-08-06`` is the snapshot the alias named from October 2024 until after the paper (March 2025)."""
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ rank two-word summaries for Fig. 10 (Appendix B.1). This module provides
 
 * the prompts, verbatim from the paper (:data:`STANDARD_JUDGE_TEMPLATE`, :data:`TWO_WORD_JUDGE_TEMPLATE`,
   :data:`TWO_WORD_SUMMARY_TEMPLATE`) and :func:`render_judge_prompt`;
-* :func:`parse_preferred`: the strict ``Preferred:`` parser (exactly one such line whose value is exactly
-  ``A`` or ``B``; anything else is unparseable and counted, never guessed);
+* :func:`parse_preferred`: the strict ``Preferred:`` parser (exactly one such line whose value is ``A`` or
+  ``B``, bare, quoted or bold as the prompt's format line invites; anything else is unparseable and counted,
+  never guessed);
 * :class:`Judge`: the ``openai`` client (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` from the environment,
-  so any OpenAI-compatible server works), a thread pool, deterministic exponential backoff on 429 / 5xx /
-  connection errors, an sqlite cache keyed by (model, sampling parameters, prompt) so that a rerun pays for
-  nothing twice, and a JSONL token-usage log. The API key is never logged or written to disk;
-* :meth:`Judge.compare` with the A/B order randomised per pair from a recorded seed, and the helpers
+  so any OpenAI-compatible server works; retries as :mod:`allroads.llm.judge_client` says), a thread pool, an
+  sqlite cache keyed by (endpoint, model, sampling parameters, prompt) so that a rerun pays for nothing twice,
+  and a JSONL usage log. The API key is never logged or written to disk;
+* :meth:`Judge.compare` with the A/B order of each pair a function of (seed, post, the two texts), so a
+  subset or a reordering of judged pairs asks the same prompts (and hits the cache), and the helpers
   :func:`judge_win_rate`, :func:`gpt_label_dataset` (Fig. 6), :func:`two_word_preference_dataset` and
   :func:`generate_two_word_summaries` (Fig. 10), which take already-sampled texts.
 
@@ -27,20 +29,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import re
-import sqlite3
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
+
+from .judge_client import ChatClient, ChatReply, JudgeConfig, ResponseCache
 
 __all__ = [
     "STANDARD_JUDGE_TEMPLATE", "TWO_WORD_JUDGE_TEMPLATE", "TWO_WORD_SUMMARY_TEMPLATE",
-    "render_judge_prompt", "render_two_word_summary_prompt", "parse_preferred", "parse_summary",
+    "render_judge_prompt", "render_two_word_summary_prompt", "parse_preferred", "parse_summary", "first_shown_as_a",
     "JudgeConfig", "Judge", "ChatReply", "PairRecord", "PairwiseResult", "ResponseCache",
     "judge_win_rate", "preference_rows", "gpt_label_dataset", "two_word_preference_dataset",
     "generate_two_word_summaries",
@@ -123,15 +121,38 @@ def render_two_word_summary_prompt(post: str) -> str:
 def parse_preferred(answer: str) -> str | None:
     """Strictly parse the judge's choice: ``"A"``, ``"B"``, or None when unparseable.
 
-    The answer must contain exactly one line that starts with ``Preferred:`` and the rest of that line,
-    stripped of whitespace, must be exactly ``A`` or ``B``. Quotes, ``Summary A``, ``A.``, two
-    ``Preferred:`` lines or none at all are unparseable: they are counted by the caller, never guessed.
+    The answer must contain exactly one line that starts with ``Preferred:`` (or ``**Preferred:**``) and the
+    rest of that line, stripped of whitespace, must be ``A`` or ``B``: bare, in quotes (``"A"``, as the
+    prompt's format line ``Preferred: <"A" or "B">`` shows it) or bold (``**A**``, ``**"A"**``). ``Summary A``,
+    ``A.``, ``A or B``, two ``Preferred:`` lines or none at all are unparseable: they are counted by the caller,
+    never guessed.
     """
-    lines = [ln.strip() for ln in answer.splitlines() if ln.strip().startswith("Preferred:")]
+    lines = [_unbold(ln.strip()) for ln in answer.splitlines()]
+    lines = [ln for ln in lines if ln.startswith("Preferred:") or ln.startswith("**Preferred:**")]
     if len(lines) != 1:
         return None
-    value = lines[0][len("Preferred:"):].strip()
+    value = lines[0].split(":", 1)[1].removeprefix("**").strip()
+    value = _unbold(value)
+    if len(value) == 3 and (value[0], value[-1]) in _QUOTES:
+        value = value[1]
     return value if value in ("A", "B") else None
+
+
+_QUOTES = {('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019")}
+
+
+def _unbold(text: str) -> str:
+    """``text`` without one pair of surrounding ``**``."""
+    return text[2:-2].strip() if len(text) > 4 and text.startswith("**") and text.endswith("**") else text
+
+
+def first_shown_as_a(seed: int, post: str, first: str, second: str) -> bool:
+    """Whether ``first`` is shown as Summary A: a fair coin from SHA-256 of (seed, post, the two texts as an
+    unordered pair), so the prompt of a pair never depends on its position in a list or on which text is
+    called first (judging a subset, a reordering or the swapped pair asks the same prompts)."""
+    lo, hi = sorted((first, second))
+    coin = hashlib.sha256(json.dumps([seed, post, lo, hi]).encode()).digest()[0] & 1
+    return bool(coin) == (first == lo)
 
 
 def parse_summary(answer: str) -> str | None:
@@ -148,137 +169,6 @@ def parse_summary(answer: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Config, cache, usage log
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How to query the judge. Defaults follow Appendix B.4 where it says something."""
-
-    model: str = "gpt-4o"
-    """Judge model name sent to the API (B.4: ``gpt-4o``)."""
-    variant: str = "standard"
-    """Which B.4 prompt: ``"standard"`` or ``"two_word"`` (Fig. 10)."""
-    seed: int = 0
-    """Seed of the per-pair A/B order (``random.Random(seed)``); recorded in every result."""
-    temperature: float = 0.0
-    """Judge sampling temperature; the paper does not state it, 0 makes answers as repeatable as the API allows."""
-    max_tokens: int = 256
-    """Completion token budget of one judge answer (one sentence + the ``Preferred:`` line)."""
-    max_workers: int = 8
-    """Concurrent requests (threads)."""
-    max_retries: int = 6
-    """Retries of one request after a 429, a 5xx or a connection error; then the pair is an error."""
-    backoff_base_s: float = 1.0
-    """Delay before retry k (k = 0, 1, …) is ``min(backoff_max_s, backoff_base_s * 2**k)``, or the
-    server's ``Retry-After`` if longer (capped the same way); no jitter, so runs are reproducible."""
-    backoff_max_s: float = 60.0
-    """Cap of one backoff delay, seconds."""
-    timeout_s: float = 120.0
-    """HTTP timeout of one request, seconds."""
-    cache_path: str = ""
-    """sqlite file of answers keyed by (model, temperature, max_tokens, sample index, prompt); "" = no cache."""
-    usage_log_path: str = ""
-    """JSONL file, one line per paid API call with its token usage; "" = no log."""
-    base_url: str = ""
-    """API base URL; "" = ``OPENAI_BASE_URL`` from the environment, else OpenAI's."""
-
-    def __post_init__(self):
-        problems = []
-        if self.variant not in JUDGE_TEMPLATES:
-            problems.append(f"variant={self.variant!r} (use one of {sorted(JUDGE_TEMPLATES)})")
-        if self.temperature < 0:
-            problems.append(f"temperature={self.temperature} (must be >= 0)")
-        if self.max_tokens < 1:
-            problems.append(f"max_tokens={self.max_tokens} (must be >= 1)")
-        if self.max_workers < 1:
-            problems.append(f"max_workers={self.max_workers} (must be >= 1)")
-        if self.max_retries < 0:
-            problems.append(f"max_retries={self.max_retries} (must be >= 0)")
-        if self.backoff_base_s < 0 or self.backoff_max_s < 0:
-            problems.append("backoff_base_s / backoff_max_s (must be >= 0)")
-        if self.timeout_s <= 0:
-            problems.append(f"timeout_s={self.timeout_s} (must be > 0)")
-        if problems:
-            raise ValueError("JudgeConfig: invalid " + "; ".join(problems) + ".")
-
-    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        delay = self.backoff_base_s * 2.0 ** attempt
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(self.backoff_max_s, delay)
-
-
-class ResponseCache:
-    """Append-only sqlite cache of judge answers; safe to share between threads of one process.
-
-    Each ``put`` is one committed transaction, so an interrupted run keeps every answer it paid for. The
-    stored row holds the model, the prompt, the answer and its usage — never credentials.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, prompt TEXT, "
-            "content TEXT, usage TEXT, created REAL)"
-        )
-
-    @staticmethod
-    def key(model: str, temperature: float, max_tokens: int, sample_index: int, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([model, temperature, max_tokens, sample_index, prompt]).encode()).hexdigest()
-
-    def get(self, key: str) -> tuple[str, dict] | None:
-        with self._lock:
-            row = self._db.execute("SELECT content, usage FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
-
-    def put(self, key: str, model: str, prompt: str, content: str, usage: dict, *, replace: bool = False) -> None:
-        """Store an answer; an existing one under ``key`` is kept unless ``replace`` (a re-asked unusable answer)."""
-        with self._lock:
-            self._db.execute(
-                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers VALUES (?, ?, ?, ?, ?, ?)",
-                (key, model, prompt, content, json.dumps(usage), time.time()),
-            )
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-@dataclass(frozen=True)
-class ChatReply:
-    """One judge answer: its text, whether it came from the cache, the API's token usage, attempts made."""
-
-    content: str
-    cached: bool
-    usage: dict
-    attempts: int
-
-
-def _retryable(exc: BaseException) -> bool:
-    import openai
-
-    if isinstance(exc, (openai.RateLimitError, openai.APIConnectionError)):  # incl. APITimeoutError
-        return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    value = None if response is None else response.headers.get("retry-after")
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        return None
-
-
-# ------------------------------------------------------------------------------------------------
 # Results
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -288,7 +178,7 @@ class PairRecord:
     index: int
     """Position of the pair in the inputs."""
     first_is_a: bool
-    """True when ``first`` was shown as Summary A (the order is drawn from the result's seed)."""
+    """True when ``first`` was shown as Summary A (:func:`first_shown_as_a` of the result's seed)."""
     preferred: str | None
     """The parsed ``Preferred:`` label, ``"A"``/``"B"``, or None (unparseable or error)."""
     first_wins: bool | None
@@ -355,114 +245,31 @@ class PairwiseResult:
 # ------------------------------------------------------------------------------------------------
 # The judge
 # ------------------------------------------------------------------------------------------------
-class Judge:
-    """Queries an OpenAI-compatible chat API with caching, retries and a usage log.
+class Judge(ChatClient):
+    """The pairwise judge of App. B.4 over an OpenAI-compatible chat API (cache, retries and usage log of
+    :class:`~allroads.llm.judge_client.ChatClient`).
 
     Args:
         cfg: :class:`JudgeConfig`.
-        client: an ``openai.OpenAI`` instance to use instead of building one (its own ``max_retries``
-            should be 0, since this class retries). Built from ``cfg.base_url`` / ``OPENAI_BASE_URL`` and
-            ``OPENAI_API_KEY`` otherwise; a missing key raises ValueError before any request.
-        sleep: the function used to wait between retries (tests pass a recorder).
+        client: an ``openai.OpenAI`` instance to use instead of :func:`~allroads.llm.judge_client.make_client`
+            ``(cfg)``, which is built from ``cfg.base_url`` / ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` (a missing
+            key raises ValueError before any request).
     """
-
-    def __init__(self, cfg: JudgeConfig, *, client=None, sleep: Callable[[float], None] = time.sleep):
-        self.cfg = cfg
-        self._sleep = sleep
-        if client is None:
-            import openai
-
-            if not os.environ.get("OPENAI_API_KEY"):
-                raise ValueError(
-                    "Judge: OPENAI_API_KEY is not set. Export it (any non-empty string for a local "
-                    "OpenAI-compatible server) and, for a non-OpenAI server, OPENAI_BASE_URL or "
-                    "JudgeConfig.base_url."
-                )
-            client = openai.OpenAI(base_url=cfg.base_url or None, max_retries=0, timeout=cfg.timeout_s)
-        self.client = client
-        self.cache = ResponseCache(cfg.cache_path) if cfg.cache_path else None
-        self._log_lock = threading.Lock()
-        self._log = None
-        if cfg.usage_log_path:
-            Path(cfg.usage_log_path).parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(cfg.usage_log_path, "a", encoding="utf-8")
-
-    def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-        if self._log is not None:
-            self._log.close()
 
     def __enter__(self) -> "Judge":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _log_usage(self, prompt: str, usage: dict, attempts: int, sample_index: int) -> None:
-        if self._log is None:
-            return
-        line = {
-            "time": time.time(), "model": self.cfg.model,
-            "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "sample_index": sample_index,
-            "attempts": attempts, **usage,
-        }
-        with self._log_lock:
-            self._log.write(json.dumps(line) + "\n")
-            self._log.flush()
-
-    def complete(self, prompt: str, *, sample_index: int = 0, temperature: float | None = None,
-                 reask_if: Callable[[str], bool] | None = None) -> ChatReply:
-        """One chat completion for a single user message, through the cache.
-
-        ``sample_index`` distinguishes repeated samples of the same prompt in the cache (two-word summary
-        generation asks twice); ``temperature`` overrides ``cfg.temperature`` for this call; a cached answer
-        for which ``reask_if(answer)`` is True (e.g. unparseable) is asked again and replaced. Raises the
-        last openai exception when a non-retryable error occurs or all retries fail.
-        """
-        temperature = self.cfg.temperature if temperature is None else temperature
-        key = ResponseCache.key(self.cfg.model, temperature, self.cfg.max_tokens, sample_index, prompt)
-        hit = self.cache.get(key) if self.cache is not None else None
-        if hit is not None and not (reask_if is not None and reask_if(hit[0])):
-            return ChatReply(content=hit[0], cached=True, usage=hit[1], attempts=0)
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.cfg.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=temperature,
-                    max_tokens=self.cfg.max_tokens,
-                )
-                break
-            except Exception as exc:  # noqa: BLE001 (filtered just below)
-                if not _retryable(exc) or attempt == self.cfg.max_retries:
-                    raise
-                self._sleep(self.cfg.backoff_delay(attempt, _retry_after(exc)))
-        content = response.choices[0].message.content or ""
-        usage = {}
-        if response.usage is not None:
-            usage = {k: getattr(response.usage, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        self._log_usage(prompt, usage, attempt + 1, sample_index)
-        if self.cache is not None:
-            self.cache.put(key, self.cfg.model, prompt, content, usage, replace=hit is not None)
-        return ChatReply(content=content, cached=False, usage=usage, attempts=attempt + 1)
-
-    def ab_orders(self, n: int) -> list[bool]:
-        """``first_is_a`` for pairs 0..n-1, drawn from ``random.Random(cfg.seed)``: reproducible."""
-        rng = random.Random(self.cfg.seed)
-        return [rng.random() < 0.5 for _ in range(n)]
-
     def compare(self, posts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> PairwiseResult:
         """Judge ``first[i]`` against ``second[i]`` on ``posts[i]`` for every i (Appendix B.4).
 
-        The A/B order of each pair is drawn from ``cfg.seed`` and undone when reading the answer, so a
-        judge with a position bias does not bias the result. Requests run on ``cfg.max_workers`` threads;
+        The A/B order of each pair is :func:`first_shown_as_a` (seed, post, the two texts) and undone when reading
+        the answer, so a judge with a position bias does not bias the result. Requests run on ``cfg.max_workers`` threads;
         a pair whose request fails after all retries is recorded with its error and counted, not raised,
         so that the answers already paid for are kept (and cached); check ``result.errors``. An unparseable answer
         is cached and counted, and asked again by the next ``compare`` of the same pair.
         """
         _check_texts("Judge.compare", posts=posts, first=first, second=second)
-        orders = self.ab_orders(len(posts))
+        orders = [first_shown_as_a(self.cfg.seed, p, f, o) for p, f, o in zip(posts, first, second)]
 
         def one(i: int) -> PairRecord:
             a, b = (first[i], second[i]) if orders[i] else (second[i], first[i])
@@ -470,7 +277,8 @@ class Judge:
             try:
                 reply = self.complete(prompt, reask_if=lambda answer: parse_preferred(answer) is None)
             except Exception as exc:  # noqa: BLE001 (recorded in the result, counted in .errors)
-                return PairRecord(i, orders[i], None, None, "", False, error=f"{type(exc).__name__}: {exc}")
+                code = f" ({exc.code})" if getattr(exc, "code", None) else ""
+                return PairRecord(i, orders[i], None, None, "", False, error=f"{type(exc).__name__}{code}: {exc}")
             label = parse_preferred(reply.content)
             first_wins = None if label is None else (label == "A") == orders[i]
             return PairRecord(i, orders[i], label, first_wins, reply.content, reply.cached)

@@ -78,7 +78,9 @@ class RuleJudgeServer:
             when given, ``score`` is not used.
         fail_first: answer the first ``fail_first`` requests with HTTP ``fail_status`` (an OpenAI-style
             error body) before answering normally.
-        fail_status: the status used by ``fail_first`` (429 rate limit, or 500/502/503 server errors).
+        fail_status: the status used by ``fail_first`` (408, 409, 429 rate limit, or a 5xx server error).
+        fail_code: the error body's ``code`` of those failures (e.g. ``insufficient_quota``); "" = none.
+        fail_headers: headers sent with those failures (e.g. ``{"retry-after-ms": "10"}``).
         malformed: ``malformed(prompt) -> bool``; when True the answer has no valid ``Preferred:`` line.
         write: ``write(post, k) -> str``, the stand-in writer of two-word summaries: a two-word summary-writing
             prompt (App. B.1) is answered ``Summary: <write(post, k)>`` where k counts the earlier requests
@@ -98,6 +100,8 @@ class RuleJudgeServer:
         respond: Callable[[str], str] | None = None,
         fail_first: int = 0,
         fail_status: int = 429,
+        fail_code: str = "",
+        fail_headers: dict[str, str] | None = None,
         malformed: Callable[[str], bool] | None = None,
         write: Callable[[str, int], str] | None = None,
         host: str = "127.0.0.1",
@@ -110,13 +114,16 @@ class RuleJudgeServer:
             )
         if fail_first < 0:
             raise ValueError(f"RuleJudgeServer(fail_first={fail_first}): must be >= 0.")
-        if not (fail_status == 429 or 500 <= fail_status <= 599):
+        if not (fail_status in (408, 409, 429) or 500 <= fail_status <= 599):
             raise ValueError(
-                f"RuleJudgeServer(fail_status={fail_status}): use 429 (rate limit) or a 5xx server error."
+                f"RuleJudgeServer(fail_status={fail_status}): use 408, 409, 429 (rate limit) or a 5xx server error."
             )
         self.score, self.respond, self.malformed, self.write = score, respond, malformed, write
         self._written: dict[str, int] = {}
         self.fail_first, self.fail_status = fail_first, fail_status
+        self.fail_code, self.fail_headers = fail_code, dict(fail_headers or {})
+        self.requests: list[dict] = []
+        """The JSON body of every well-formed request, in order (model, sampling parameters, messages)."""
         self.n_requests = 0
         self.n_answered = 0
         self.prompts: list[str] = []
@@ -178,11 +185,13 @@ class RuleJudgeServer:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, body: dict) -> None:
+            def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -197,7 +206,8 @@ class RuleJudgeServer:
                     return
                 if fail:
                     kind = "rate_limit_error" if server.fail_status == 429 else "server_error"
-                    self._send(server.fail_status, {"error": {"message": "injected failure", "type": kind}})
+                    error = {"message": "injected failure", "type": kind, "code": server.fail_code or None}
+                    self._send(server.fail_status, {"error": error}, server.fail_headers)
                     return
                 try:
                     req = json.loads(raw)
@@ -205,6 +215,8 @@ class RuleJudgeServer:
                 except (ValueError, KeyError, TypeError) as e:
                     self._send(400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
                     return
+                with server._lock:
+                    server.requests.append(req)
                 content = server.answer(prompt)
                 with server._lock:
                     server.n_answered += 1
@@ -215,7 +227,8 @@ class RuleJudgeServer:
                     "id": f"chatcmpl-local-{n}",
                     "object": "chat.completion",
                     "created": int(time.time()),
-                    "model": req.get("model", "rule-judge"),
+                    "model": f"{req.get('model', 'rule-judge')}-snapshot",
+                    "system_fingerprint": "fp_loopback",
                     "choices": [{
                         "index": 0,
                         "message": {"role": "assistant", "content": content},

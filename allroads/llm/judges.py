@@ -1,7 +1,10 @@
-r"""Judges for a TL;DR run: the loopback rule judge of the tiny preset, or gpt-4o (App. B.4)."""
+r"""Judges for a TL;DR run: the loopback rule judge of the tiny preset, or gpt-4o (App. B.4) pinned to a dated
+snapshot (:data:`allroads.llm.config.DEFAULT_JUDGE_MODEL`), or any OpenAI-compatible endpoint."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from .config import DEFAULT_JUDGE_MODEL
 
 __all__ = ["JudgeFactory"]
 
@@ -10,33 +13,33 @@ class JudgeFactory:
     """``judge_factory(variant) -> Judge`` for :class:`~allroads.llm.pipeline.Pipeline`: ``tiny`` starts the
     loopback rule judge (:mod:`allroads.llm.judge_server`, scoring with the synthetic data's known score, writing
     two-word summaries with :func:`allroads.llm.synthetic.synthetic_two_word_summary`) behind the OpenAI
-    protocol; ``paper`` uses ``gpt-4o`` with the API key read by the openai client from ``OPENAI_API_KEY``
-    (never logged). Answers are cached in ``root``."""
+    protocol; ``paper`` uses ``model`` (default: the dated ``gpt-4o`` snapshot) at ``base_url`` (default:
+    ``OPENAI_BASE_URL`` from the environment, else OpenAI's) with the API key read from ``OPENAI_API_KEY`` (never
+    logged). Answers are cached in ``root``."""
 
-    def __init__(self, preset: str, root: str | Path, *, model: str = "gpt-4o"):
+    def __init__(self, preset: str, root: str | Path, *, model: str = DEFAULT_JUDGE_MODEL, base_url: str = ""):
         if preset not in ("tiny", "paper"):
             raise ValueError(f"preset={preset!r}; use 'tiny' or 'paper'")
-        self.preset, self.root, self.model = preset, Path(root), model
+        self.preset, self.root, self.model, self.base_url = preset, Path(root), model, base_url
         self.server = None
 
     def __call__(self, variant: str):
         from .judge import Judge, JudgeConfig
+        from .judge_client import make_client
 
         cfg = JudgeConfig(model=self.model if self.preset == "paper" else "rule-judge", variant=variant,
+                          base_url=self.base_url if self.preset == "paper" else "",
                           cache_path=str(self.root / f"judge-{self.preset}-{variant}.sqlite"),
                           usage_log_path=str(self.root / "judge-usage.jsonl") if self.preset == "paper" else "",
                           max_workers=8 if self.preset == "paper" else 2)
         if self.preset == "paper":
             return Judge(cfg)
-        import openai
-
         from .judge_server import RuleJudgeServer
         from .synthetic import synthetic_score, synthetic_two_word_summary
 
         if self.server is None:
             self.server = RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary).start()
-        client = openai.OpenAI(base_url=self.server.base_url, api_key="loopback-placeholder", max_retries=0)
-        return Judge(cfg, client=client)
+        return Judge(cfg, client=make_client(cfg, base_url=self.server.base_url, api_key="loopback-placeholder"))
 
     def close(self) -> None:
         if self.server is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig
+from .config import DEFAULT_JUDGE_MODEL, PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig
 from .online_data import OnlineDataConfig
 
 __all__ = ["Settings", "paper_settings", "tiny_settings", "stage_config", "online_config"]
@@ -67,8 +67,9 @@ class Settings:
     sampler: str = "auto"
     """Sampler of every sampling stage (online data, generated datasets, best-of-N, evaluation): ``auto`` (vLLM
     when it is importable and a CUDA device exists, else Hugging Face ``generate``), ``vllm`` or ``hf``."""
-    judge_id: str = "gpt-4o"
-    """Name of the judge (B.4: gpt-4o); part of every evaluation stage's hash."""
+    judge_id: str = DEFAULT_JUDGE_MODEL
+    """Name of the judge (B.4: gpt-4o, pinned to a dated snapshot, :data:`allroads.llm.config.DEFAULT_JUDGE_MODEL`);
+    part of every evaluation stage's hash."""
     judge_failure_budget: int = 0
     """Judge errors plus unparseable answers a judged evaluation stage may have and still finish (counted in its
     result and in every figure point). More, and the stage fails unfinished; a rerun re-asks only those pairs

@@ -1,18 +1,19 @@
 """The pairwise judge (allroads.llm.judge) through the real openai client against the loopback rule server."""
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("openai")
-import openai  # noqa: E402
 
 from allroads.llm.judge import (  # noqa: E402
     STANDARD_JUDGE_TEMPLATE, TWO_WORD_JUDGE_TEMPLATE, TWO_WORD_SUMMARY_TEMPLATE, Judge, JudgeConfig,
-    generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary, render_judge_prompt,
-    two_word_preference_dataset, judge_win_rate,
+    first_shown_as_a, generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary,
+    render_judge_prompt, two_word_preference_dataset, judge_win_rate,
 )
+from allroads.llm.judge_client import make_client  # noqa: E402
 from allroads.llm.judge_server import RuleJudgeServer, split_judge_prompt  # noqa: E402
 
 PAPER = Path("/work/shared/paper/all_roads_lead_to_likelihood.txt")
@@ -32,8 +33,8 @@ def make_pairs(n=40):
     return posts, cand, ref
 
 
-def client_for(server):
-    return openai.OpenAI(base_url=server.base_url, api_key=SECRET, max_retries=0, timeout=10)
+def client_for(server, cfg=None):
+    return make_client(cfg or JudgeConfig(max_retries=0, timeout_s=10), base_url=server.base_url, api_key=SECRET)
 
 
 @pytest.fixture
@@ -42,12 +43,14 @@ def server():
         yield s
 
 
-def judge_for(server, tmp_path=None, sleep=lambda s: None, **cfg):
+def judge_for(server, tmp_path=None, **cfg):
     cfg.setdefault("max_workers", 4)
+    cfg.setdefault("max_retries", 0)
     if tmp_path is not None:
         cfg.setdefault("cache_path", str(tmp_path / "cache.sqlite"))
         cfg.setdefault("usage_log_path", str(tmp_path / "usage.jsonl"))
-    return Judge(JudgeConfig(**cfg), client=client_for(server), sleep=sleep)
+    cfg = JudgeConfig(**cfg)
+    return Judge(cfg, client=client_for(server, cfg))
 
 
 # --- prompts ------------------------------------------------------------------------------------
@@ -89,7 +92,13 @@ def test_render_joins_continuations_and_fills_placeholders_once():
     ("Comparison: A is better.\nPreferred: A", "A"),
     ("Comparison: B covers more.\nPreferred: B\n", "B"),
     ("Comparison: x\n  Preferred:   B  ", "B"),
-    ("Comparison: x\nPreferred: \"A\"", None),
+    ("Comparison: x\nPreferred: \"A\"", "A"),  # the prompt's own format line: Preferred: <"A" or "B">
+    ("Comparison: x\nPreferred: **B**", "B"),
+    ("Comparison: x\n**Preferred:** A", "A"),
+    ("Comparison: x\nPreferred: **\"B\"**", "B"),
+    ("Comparison: x\nPreferred: \"A", None),
+    ("Comparison: x\nPreferred: **A", None),
+    ("Comparison: x\nPreferred: \"A\" or \"B\"", None),
     ("Comparison: x\nPreferred: A.", None),
     ("Comparison: x\nPreferred: Summary A", None),
     ("Comparison: x\nPreferred: A\nPreferred: B", None),
@@ -122,9 +131,8 @@ def test_win_rate_is_derandomised_and_order_reproducible(server):
     for r, prompt in zip(res.records, sorted(server.prompts, key=lambda p: int(p.split("Post number ")[1].split()[0]))):
         _, a, _ = split_judge_prompt(prompt)
         assert a.startswith("candidate" if r.first_is_a else "reference")
-    with judge_for(server, seed=3) as again, judge_for(server, seed=4) as other:
-        assert again.ab_orders(40) == orders
-        assert other.ab_orders(40) != orders
+    assert orders == [first_shown_as_a(3, p, c, r) for p, c, r in zip(posts, cand, ref)]
+    assert orders != [first_shown_as_a(4, p, c, r) for p, c, r in zip(posts, cand, ref)]
     assert res.summary()["seed"] == 3 and res.summary()["win_rate"] == 0.75
 
 
@@ -134,7 +142,7 @@ def test_position_biased_judge_is_unbiased_on_average():
     with RuleJudgeServer(respond=lambda p: "Comparison: first.\nPreferred: A") as s, judge_for(s, seed=0) as judge:
         res = judge.compare(posts, cand, ref)
     assert [r.first_wins for r in res.records] == [r.first_is_a for r in res.records]
-    assert res.wins == sum(judge.ab_orders(40))
+    assert res.wins == sum(first_shown_as_a(0, p, c, r) for p, c, r in zip(posts, cand, ref))
 
 
 def test_cache_second_run_sends_zero_requests(server, tmp_path):
@@ -153,16 +161,27 @@ def test_cache_second_run_sends_zero_requests(server, tmp_path):
     assert server.n_requests == n + 2
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
-def test_retry_with_backoff_on_rate_limit_and_server_errors(status):
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 503])
+def test_retries_as_the_openai_client_on_retryable_statuses(status):
+    """Retried by the client, waiting what ``retry-after-ms`` says (10 ms here; its default backoff is 0.5 s+)."""
     posts, cand, ref = make_pairs(1)
-    delays = []
-    with RuleJudgeServer(score=quality, fail_first=3, fail_status=status) as s:
-        with judge_for(s, sleep=delays.append, max_workers=1, backoff_base_s=0.5, backoff_max_s=1.5) as judge:
+    with RuleJudgeServer(score=quality, fail_first=3, fail_status=status, fail_headers={"retry-after-ms": "10"}) as s:
+        with judge_for(s, max_workers=1, max_retries=3) as judge:
+            t0 = time.perf_counter()
             res = judge.compare(posts, cand, ref)
+            elapsed = time.perf_counter() - t0
         assert s.n_requests == 4 and s.n_answered == 1
-    assert delays == [0.5, 1.0, 1.5]  # 0.5 * 2**k, capped
+    assert elapsed < 1.0
     assert res.records[0].first_wins is False and res.errors == 0  # pair 0: candidate q=0.1 < 0.5
+
+
+def test_insufficient_quota_is_never_retried(tmp_path):
+    posts, cand, ref = make_pairs(1)
+    with RuleJudgeServer(score=quality, fail_first=5, fail_status=429, fail_code="insufficient_quota") as s:
+        with judge_for(s, tmp_path, max_workers=1, max_retries=3) as judge:
+            res = judge.compare(posts, cand, ref)
+        assert s.n_requests == 1
+    assert res.errors == 1 and "insufficient_quota" in res.records[0].error
 
 
 def test_retries_exhausted_is_an_error_not_a_result(tmp_path):
@@ -181,8 +200,8 @@ def test_retries_exhausted_is_an_error_not_a_result(tmp_path):
 def test_client_errors_are_not_retried():
     posts, cand, ref = make_pairs(1)
     with RuleJudgeServer(score=quality) as s:
-        bad = openai.OpenAI(base_url=s.base_url.replace("/v1", "/nope"), api_key=SECRET, max_retries=0)
-        res = Judge(JudgeConfig(max_workers=1), client=bad, sleep=lambda t: None).compare(posts, cand, ref)
+        bad = make_client(JudgeConfig(), base_url=s.base_url.replace("/v1", "/nope"), api_key=SECRET)
+        res = Judge(JudgeConfig(max_workers=1), client=bad).compare(posts, cand, ref)
         assert s.n_requests == 1 and res.errors == 1 and "NotFoundError" in res.records[0].error
 
 

@@ -1,7 +1,6 @@
 """The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10), through the real openai client."""
-import openai
-
 from allroads.llm.judge import Judge, JudgeConfig, generate_two_word_summaries, render_two_word_summary_prompt, judge_win_rate
+from allroads.llm.judge_client import make_client
 from allroads.llm.judge_server import RuleJudgeServer, split_summary_prompt
 from allroads.llm.synthetic import make_synthetic_sft, synthetic_score, synthetic_two_word_summary
 
@@ -11,9 +10,8 @@ def test_writer_answers_summary_prompts_and_still_judges(tmp_path):
     assert split_summary_prompt(render_two_word_summary_prompt(posts[0])) == posts[0]
     assert split_summary_prompt("Which of the following summaries ...") is None
     with RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="loopback", max_retries=0)
-        judge = Judge(JudgeConfig(model="rule", variant="two_word", max_workers=1,
-                                  cache_path=str(tmp_path / "c.sqlite")), client=client)
+        cfg = JudgeConfig(model="rule", variant="two_word", max_workers=1, cache_path=str(tmp_path / "c.sqlite"))
+        judge = Judge(cfg, client=make_client(cfg, base_url=server.base_url, api_key="loopback"))
         sums = generate_two_word_summaries(judge, posts, n=2)
         for post, pair in zip(posts, sums):
             # the two requests of one post get the two variants (in request order, max_workers=1)
