@@ -143,8 +143,14 @@ def _iter_hub(hub_id: str, split: str, flag: str) -> Iterator[tuple[str, dict]]:
         ds = datasets.load_dataset(name, config, split=split) if config else datasets.load_dataset(name, split=split)
     except Exception as err:  # noqa: BLE001 - any failure to open the hub becomes one clear error
         raise _hub_error(hub_id, split, err, flag) from err
+    ds = ds.select_columns([c for c in ds.column_names if c in _ROW_COLUMNS])  # not the token columns
     for i, row in enumerate(ds):
         yield f"{hub_id}[{split}] index {i}", row
+
+
+_ROW_COLUMNS = {"subreddit", "title", "post", "summary", "prompt", "completion", "chosen", "rejected", "info",
+                "summaries", "choice", "p_w"}
+"""The columns :func:`_sft_row` and :func:`_pref_row` read."""
 
 
 def _iter_file(path: Path) -> Iterator[tuple[str, dict]]:
@@ -170,8 +176,13 @@ def _iter_file(path: Path) -> Iterator[tuple[str, dict]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path} row {i}", row
+        f = pq.ParquetFile(path)  # only the columns the row parsers read (not the hub snapshots' token columns)
+        cols = [c for c in f.schema_arrow.names if c in _ROW_COLUMNS]
+        i = 0
+        for batch in f.iter_batches(batch_size=1024, columns=cols):
+            for row in batch.to_pylist():
+                yield f"{path} row {i}", row
+                i += 1
     else:
         raise DataSourceError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
 

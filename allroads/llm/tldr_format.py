@@ -15,8 +15,8 @@ import re
 
 from .sample import Completion
 
-__all__ = ["PROMPT_TEMPLATE", "TWO_WORD_PROMPT_TEMPLATE", "format_prompt", "encode_prompt", "encode_response",
-           "completion_from_text"]
+__all__ = ["PROMPT_TEMPLATE", "TWO_WORD_PROMPT_TEMPLATE", "format_prompt", "cut_post_once", "encode_prompt",
+           "encode_response", "completion_from_text"]
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 """The paper's prompt (Table 1)."""
@@ -55,14 +55,19 @@ def format_prompt(subreddit: str, title: str, post: str, tokenizer, max_tokens: 
                 "the title/subreddit are too long: raise max_prompt_tokens or drop the row"
             )
         cut = True
-        if "\n" in post:
-            post = post[: post.rindex("\n")].rstrip()
-        elif re.search(r"\s", post):
-            post = post[: max(i for i, ch in enumerate(post) if ch.isspace())].rstrip()
-        else:
-            ids = tokenizer(post, add_special_tokens=False)["input_ids"]
-            keep = max(0, len(ids) - (n - max_tokens))
-            post = tokenizer.decode(ids[:keep]) if keep else ""
+        post = cut_post_once(post, tokenizer, n - max_tokens)
+
+
+def cut_post_once(post: str, tokenizer, excess: int) -> str:
+    """One step of :func:`format_prompt`'s cutting rule, for a prompt ``excess`` tokens over its budget: the post
+    up to its last newline; else up to its last whitespace; else its leading tokens less ``excess``."""
+    if "\n" in post:
+        return post[: post.rindex("\n")].rstrip()
+    if re.search(r"\s", post):
+        return post[: max(i for i, ch in enumerate(post) if ch.isspace())].rstrip()
+    ids = tokenizer(post, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(ids) - excess)
+    return tokenizer.decode(ids[:keep]) if keep else ""
 
 
 def encode_prompt(prompt: str, tokenizer) -> list[int]:
