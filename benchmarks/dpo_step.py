@@ -30,7 +30,8 @@ def make_model(vocab, hidden, layers, heads, intermediate, dtype, device, seed=0
     cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=intermediate, max_position_embeddings=2048, rotary_pct=0.25,
                         use_parallel_residual=True, pad_token_id=1, eos_token_id=0)
-    return GPTNeoXForCausalLM(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it runs (a 1.4B init on the CPU takes tens of seconds)
+        return GPTNeoXForCausalLM(cfg).to(dtype=dtype)
 
 
 def make_pairs(n, vocab, prompt_len, resp_len, seed):

@@ -157,7 +157,10 @@ def _finish(wrapped, hf, cfg: TrainConfig, info: DistInfo, out: Path, tokenizer)
     prefix = "hf." if isinstance(unwrap(wrapped), RewardModel) else ""
     ckpt.export_pretrained(wrapped, hf, out / "model", prefix=prefix, tokenizer=tokenizer, info=info)
     if info.is_main:
-        plot_metrics(out / "metrics.jsonl", out / "curves.png")
+        try:
+            plot_metrics(out / "metrics.jsonl", out / "curves.png")
+        except ImportError as e:  # a bare GPU image without matplotlib still trains and exports
+            print(f"[{cfg.stage}] curves.png not written ({e}); metrics.jsonl has every step")
         if not cfg.save_final_checkpoint:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is in model/
     barrier(info)

@@ -1,0 +1,256 @@
+r"""The GPU check in one command: correctness tests, bf16 DPO step speed and MFU, FSDP2 under torchrun, sampling.
+
+    python benchmarks/gpu_check.py --out DIR                     # one H100/H200: ≈ 3–5 min, writes DIR/gpu_check.json
+    python benchmarks/gpu_check.py --out DIR --device cpu --tiny # CPU smoke run of the same code (tests use it)
+
+Sections (each recorded with its status and seconds; the JSON is rewritten after each, so a timeout keeps what ran):
+
+* ``env``: versions, device, which optional packages import (vllm, trl, datasets, accelerate, matplotlib);
+* ``gpu_tests``: ``pytest -m gpu tests/llm/test_gpu.py`` (bf16 DPO step vs fp32, FSDP2 on one GPU vs the plain
+  model, CUDA greedy vs CPU greedy); skipped by pytest without CUDA;
+* ``dpo_step``: DPO optimizer steps of a pythia-1.4b-shaped GPT-NeoX (random weights, fp32 master weights, bf16
+  autocast, fused AdamW, reference log-probs precomputed), pairs of 512 prompt + 53 response tokens:
+  seconds/step, tokens/s, MFU = 6·N·tokens/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense bf16 peak);
+* ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
+  with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run;
+* ``generate``: Hugging Face ``generate`` throughput, 64 prompts × 25 samples × 53 new tokens at T = 0.1;
+* ``vllm_generate`` / ``trl``: the same sampling through vLLM, and ``benchmarks/dpo_vs_trl.py``, only when
+  vllm / trl import.
+
+Needs torch and transformers only (not datasets, openai, rouge-score or vllm).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+PEAK_FLOPS = 989e12
+PYTHIA_1B4 = (50304, 2048, 24, 16, 8192)  # vocab, hidden, layers, heads, intermediate
+TINY = (512, 64, 2, 4, 256)
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def section_env(args) -> dict:
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "n_gpus": torch.cuda.device_count(),
+            "importable": {m: _importable(m) for m in ("vllm", "trl", "datasets", "accelerate", "matplotlib")}}
+
+
+def section_gpu_tests(args) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/llm/test_gpu.py"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return {"returncode": proc.returncode, "summary": tail, "output_tail": (proc.stdout + proc.stderr)[-3000:],
+            "ok": proc.returncode == 0}
+
+
+def section_dpo_step(args) -> dict:
+    from dpo_step import make_model, make_pairs, ours_step
+
+    from allroads.llm.data import collate_pairs
+    from allroads.llm.models import sequence_logps
+
+    dev = args.device
+    shape, n_pairs, prompt_len, resp_len = (TINY, 4, 48, 16) if args.tiny else (PYTHIA_1B4, 8, 512, 53)
+    policy = make_model(*shape, dtype=torch.float32, device=dev)
+    n_params = sum(p.numel() for p in policy.parameters())
+    pairs = make_pairs(n_pairs, shape[0], prompt_len, resp_len, seed=0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda")
+    with torch.no_grad():  # the reference table, as train_dpo precomputes it (the policy at init stands in for π_ref)
+        b = {k: v.to(dev) for k, v in collate_pairs(pairs, 1, "left").items()}
+        with autocast:
+            ref_logp, _ = sequence_logps(policy, b["input_ids"], b["attention_mask"], b["response_mask"])
+        ref_table = torch.stack(ref_logp.float().chunk(2), 1)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-7, eps=1e-5, fused=dev == "cuda")
+    step = lambda: ours_step(policy, opt, pairs, ref_table, 0.05, dev, autocast)  # noqa: E731
+    step()  # warm-up
+    _sync(dev)
+    t0, tokens = time.perf_counter(), 0
+    for _ in range(args.steps):
+        tokens += step()
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / args.steps
+    finite = all(torch.isfinite(p).all() for p in policy.parameters())
+    out = {"shape": dict(zip(("vocab", "hidden", "layers", "heads", "intermediate"), shape)), "params": n_params,
+           "pairs_per_step": n_pairs, "tokens_per_step": tokens // args.steps, "seconds_per_step": round(dt, 4),
+           "tokens_per_s": round(tokens / args.steps / dt), "weights_finite": bool(finite), "ok": bool(finite)}
+    if dev == "cuda":
+        out["mfu"] = round(6 * n_params * out["tokens_per_s"] / PEAK_FLOPS, 4)
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def _sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def section_fsdp_torchrun(args) -> dict:
+    work = args.out / "fsdp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), __file__, "--fsdp-worker", str(work), "--device", args.device]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = json.loads((work / "worker.json").read_text()) if (work / "worker.json").is_file() else {}
+    return {**result, "returncode": proc.returncode, "output_tail": (proc.stdout + proc.stderr)[-2000:],
+            "ok": proc.returncode == 0 and result.get("ok", False)}
+
+
+def fsdp_worker(work: Path, device: str) -> None:
+    """Under torchrun: DPO with FSDP2 for 3 steps (checkpoint at 2, stop after 2, resume, export) vs a plain run."""
+    from allroads.llm import data as D
+    from allroads.llm import models as M
+    from allroads.llm.config import DPOConfig
+    from allroads.llm.train import train_dpo
+
+    tok = M.build_tiny_tokenizer()
+    rows, _ = D.load_comparison_rows("synthetic:48:3")
+    pairs = D.tokenize_pairs(rows, tok)
+    cfg = DPOConfig(model="tiny", device=device, progress=False, batch_size=8, micro_batch_size=4, max_steps=3,
+                    save_every=2, lr=1e-3, bf16=False, max_grad_norm=1.0, schedule="linear")
+    pol = lambda: M.load_policy("tiny:128x4", tokenizer=tok, seed=0)  # noqa: E731
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    import dataclasses
+
+    sharded = dataclasses.replace(cfg, fsdp=True, output_dir=str(work / "fsdp"))
+    h1 = train_dpo(pol(), pol(), pairs, sharded, stop_after=2)
+    shards = sorted(p.name for p in (work / "fsdp" / "checkpoints" / "step-000002" / "dcp").glob("*.distcp"))
+    h2 = train_dpo(M.load_policy("tiny:128x4", tokenizer=tok, seed=7), pol(), pairs, sharded)
+    train_dpo(pol(), pol(), pairs, dataclasses.replace(cfg, fsdp=False, output_dir=str(work / "plain")))
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(work / "fsdp" / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(work / "plain" / "model").state_dict()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in b)
+    result = {"stopped_at": h1.final_step, "resumed_from": h2.metrics[0]["step"] - 1, "finished": h2.finished,
+              "shards": shards, "export_opens": True, "max_abs_diff_vs_plain": diff, "tolerance": 1e-5,
+              "ok": h2.finished and diff <= 1e-5 and h1.final_step == 2 and h2.metrics[0]["step"] == 3}
+    if int(os.environ.get("RANK", "0")) == 0:
+        (work / "worker.json").write_text(json.dumps(result))
+
+
+def section_generate(args) -> dict:
+    from dpo_step import make_model
+
+    dev = args.device
+    shape, n_prompts, n, new, plen = (TINY, 4, 3, 8, 32) if args.tiny else (PYTHIA_1B4, 64, 25, 53, 512)
+    model = make_model(*shape, dtype=torch.bfloat16 if dev == "cuda" else torch.float32, device=dev).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(2, shape[0], (n_prompts, plen), generator=g).to(dev)
+    per_call = max(1, 200 // n)  # ≈ 200 sequences per generate call
+    _sync(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, n_prompts, per_call):
+            chunk = prompts[s:s + per_call]
+            model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True, temperature=0.1,
+                           top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=new, min_new_tokens=new,
+                           pad_token_id=1, eos_token_id=0)
+    _sync(dev)
+    dt = time.perf_counter() - t0
+    return {"prompts": n_prompts, "samples_per_prompt": n, "new_tokens": new, "prompt_tokens": plen,
+            "seconds": round(dt, 2), "generated_tokens_per_s": round(n_prompts * n * new / dt), "ok": True}
+
+
+def section_vllm_generate(args) -> dict:
+    if not _importable("vllm") or args.device != "cuda":
+        return {"skipped": "vllm not importable or no CUDA device"}
+    from dpo_step import make_model
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    path = args.out / "random-1.4b"
+    make_model(*PYTHIA_1B4, dtype=torch.bfloat16, device="cpu").save_pretrained(path)
+    llm = LLM(model=str(path), seed=0, gpu_memory_utilization=0.5, skip_tokenizer_init=True)
+    g = torch.Generator().manual_seed(0)
+    prompts = [TokensPrompt(prompt_token_ids=torch.randint(2, PYTHIA_1B4[0], (512,), generator=g).tolist())
+               for _ in range(64)]
+    params = [SamplingParams(n=25, temperature=0.1, max_tokens=53, min_tokens=53, seed=25 * i, detokenize=False)
+              for i in range(64)]
+    t0 = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    return {"seconds": round(dt, 2), "generated_tokens_per_s": round(64 * 25 * 53 / dt), "ok": True}
+
+
+def section_trl(args) -> dict:
+    if not _importable("trl") or args.device != "cuda":
+        return {"skipped": "trl not importable or no CUDA device"}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "dpo_vs_trl.py"), "--device", "cuda", "--size", "1.4b"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return {"returncode": proc.returncode, "output_tail": (proc.stdout + proc.stderr)[-2000:], "ok": proc.returncode == 0}
+
+
+SECTIONS = {"env": section_env, "gpu_tests": section_gpu_tests, "dpo_step": section_dpo_step,
+            "fsdp_torchrun": section_fsdp_torchrun, "generate": section_generate,
+            "vllm_generate": section_vllm_generate, "trl": section_trl}
+
+
+def run(args) -> dict:
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": args.device,
+                     "tiny": args.tiny, "sections": {}}
+    for name in args.only or list(SECTIONS):
+        t0 = time.perf_counter()
+        try:
+            res = SECTIONS[name](args)
+        except Exception as e:  # noqa: BLE001 - one failing section must not hide the others
+            res = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+        res["seconds"] = res.get("seconds", round(time.perf_counter() - t0, 2))
+        res["wall_s"] = round(time.perf_counter() - t0, 2)
+        results["sections"][name] = res
+        print(f"[gpu_check] {name}: {json.dumps(res)[:400]}", flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu-check"), help="output directory (gpu_check.json)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes (the CPU smoke run)")
+    ap.add_argument("--steps", type=int, default=5, help="timed DPO steps")
+    ap.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
+    ap.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.fsdp_worker:
+        args.fsdp_worker.mkdir(parents=True, exist_ok=True)
+        fsdp_worker(args.fsdp_worker, args.device)
+        torch.distributed.destroy_process_group()
+        return 0
+    results = run(args)
+    bad = [k for k, v in results["sections"].items() if v.get("ok") is False]
+    print(f"[gpu_check] wrote {args.out / 'gpu_check.json'}; failed sections: {bad or 'none'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
