@@ -56,8 +56,8 @@ class SamplingConfig:
     compute_logp: bool = True
     """Return each completion's log-probability under the sampling temperature (HF path only)."""
     backend: str = "auto"
-    """``"auto"`` (vLLM when importable, a CUDA device exists and the model is a ``vllm.LLM``, a name, or a model
-    loaded from a ``save_pretrained`` directory), ``"hf"`` or ``"vllm"``. vLLM samples a loaded model from its
+    """``"auto"`` (vLLM when importable, a CUDA device exists and the model is a ``vllm.LLM``, a name, or a model on
+    a CUDA device loaded from a ``save_pretrained`` directory), ``"hf"`` or ``"vllm"``. vLLM samples a loaded model from its
     directory (``name_or_path``), so a model changed in memory since it was loaded must be saved first."""
     vllm_gpu_memory: float = 0.5
     """Fraction of the GPU's memory a vLLM engine built here may take (the rest stays for training / scoring)."""
@@ -199,7 +199,8 @@ def _vllm_target(model, cfg: SamplingConfig):
     path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
     loaded_from_dir = not isinstance(model, str) and bool(path) and Path(path).is_dir()
     usable = isinstance(model, str) or loaded_from_dir
-    if cfg.backend == "hf" or (cfg.backend == "auto" and not (usable and vllm_available())):
+    on_cpu = not isinstance(model, str) and next(model.parameters()).device.type == "cpu"
+    if cfg.backend == "hf" or (cfg.backend == "auto" and not (usable and not on_cpu and vllm_available())):
         return None
     if not usable:
         raise ValueError("sample: backend='vllm' needs a vllm.LLM, a model name/path, or a model loaded with "

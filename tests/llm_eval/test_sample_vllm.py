@@ -103,10 +103,12 @@ def test_loaded_model_is_sampled_from_its_directory(fake_vllm, tok, tmp_path):
     model = M.load_policy("tiny", tokenizer=tok)
     model.save_pretrained(tmp_path)
     loaded = M.load_policy(str(tmp_path))
-    sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="auto"))
-    sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="auto", seed=3))
+    assert sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="auto")).backend == "hf"  # on the CPU
+    sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="vllm"))
+    sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="vllm", seed=3))
     assert len(FakeLLM.built) == 1 and FakeLLM.built[0].kw["model"] == str(tmp_path)  # engine built once, reused
     assert sample(loaded, tok, PROMPTS[:1], SamplingConfig(n=2, backend="hf")).backend == "hf"
     with pytest.raises(ValueError, match="loaded with from_pretrained from a directory"):
         sample(model, tok, PROMPTS[:1], SamplingConfig(backend="vllm"))  # built in memory: no directory
     assert sample(model, tok, PROMPTS[:1], SamplingConfig(n=2, backend="auto")).backend == "hf"
+    assert sample("some/name", tok, PROMPTS[:1], SamplingConfig(n=2, backend="auto")).backend == "vllm"
