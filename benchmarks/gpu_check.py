@@ -12,7 +12,8 @@ Sections (each recorded with its status and seconds; the JSON is rewritten after
   autocast, fused AdamW, reference log-probs precomputed), pairs of 512 prompt + 53 response tokens:
   seconds/step, tokens/s, MFU = 6·N·tokens/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense bf16 peak);
 * ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
-  with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run;
+  with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run (fp32), then runs
+  2 steps with bf16 compute and fp32 gradient reduction;
 * ``generate``: Hugging Face ``generate`` throughput, 64 prompts × 25 samples × 53 new tokens at T = 0.1;
 * ``vllm_generate`` / ``trl``: the same sampling through vLLM, and ``benchmarks/dpo_vs_trl.py``, only when
   vllm / trl import.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import socket
@@ -122,7 +124,8 @@ def section_fsdp_torchrun(args) -> dict:
 
 
 def fsdp_worker(work: Path, device: str) -> None:
-    """Under torchrun: DPO with FSDP2 for 3 steps (checkpoint at 2, stop after 2, resume, export) vs a plain run."""
+    """Under torchrun: DPO with FSDP2 for 3 steps (checkpoint at 2, stop after 2, resume, export) vs a plain run;
+    2 steps with bf16 compute (``MixedPrecisionPolicy`` on CUDA)."""
     from allroads.llm import data as D
     from allroads.llm import models as M
     from allroads.llm.config import DPOConfig
@@ -148,9 +151,15 @@ def fsdp_worker(work: Path, device: str) -> None:
     a = AutoModelForCausalLM.from_pretrained(work / "fsdp" / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(work / "plain" / "model").state_dict()
     diff = max(float((a[k] - b[k]).abs().max()) for k in b)
+    # bf16 compute / fp32 reduction (MixedPrecisionPolicy, CUDA only) on top of autocast: finite, and the loss close
+    h3 = train_dpo(pol(), pol(), pairs, dataclasses.replace(cfg, fsdp=True, bf16=True, save_every=0, max_steps=2,
+                                                            output_dir=str(work / "fsdp-bf16")))
+    bf16_losses = [m["loss"] for m in h3.metrics]
     result = {"stopped_at": h1.final_step, "resumed_from": h2.metrics[0]["step"] - 1, "finished": h2.finished,
               "shards": shards, "export_opens": True, "max_abs_diff_vs_plain": diff, "tolerance": 1e-5,
-              "ok": h2.finished and diff <= 1e-5 and h1.final_step == 2 and h2.metrics[0]["step"] == 3}
+              "bf16_losses": bf16_losses, "resumed_step_losses": [m["loss"] for m in h2.metrics],
+              "ok": h2.finished and diff <= 1e-5 and h1.final_step == 2 and h2.metrics[0]["step"] == 3
+              and all(math.isfinite(x) for x in bf16_losses)}
     if int(os.environ.get("RANK", "0")) == 0:
         (work / "worker.json").write_text(json.dumps(result))
 
