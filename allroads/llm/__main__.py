@@ -36,22 +36,37 @@ def tiny_preset(stage: str) -> dict:
 
 
 def _parse(argv: list[str]):
+    """The stage, ``--config``, ``--preset`` and the ``--key value`` overrides; ``STAGE --help`` lists every field of
+    the stage's config with its docstring and default (``--max_steps`` and ``--max-steps`` are the same option)."""
     from .config import CONFIGS
 
-    p = argparse.ArgumentParser(prog="python -m allroads.llm", description=__doc__.split("\n")[0])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("stage", nargs="?", choices=sorted(CONFIGS))
+    stage = pre.parse_known_args(argv)[0].stage
+    p = argparse.ArgumentParser(prog="python -m allroads.llm", description=__doc__.split("\n")[0], allow_abbrev=False,
+                                epilog="`python -m allroads.llm STAGE --help` lists every field of the stage's config.")
     p.add_argument("stage", choices=sorted(CONFIGS))
     p.add_argument("--config", default=None, help="JSON file of config fields")
     p.add_argument("--preset", choices=["tiny"], default=None, help="CPU preset: tiny model + synthetic data")
-    args, rest = p.parse_known_args(argv)
-    overrides = {}
-    i = 0
-    while i < len(rest):
-        key = rest[i]
-        if not key.startswith("--") or i + 1 >= len(rest):
-            p.error(f"expected --key value pairs after the options, got {rest[i:]}")
-        overrides[key[2:].replace("-", "_")] = rest[i + 1]
-        i += 2
-    return args, overrides
+    names = _add_field_options(p, CONFIGS[stage]) if stage else []
+    args = p.parse_args(argv)
+    return args, {k: v for k, v in vars(args).items() if k in names}
+
+
+def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
+    """One ``--field`` option per config field (value kept as text, typed by :func:`load_config`)."""
+    from .field_docs import field_docs
+
+    defaults = cls()
+    group = p.add_argument_group(f"{cls.__name__} fields (--key value; true/false for yes/no fields; JSON list for "
+                                 "pairs)")
+    docs = field_docs(cls)
+    for name, doc in docs.items():
+        default = getattr(defaults, name)
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=type(default).__name__.upper(),
+                           help=f"{doc} (default: {default!r})".replace("%", "%%"))
+    return list(docs)
 
 
 def _output_dir_status(cfg, stage: str) -> int | None:
@@ -81,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import CONFIGS, load_config
 
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    M.quiet_progress_bars()
     cls = CONFIGS[args.stage]
     # precedence: dataclass defaults < preset < --config file < --key value
     values = {}

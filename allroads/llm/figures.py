@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import write_json
+from .figure_plot import plot_figure
 from . import data_stages as G
 from . import eval_stages as E
 from . import train_stages as T
@@ -278,54 +279,18 @@ FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
 }
 
 
-def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path) -> dict:
-    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers."""
+def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset: str = "") -> dict:
+    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers.
+    ``preset`` (``tiny`` / ``paper``) is recorded in the JSON and shown on the figure."""
     fig.validate()
     numbers = FIGURES[fig.figure](pipe, fig)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"figure": fig.figure, "config": dataclasses.asdict(fig), "settings": pipe.settings_block(),
-              "stages_executed": list(pipe.executed), **numbers}
+    result = {"figure": fig.figure, "preset": preset, "config": dataclasses.asdict(fig),
+              "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **numbers}
     write_json(out / f"{fig.figure}.json", result)
     plot_figure(result, out / f"{fig.figure}.png")
     return result
-
-
-_XLABELS = {"fig8": "N (best of N)", "fig9": "N (best of N)", "fig12": "fraction of the preference data"}
-
-
-def plot_figure(result: dict, png: str | Path) -> Path:
-    """Bars (mean ± s.e. over seeds; s.e. None with one seed) or curves, one PNG per figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if "bars" in result:
-        fig, ax = plt.subplots(figsize=(1.4 * len(result["bars"]) + 2, 3.5))
-        names = list(result["bars"])
-        means = [result["bars"][k]["mean"] or 0.0 for k in names]
-        ses = [result["bars"][k]["se"] or 0.0 for k in names]
-        ax.bar(range(len(names)), means, yerr=ses, capsize=4, color="tab:blue")
-        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    else:
-        panels = result["curves"]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
-        for ax, (panel, curves) in zip(axes[0], panels.items()):
-            for name, pts in curves.items():
-                xs = [float(x) for x in pts]
-                ax.errorbar(xs, [p["mean"] if p["mean"] is not None else float("nan") for p in pts.values()],
-                            yerr=[p["se"] or 0.0 for p in pts.values()], marker="o", label=name, capsize=3)
-            ax.set_title(f"samples from {panel}" if result["figure"] in ("fig8", "fig9") else panel)
-            ax.set_xlabel(_XLABELS.get(result["figure"], ""))
-            ax.legend()
-            if result["figure"] in ("fig8", "fig9"):
-                ax.set_xscale("log")
-    fig.suptitle(f"{result['figure']}: {result.get('metric', '')}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return Path(png)
 
 
 def load_figure_config(path: str | Path, **overrides) -> FigureConfig:

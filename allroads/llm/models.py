@@ -85,6 +85,15 @@ def build_tiny_tokenizer(words: list[str] | None = None):
                                    unk_token="<unk>")
 
 
+def quiet_progress_bars() -> None:
+    """Turn off the load/save progress bars of transformers and huggingface_hub (stage logs keep their own lines)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def load_tokenizer(name: str):
     """``"tiny"`` → :func:`build_tiny_tokenizer`; a ``tokenizer.json`` path → the GPT-NeoX-20B BPE from a
     file; otherwise ``AutoTokenizer.from_pretrained(name)``. A pad token

@@ -49,6 +49,7 @@ class Pipeline:
         self._rows: dict[tuple, Any] = {}
         self._judges: dict[str, Any] = {}
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        M.quiet_progress_bars()
 
     @property
     def executed(self) -> list[str]:

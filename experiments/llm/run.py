@@ -3,25 +3,39 @@
     python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU, synthetic, minutes
     python experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # GPU, Pythia 1.4B, gpt-4o
 
-Every stage is cached under ``--root`` by the hash of its config, inputs and code, so rerunning (or adding a seed
-or a figure) only runs what is missing. Writes ``<out>/<figure>.json`` (numbers, config, stages run) and
+    python experiments/llm/run.py --preset paper --figure fig3 --sft-data tldr/ --pft-data comparisons/ \
+        --judge-base-url http://localhost:8000/v1 --judge-model my-judge       # local data, another judge
+
+Before any stage runs, every input the figures need is checked (data files and splits, base models, tokenizer,
+judge settings and API key); all problems are listed at once. Every stage is cached under ``--root`` by the hash
+of its config, inputs and code, so rerunning (or adding a seed or a figure) only runs what is missing. Writes ``<out>/<figure>.json`` (numbers, config, stages run) and
 ``<out>/<figure>.png``. See experiments/llm/README.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from allroads.llm.config import DEFAULT_JUDGE_MODEL
 from allroads.llm.figure_summary import summary_lines
 from allroads.llm.figures import load_figure_config, run_figure
 from allroads.llm.judges import JudgeFactory
 from allroads.llm.pipeline import Pipeline
+from allroads.llm.preflight import PreflightError, check_inputs
 from allroads.llm.settings import paper_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
+
+
+def _settings(args):
+    """The preset's settings with the data and judge options of the command line."""
+    settings = tiny_settings() if args.preset == "tiny" else paper_settings()
+    given = {"sft_data": args.sft_data, "pft_data": args.pft_data, "judge_id": args.judge_model}
+    return dataclasses.replace(settings, **{k: v for k, v in given.items() if v})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,24 +45,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="", help="stage cache directory (default runs/llm-<preset>)")
     p.add_argument("--out", default="", help="where figure JSON/PNG go (default results/llm-<preset>)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the figure's seeds")
+    p.add_argument("--sft-data", default="", help="SFT data: hub id, .jsonl/.json/.parquet file or directory "
+                   "(default: the preset's)")
+    p.add_argument("--pft-data", default="", help="preference data (comparisons): hub id, file or directory "
+                   "(default: the preset's)")
+    p.add_argument("--judge-model", default="", help=f"judge model (paper preset; default {DEFAULT_JUDGE_MODEL})")
+    p.add_argument("--judge-base-url", default="", help="OpenAI-compatible endpoint of the judge (paper preset; "
+                   "default OPENAI_BASE_URL, else OpenAI's)")
     args = p.parse_args(argv)
+    if args.preset == "tiny" and (args.judge_model or args.judge_base_url):
+        p.error("--judge-model / --judge-base-url apply to --preset paper (the tiny preset's judge is a loopback rule)")
 
     root = Path(args.root or f"runs/llm-{args.preset}")
     out = Path(args.out or f"results/llm-{args.preset}")
-    settings = tiny_settings() if args.preset == "tiny" else paper_settings()
+    settings = _settings(args)
     seeds = tuple(args.seeds) if args.seeds else ((0,) if args.preset == "tiny" else None)
-    judges = JudgeFactory(args.preset, root)
+    judges = JudgeFactory(args.preset, root, model=settings.judge_id, base_url=args.judge_base_url)
     pipe = Pipeline(root, settings, judges)
+    figs = [load_figure_config(Path(n) if n.endswith(".json") else CONFIGS / f"{n}.json", seeds=seeds)
+            for n in args.figure]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         rev = ""
     try:
-        for name in args.figure:
-            path = Path(name) if name.endswith(".json") else CONFIGS / f"{name}.json"
-            fig = load_figure_config(path, seeds=seeds)
+        check_inputs(pipe, figs)
+    except PreflightError as e:
+        judges.close()
+        print(f"run.py: {e}", file=sys.stderr)
+        return 2
+    try:
+        for fig in figs:
             t0 = time.perf_counter()
-            result = run_figure(pipe, fig, out)
+            result = run_figure(pipe, fig, out, preset=args.preset)
             print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {rev[:10]}; {out / fig.figure}.json) ==")
             print("\n".join(summary_lines(result)))
     finally:

@@ -41,3 +41,33 @@ def test_bad_config_fails_with_clear_error(tmp_path):
         load_config(DPOConfig, None, {"batch_size": 8, "micro_batch_size": 3}).validate()
     with pytest.raises(ValueError, match="not divisible by world_size=3"):
         load_config(DPOConfig, None, {"batch_size": 8, "micro_batch_size": 1}).validate(world_size=3)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_help_lists_every_config_field_with_its_docstring(stage, capsys):
+    import dataclasses
+
+    from allroads.llm.config import CONFIGS
+    from allroads.llm.field_docs import field_docs
+
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(CONFIGS[stage])
+    assert set(docs) == {f.name for f in dataclasses.fields(CONFIGS[stage])} and all(docs.values())
+    for name, doc in docs.items():
+        assert f"--{name}" in out and " ".join(doc.split()[:6]) in out, name
+    assert "Peak learning rate (Table 3)" in out if stage == "dpo" else "Peak AdamW learning rate" in out
+
+
+def test_dashed_and_underscored_keys_and_no_hub_progress_bars(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["sft", "--preset", "tiny", "--data", "synthetic:32", "--max-steps", "1", "--output_dir", str(out),
+                 "--progress", "false"]) == 0
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 1
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "it/s]" not in err
+    with pytest.raises(SystemExit):
+        main(["sft", "--preset", "tiny", "--betta", "1"])  # an unknown field is refused
+    assert "--betta" in capsys.readouterr().err
