@@ -4,8 +4,8 @@ r"""Paper-scale token data in bounded memory: rows streamed in chunks, tokenized
 ``tokenize_pairs(load_comparison_rows(...))`` / ``tokenize_sft(load_sft_rows(...))`` (same prompt format, cutting
 rules, skips and report counts; :mod:`allroads.llm.data`), built differently:
 
-* rows are read ``chunk`` at a time (parquet: only the columns the row parsers use, not the hub snapshots'
-  token columns) and their text is dropped once the chunk is tokenized;
+* rows are read by the loaders of :mod:`allroads.llm.data` (parquet: only the columns the row parsers use, not
+  the hub snapshots' token columns); their text is dropped chunk by chunk as it is tokenized;
 * each chunk is tokenized with one batched call of the (fast) tokenizer per field: the prompt with the whole
   post, and ``" " + summary``; prompts over the budget are cut by the rule of
   :func:`allroads.llm.tldr_format.format_prompt`, one cut of every such row per batched call;
@@ -18,7 +18,7 @@ from __future__ import annotations
 from array import array
 from typing import Iterator, Sequence
 
-from .data import LoadReport, TokenizedPair, TokenizedSFT, _iter_rows, _pref_row, _sft_row
+from .data import LoadReport, TokenizedPair, TokenizedSFT, load_comparison_rows, load_sft_rows
 from .tldr_format import PROMPT_TEMPLATE, cut_post_once
 
 __all__ = ["Ragged", "PackedPairs", "PackedSFT", "load_packed_pairs", "load_packed_sft", "pack_pairs", "pack_sft",
@@ -137,6 +137,8 @@ def _prompts(rows: Sequence, tokenizer, max_tokens: int, report: LoadReport) -> 
 def tokenize_chunk(rows: Sequence, tokenizer, report: LoadReport, out: _Packed, *, max_prompt_tokens: int,
                    max_response_tokens: int) -> None:
     """Tokenize ``rows`` (all ``SFTRow`` or all ``PreferenceRow`` of :mod:`allroads.llm.data`) into ``out``."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; responses end with EOS (set tokenizer.eos_token)")
     if not rows:
         return
     prompts = _prompts(rows, tokenizer, max_prompt_tokens, report)
@@ -152,56 +154,32 @@ def tokenize_chunk(rows: Sequence, tokenizer, report: LoadReport, out: _Packed, 
             out.cols[name].append(col[k])
 
 
-def _chunks(parsed: Iterator, report: LoadReport, limit: int, chunk: int) -> Iterator[list]:
-    rows = []
-    for row in parsed:
-        report.n_read += 1
-        if row is not None:
-            rows.append(row)
-            report.n_kept += 1
-        if len(rows) == chunk or (limit and report.n_kept >= limit):
-            yield rows
-            rows = []
-            if limit and report.n_kept >= limit:
-                return
-    yield rows
-
-
-def _load(source: str, split: str, tokenizer, limit: int, chunk: int, out: _Packed, max_prompt_tokens: int,
-          max_response_tokens: int) -> tuple[_Packed, LoadReport]:
-    from .synthetic import make_synthetic_comparisons, make_synthetic_sft
-
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; responses end with EOS (set tokenizer.eos_token)")
-    report = LoadReport(source=f"{source} [{split}]")
-    pairs = isinstance(out, PackedPairs)
-    raw = _iter_rows(source, split, "--data", make_synthetic_comparisons if pairs else make_synthetic_sft)
-    parsed = (_pref_row(r, w, report) if pairs else _sft_row(r, w) for w, r in raw)
-    for rows in _chunks(parsed, report, limit, chunk):
-        tokenize_chunk(rows, tokenizer, report, out, max_prompt_tokens=max_prompt_tokens,
-                       max_response_tokens=max_response_tokens)
-    return out, report
-
-
 def load_packed_pairs(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
                       max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedPairs, LoadReport]:
     """The comparisons of ``source`` (any source of :func:`allroads.llm.data.load_comparison_rows`) as
     :class:`PackedPairs`, and the load report (reads, skips, cuts)."""
-    return _load(source, split, tokenizer, limit, chunk, PackedPairs(), max_prompt_tokens, max_response_tokens)
+    rows, report = load_comparison_rows(source, split, limit)
+    return _pack(rows, tokenizer, report, PackedPairs(), chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
+                 max_response_tokens=max_response_tokens), report
 
 
 def load_packed_sft(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
                     max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedSFT, LoadReport]:
     """The SFT rows of ``source`` (any source of :func:`allroads.llm.data.load_sft_rows`) as :class:`PackedSFT`."""
-    return _load(source, split, tokenizer, limit, chunk, PackedSFT(), max_prompt_tokens, max_response_tokens)
+    rows, report = load_sft_rows(source, split, limit)
+    return _pack(rows, tokenizer, report, PackedSFT(), chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
+                 max_response_tokens=max_response_tokens), report
 
 
-
-
-def _pack(rows: Sequence, tokenizer, report: LoadReport | None, out: _Packed, chunk: int, **budgets) -> _Packed:
+def _pack(rows: list, tokenizer, report: LoadReport | None, out: _Packed, chunk: int, *, drop_rows: bool = False,
+          **budgets) -> _Packed:
+    """Tokenize ``rows`` into ``out`` chunk by chunk; ``drop_rows``: replace each packed chunk of ``rows`` (our own
+    list) by None, so its text is freed as the arrays grow."""
     report = report if report is not None else LoadReport(source="rows")
     for s in range(0, len(rows), chunk):
         tokenize_chunk(rows[s:s + chunk], tokenizer, report, out, **budgets)
+        if drop_rows:
+            rows[s:s + chunk] = [None] * len(rows[s:s + chunk])
     return out
 
 
