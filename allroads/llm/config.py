@@ -7,7 +7,9 @@ Appendix B.3 of Swamy et al. (2025) gives the hyperparameters:
 * Table 4 (local RM):   as DPO but reference-free, β = 1/H = 1/53.
 * SFT: "1 epoch over the SFT dataset" (B.2); batch / lr are not in the paper, so the SFT defaults
   (batch 64, lr 3e-6, cosine) follow Table 2 and the REBEL codebase the paper builds on.
-* Table 1: prompts are cut to fit 512 tokens, responses are at most 53 tokens.
+* Prompts are cut to fit 512 tokens, as in REBEL's TL;DR code (``src/tldr/rebel.py``: ``TaskHParams.query_length =
+  512``), which the paper builds on; responses are at most 53 tokens (Table 1's generation length; REBEL's
+  ``response_length = 53``).
 
 Every field has a docstring under it; derived values are properties. Configs are read from JSON
 (:func:`load_config`) with ``--key value`` overrides, so no YAML dependency.
@@ -63,8 +65,9 @@ class TrainConfig:
     """AdamW ε (Tables 2–3)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """AdamW (β1, β2); the paper does not state them, so torch's defaults."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay; not stated in the paper, 0 as in REBEL."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; not stated in the paper. 0.01 as in REBEL, whose TL;DR code builds
+    ``optim.AdamW(params, lr=…, eps=…)`` (``src/tldr/rebel.py``), i.e. torch's default 0.01."""
     schedule: str = "cosine"
     """Learning-rate decay to 0 over the run: ``cosine`` (Table 2) or ``linear`` (Table 3)."""
     warmup_steps: int = 0
@@ -76,7 +79,8 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps; 0 = ``epochs`` full passes."""
     max_prompt_tokens: int = 512
-    """Prompt token budget (Table 1); the post is cut at its last newline until the prompt fits."""
+    """Prompt token budget (REBEL's ``query_length = 512``, ``src/tldr/rebel.py``; the paper does not state it);
+    the post is cut at its last newline until the prompt fits."""
     max_response_tokens: int = 53
     """Response token budget including EOS (Table 1, generation length 53)."""
     seed: int = 0
@@ -209,8 +213,9 @@ class PreferenceConfig(TrainConfig):
     """KL weight β of the implicit reward β·log π/π_ref (Table 3)."""
     policy_temperature: float = 1.0
     """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
-    at its own temperature). Setting it to the sampling temperature as well gives the other reading of the
-    Table 3 caption (both π and π_ref at T); this codebase uses π only at 1."""
+    at its own temperature; offline DPO and the local RM). Online DPO sets it to the sampling temperature, as
+    REBEL does for the policy and the reference alike (``src/tldr/rebel.py``), unless
+    ``OnlineDataConfig.temper_policy`` is False (then only π_ref is tempered)."""
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)

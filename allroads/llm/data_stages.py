@@ -44,25 +44,29 @@ def _raise_on_judge_errors(result, stage: str) -> None:
 def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: str, seed: int, *,
                  sft: Artifact | None = None, augment: bool = False, fraction: float = 1.0,
                  two_word: bool = False) -> Artifact:
-    """Sample once from ``start`` over all PFT prompts (+ SFT prompts if ``augment``, Fig. 5), score with the
-    RM, keep best/worst (B.1.1). ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10).
-    Writes ``scored.jsonl`` (re-rankable), ``pairs.jsonl``, ``report.json`` and ``sampling.json`` (the sampling
-    temperature, which online DPO's π_ref uses)."""
+    """Sample from ``start`` once per PFT comparison row (Sec. 3: "per prompt in the preference dataset"; rows that
+    share a post are sampled independently, so online DPO has one pair per row and as many optimizer steps as
+    offline DPO), + once per distinct SFT prompt if ``augment`` (Fig. 5); score with the RM, keep best/worst
+    (B.1.1); rows whose samples all tie are sampled afresh (``OnlineDataConfig.tie_redraws`` rounds) and the rest
+    counted. ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10). Writes ``scored.jsonl``
+    (re-rankable), ``pairs.jsonl``, ``report.json`` (with ``shortfall``: rows without a pair) and
+    ``sampling.json`` (the sampling temperature, which online DPO's π_ref uses)."""
     s = pipe.s
     ocfg = online_config(s, seed=seed, prompt_augmentation=augment)
     if two_word:
         ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
 
     def build(out: Path):
-        prompts, _ = pipe.distinct_prompts(pipe.pft_train_rows(fraction), two_word)  # one pass per prompt
+        prompts = [pipe.prompt_text(r, two_word) for r in pipe.pft_train_rows(fraction)]  # one sampling per row
         if augment:
-            prompts = list(dict.fromkeys(prompts + pipe.distinct_prompts(pipe.sft_rows("train", s.sft_limit),
-                                                                         two_word)[0]))
+            seen = set(prompts)
+            prompts += [p for p in pipe.distinct_prompts(pipe.sft_rows("train", s.sft_limit), two_word)[0]
+                        if p not in seen]
         be = pipe.backend()
         pairs, scored, rep = build_online_pairs(be, pipe.policy(start), pipe.scorer(rm_kind, rm, sft), prompts, ocfg)
         save_scored(scored, out / "scored.jsonl")
         _write_pairs(out, to_tokenized_pairs(be, pairs))
-        write_json(out / "report.json", rep.to_dict())
+        write_json(out / "report.json", {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs})
         write_json(out / "sampling.json", {"sampling_temperature": scored.sampling_temperature})
         pipe.log(f"[online_pairs] {rep.to_dict()}")
 
@@ -181,12 +185,13 @@ def two_word_data(pipe: Pipeline) -> Artifact:
 
 def two_word_refs(pipe: Pipeline) -> Artifact:
     """Fig. 10's test references (Sec. 3.3: gpt-4o "provide[s] the reference summaries on the SFT prompt
-    holdout set"): one two-word summary per SFT-test post (first ``n_test_two_word``) from the judge model.
+    holdout set"): one two-word summary per SFT-test post (``n_test_two_word`` random ones, :meth:`Pipeline.test_rows`)
+    from the judge model.
     Posts without a valid ``Summary:`` answer are left out of the evaluation and counted."""
     s = pipe.s
 
     def build(out: Path):
-        rows = pipe.sft_rows("test", s.n_test_two_word)
+        rows = pipe.test_rows(s.n_test_two_word)
         sums = generate_two_word_summaries(pipe.judge("two_word"), [r.post for r in rows], n=1,
                                            temperature=s.two_word_writer_temperature)
         refs = [{"index": i, "reference": x[0]} for i, x in enumerate(sums) if x[0] is not None]
@@ -195,5 +200,6 @@ def two_word_refs(pipe: Pipeline) -> Artifact:
         write_json(out / "refs.json", refs)
         write_json(out / "report.json", {"n_posts": len(rows), "n_missing": len(rows) - len(refs), "n_refs": len(refs)})
 
-    spec = {"sft_data": s.sft_data, "n": s.n_test_two_word, "judge": s.judge_id, "T": s.two_word_writer_temperature}
+    spec = {"sft_data": s.sft_data, "n": s.n_test_two_word, "judge": s.judge_id, "T": s.two_word_writer_temperature,
+            "eval_prompt_seed": s.eval_prompt_seed}
     return pipe.run("two_word_refs", spec, [], build)

@@ -74,7 +74,8 @@ def reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
         _check_judged(pipe, "eval_winrate", [res])
         return _with_known_score(pipe, res, posts)
 
-    return _result(pipe, "eval_winrate", {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens},
+    return _result(pipe, "eval_winrate", {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens,
+                                          "eval_prompt_seed": s.eval_prompt_seed},
                    [policy], compute, judged=True)
 
 
@@ -84,7 +85,7 @@ def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0)
     s, refs = pipe.s, two_word_refs(pipe)
 
     def compute():
-        rows = pipe.sft_rows("test", s.n_test_two_word)
+        rows = pipe.test_rows(s.n_test_two_word)
         ref = json.loads((refs.path / "refs.json").read_text())
         sel = [rows[d["index"]] for d in ref]
         posts = [r.post for r in sel]
@@ -94,7 +95,8 @@ def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0)
         _check_judged(pipe, "eval_winrate_2w", [res])
         return _with_known_score(pipe, res, posts)
 
-    spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.two_word_tokens, "n_test_two_word": s.n_test_two_word}
+    spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.two_word_tokens, "n_test_two_word": s.n_test_two_word,
+            "eval_prompt_seed": s.eval_prompt_seed}
     return _result(pipe, "eval_winrate_2w", spec, [policy, refs], compute, judged=True)
 
 
@@ -141,7 +143,8 @@ def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifac
         _check_judged(pipe, "eval_bon", [summ for curve in res["curves"].values() for summ in curve.values()])
         return res
 
-    spec = {"rms": names, "ns": list(ns), "seed": seed, "T": s.bon_sampling_temperature, "tokens": s.max_response_tokens}
+    spec = {"rms": names, "ns": list(ns), "seed": seed, "T": s.bon_sampling_temperature, "tokens": s.max_response_tokens,
+            "eval_prompt_seed": s.eval_prompt_seed}
     if any(kinds[k] != k for k in names):
         spec["kinds"] = kinds
     return _result(pipe, "eval_bon", spec, [policy, sft] + [rms[k] for k in names], compute, judged=True)
@@ -159,5 +162,5 @@ def eq2(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
                              rejected=[r.rejected for r in rows], kl_prompts=prompts, n_samples=s.eq2_samples,
                              seed=seed).to_dict()
 
-    return _result(pipe, "eval_eq2", {"seed": seed, "n": s.eq2_samples, "beta": s.dpo.beta,
-                                      "tokens": s.max_response_tokens}, [policy, sft], compute)
+    return _result(pipe, "eval_eq2", {"seed": seed, "n": s.eq2_samples, "beta": s.dpo.beta, "tokens": s.max_response_tokens,
+                                      "eval_prompt_seed": s.eval_prompt_seed}, [policy, sft], compute)

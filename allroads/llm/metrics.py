@@ -29,7 +29,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_metrics(path: str | Path, png: str | Path, keys=("loss", "accuracy", "margins", "lr")) -> Path | None:
+def plot_metrics(path: str | Path, png: str | Path, keys=("loss", "rewards/accuracies", "rewards/margins", "lr")) -> Path | None:
     """One panel per metric key present in the JSONL at ``path`` against ``step``; returns the PNG path."""
     import matplotlib
 

@@ -14,7 +14,8 @@ inverse of the sampling temperature 1/0.1 = 10 before taking the softmax" (Table
   without resampling (:func:`allroads.online.rescore`, then a labelling).
 * :func:`train_online_dpo` is :func:`allroads.llm.train.train_dpo` with ``DPOConfig.ref_temperature`` set to
   the sampling temperature, so π_ref is the *tempered* sampling policy, log π_ref,T(ξ) with logits / T
-  (:func:`allroads.llm.train.precompute_ref_logps`), while the trained policy keeps its own temperature (``DPOConfig.policy_temperature``, 1).
+  (:func:`allroads.llm.train.precompute_ref_logps`), and, as in REBEL, the trained policy's log-probs tempered
+  the same way (``OnlineDataConfig.temper_policy``; False keeps the policy at temperature 1).
 """
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ class OnlineDataConfig:
     """Prompts per generate call."""
     prompt_augmentation: bool = False
     """Also sample on the SFT-train prompts (≈3× the data; Fig. 5). The caller passes them in."""
+    tie_redraws: int = 3
+    """Rounds of fresh samples for the prompts whose samples all scored the same (no pair), so that online DPO
+    keeps one pair per comparison row, as many as offline DPO; ties left after these rounds are counted."""
+    temper_policy: bool = True
+    """Online DPO divides the *trained policy's* logits by the sampling temperature as well as π_ref's, as REBEL
+    does (the code the paper builds on: ``src/tldr/rebel.py`` divides the policy's and the reference's logits by
+    ``args.task.temperature`` before the log-softmax), so at the start (π = π_ref) the loss is log 2. False: only
+    π_ref is tempered (the literal reading of the Table 3 caption; the policy at temperature 1)."""
 
     def validate(self) -> None:
         if self.n_samples < 2:
@@ -60,8 +69,8 @@ class OnlineDataConfig:
         if self.sampling_temperature <= 0:
             raise ValueError(f"sampling_temperature={self.sampling_temperature}: must be > 0 (π_ref's logits are "
                              "divided by it)")
-        if self.max_new_tokens < 1 or self.sample_batch_size < 1:
-            raise ValueError("max_new_tokens and sample_batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0:
+            raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws >= 0")
 
 
 def save_scored(scored: Scored, path: str | Path) -> Path:
@@ -96,21 +105,25 @@ class OnlineDataReport:
     n_samples: int
     n_pairs: int
     n_dropped_ties: int
-    """Prompts whose samples all scored the same (no pair)."""
+    """Prompts whose samples all scored the same in every round (no pair)."""
     n_unfinished: int
     """Samples with no EOS within the budget (kept, flagged; a pair may contain them)."""
     n_pairs_with_unfinished: int
+    n_redrawn: int = 0
+    """Prompt samplings redrawn because every sample tied (summed over the rounds of ``tie_redraws``)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def online_report(scored: Scored, pairs: OnlinePairs) -> OnlineDataReport:
-    """The counts of one labelled batch of LLM samples."""
+def online_report(scored: Scored, pairs: OnlinePairs, n_prompts: int | None = None) -> OnlineDataReport:
+    """The counts of one labelled batch of LLM samples (``n_prompts``: the prompts asked for, when ``scored`` also
+    holds redraws)."""
     unf = sum((not w.finished) or (not l.finished) for w, l in zip(pairs.chosen, pairs.rejected))
     n_unfinished = sum(not c.finished for row in scored.completions for c in row)
-    return OnlineDataReport(len(scored.prompts), scored.scores.shape[1], len(pairs.chosen), pairs.n_dropped,
-                            n_unfinished, unf)
+    n = len(scored.prompts) if n_prompts is None else n_prompts
+    return OnlineDataReport(n, scored.scores.shape[1], len(pairs.chosen), pairs.n_dropped, n_unfinished, unf,
+                            len(scored.prompts) - n)
 
 
 def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[str], cfg: OnlineDataConfig, *,
@@ -125,10 +138,39 @@ def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[st
         raise ValueError("build_online_pairs: no prompts")
     backend = dataclasses.replace(backend, sampling=dataclasses.replace(
         backend.sampling, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size))
+    gen = torch.Generator().manual_seed(cfg.seed)
     scored = sample_and_score(backend, policy, scorer, list(prompts), n=cfg.n_samples,
-                              temperature=cfg.sampling_temperature, generator=torch.Generator().manual_seed(cfg.seed))
-    pairs = label(scored)
-    return pairs, scored, online_report(scored, pairs)
+                              temperature=cfg.sampling_temperature, generator=gen)
+    pairs, all_scored = label(scored), [scored]
+    for _ in range(cfg.tie_redraws):  # fresh samples (the same generator, drawn on) for the prompts that tied
+        tied = [p for p, k in zip(prompts, pairs.kept.tolist()) if not k]  # kept: a mask over ``prompts``
+        if not tied:
+            break
+        scored = sample_and_score(backend, policy, scorer, tied, n=cfg.n_samples,
+                                  temperature=cfg.sampling_temperature, generator=gen)
+        all_scored.append(scored)
+        pairs = _merge_pairs(pairs, label(scored))
+    merged = _concat_scored(all_scored)
+    return pairs, merged, online_report(merged, pairs, n_prompts=len(prompts))
+
+
+def _concat_scored(batches: list[Scored]) -> Scored:
+    """The scored batches of a first pass and its redraws, one after the other."""
+    if len(batches) == 1:
+        return batches[0]
+    return Scored([p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
+                  torch.cat([b.scores for b in batches]), batches[0].sampling_temperature, None)
+
+
+def _merge_pairs(first: OnlinePairs, redrawn: OnlinePairs) -> OnlinePairs:
+    """``first``'s pairs followed by those of the redraw of its tied prompts; ``kept`` stays a mask over the
+    first pass's prompts (a tied prompt that paired in the redraw is now kept)."""
+    kept = first.kept.clone()
+    kept[torch.nonzero(~first.kept).reshape(-1)[redrawn.kept]] = True
+    p_w = None if first.p_w is None else torch.cat([first.p_w, redrawn.p_w])
+    return OnlinePairs(list(first.prompts) + list(redrawn.prompts), list(first.chosen) + list(redrawn.chosen),
+                       list(first.rejected) + list(redrawn.rejected), torch.cat([first.score_w, redrawn.score_w]),
+                       torch.cat([first.score_l, redrawn.score_l]), p_w, kept, redrawn.n_dropped)
 
 
 def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[TokenizedPair]:
@@ -140,15 +182,16 @@ def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[Tokenize
 
 
 def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
-                     tokenizer=None):
+                     temper_policy: bool = True, tokenizer=None):
     r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
     temperature it sampled with:
 
         ref_temperature := sampling_temperature   (0.1 in the paper: logits × 10 before the softmax)
+        policy_temperature := sampling_temperature  when ``temper_policy`` (REBEL's convention, the default;
+                                                    :attr:`OnlineDataConfig.temper_policy`), else ``cfg``'s (1)
 
     ``sampling_temperature`` is the one route of that temperature (the :class:`~allroads.online.Scored` batch
-    the pairs came from carries it); ``cfg.ref_temperature`` is replaced by it. The trained policy keeps
-    ``cfg.policy_temperature`` (1). The reference table goes through :func:`allroads.llm.train.train_dpo`'s
+    the pairs came from carries it). The reference table goes through :func:`allroads.llm.train.train_dpo`'s
     keyed cache (``ref_logps.pt``).
     """
     from .train import train_dpo
@@ -157,5 +200,7 @@ def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig
         raise ValueError(f"sampling_temperature={sampling_temperature}: must be > 0")
     if not pairs:
         raise ValueError("train_online_dpo: no pairs (every prompt tied?)")
-    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, ref_temperature=sampling_temperature),
-                     tokenizer=tokenizer)
+    temps = {"ref_temperature": sampling_temperature}
+    if temper_policy:
+        temps["policy_temperature"] = sampling_temperature
+    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer)

@@ -117,9 +117,18 @@ class Pipeline:
             first.setdefault(self.prompt_text(r, two_word), r.post)
         return list(first), list(first.values())
 
+    def test_rows(self, n: int):
+        """``n`` SFT-test rows drawn at random with ``Settings.eval_prompt_seed`` (B.4: "randomly sampled" test
+        prompts), in file order; all rows when there are no more than ``n``."""
+        rows = self.sft_rows("test", 0)
+        if n >= len(rows):
+            return rows
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.s.eval_prompt_seed))[:n]
+        return [rows[i] for i in sorted(pick.tolist())]
+
     def test_set(self):
-        """Prompts, posts and reference summaries of the first ``n_test`` SFT-test rows (B.4)."""
-        rows = self.sft_rows("test", self.s.n_test)
+        """Prompts, posts and reference summaries of ``n_test`` random SFT-test rows (B.4, :meth:`test_rows`)."""
+        rows = self.test_rows(self.s.n_test)
         return [self.prompt_text(r) for r in rows], [r.post for r in rows], [r.summary for r in rows]
 
     def policy(self, art: Artifact):

@@ -40,12 +40,10 @@ def _checks(pipe: Pipeline, figures: Iterable[FigureConfig]) -> list[tuple[str, 
     checks.append((f"tokenizer {s.tokenizer_name!r}", lambda: pipe.tokenizer))
     checks += [
         (f"SFT data {s.sft_data!r} [train]", lambda: pipe.sft_rows("train", s.sft_limit)),
-        (f"SFT data {s.sft_data!r} [test]", lambda: pipe.sft_rows("test", s.n_test)),
+        (f"SFT data {s.sft_data!r} [test]", lambda: pipe.sft_rows("test", 0)),  # evaluation draws from all of them
         (f"preference data {s.pft_data!r} [train]", lambda: pipe.pft_rows("train", s.pft_limit)),
         (f"preference data {s.pft_data!r} [validation]", lambda: pipe.pft_rows("validation", s.valid_limit)),
     ]
-    if "fig10" in names:
-        checks.append((f"SFT data {s.sft_data!r} [test, two-word]", lambda: pipe.sft_rows("test", s.n_test_two_word)))
     variants = sorted({v for n in names for v in JUDGE_VARIANTS_OF.get(n, ())})
     checks += [(f"judge ({v} prompt)", lambda v=v: pipe.judge(v)) for v in variants]
     return checks

@@ -30,7 +30,8 @@ class Settings:
     pft_data: str = PFT_HUB_ID
     """Preference data source (Table 1: 92.9K/83.8K)."""
     max_prompt_tokens: int = 512
-    """Prompt token budget of every stage (Table 1); the post is cut to fit."""
+    """Prompt token budget of every stage (REBEL's ``query_length = 512``; the paper does not state one); the post
+    is cut to fit."""
     max_response_tokens: int = 53
     """Response token budget of every stage, EOS included (Table 1): training responses and samples."""
     dtype: str = "float32"
@@ -45,7 +46,10 @@ class Settings:
     """PFT validation rows for Fig. 7's likelihoods and Fig. 11's ROUGE-L evaluation (0 = all 83.8K; B.4 does not
     say how many rows Fig. 11 used)."""
     n_test: int = 600
-    """SFT-test prompts for win rates (B.4: 600; 6000 for two-word)."""
+    """SFT-test prompts for win rates (B.4: 600 "randomly sampled"; 6000 for two-word)."""
+    eval_prompt_seed: int = 0
+    """Seed of the random choice of the ``n_test`` (``n_test_two_word``) evaluation prompts among the SFT-test rows
+    (B.4 samples them at random); the same prompts for every policy and training seed."""
     sft: SFTConfig = SFTConfig()
     """SFT optimisation (B.2: 1 epoch); model, data, budgets, dtype and device come from the fields above."""
     rm: RMConfig = RMConfig()

@@ -36,9 +36,16 @@ def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
                          "(drop p_w, or train with dpo_soft_loss / bt_soft_loss in a dedicated stage)")
 
 
-def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor) -> dict[str, torch.Tensor]:
+def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | None = None,
+                  logp_l: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-pair metrics under TRL's names (``DPOTrainer``): rewards, their margin and accuracy, and the trained
+    policy's sequence log-probs when there are any."""
     r_w, r_l = r_w.detach(), r_l.detach()
-    return {"rewards/chosen": r_w, "rewards/rejected": r_l, "margins": r_w - r_l, "accuracy": (r_w > r_l).double()}
+    out = {"rewards/chosen": r_w, "rewards/rejected": r_l, "rewards/margins": r_w - r_l,
+           "rewards/accuracies": (r_w > r_l).double()}
+    if logp_w is not None:
+        out.update({"logps/chosen": logp_w.detach(), "logps/rejected": logp_l.detach()})
+    return out
 
 
 def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer=None, info: DistInfo | None = None,
@@ -95,7 +102,7 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
         logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                  cfg.policy_temperature)
         logp_w, logp_l = logp.chunk(2)  # (b,) each
-        return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l)
+        return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l, logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
 
@@ -218,6 +225,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
                                              cfg.ref_temperature)
             ref_w, ref_l = ref_logp.to(logp.dtype).chunk(2)
         loss = dpo_loss(logp_w, logp_l, ref_w, ref_l, cfg.beta)
-        return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta))
+        return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta),
+                                   logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)

@@ -89,12 +89,14 @@ def dpo(pipe: Pipeline, sft: Artifact, seed: int, *, epochs: int = 1, pairs: Art
 
 def online_dpo(pipe: Pipeline, start: Artifact, pairs: Artifact, seed: int) -> Artifact:
     """DPO on the online pairs sampled from ``start``, with π_ref = ``start`` at the temperature the pairs were
-    sampled at (Table 3), read from the pairs' own record (``sampling.json``)."""
+    sampled at (Table 3), read from the pairs' own record (``sampling.json``); the trained policy's log-probs at
+    that temperature too unless ``Settings.online.temper_policy`` is False (REBEL's convention)."""
     cfg = stage_config("dpo", pipe.s, seed=seed)
 
     def build(out: Path):
         t = json.loads((pairs.path / "sampling.json").read_text())["sampling_temperature"]
         train_online_dpo(pipe.policy(start), pipe.policy(start), read_pairs(pairs),
-                         dataclasses.replace(cfg, output_dir=str(out)), sampling_temperature=t, tokenizer=pipe.tokenizer)
+                         dataclasses.replace(cfg, output_dir=str(out)), sampling_temperature=t,
+                         temper_policy=pipe.s.online.temper_policy, tokenizer=pipe.tokenizer)
 
-    return pipe.run("online_dpo", {"cfg": cfg}, [start, pairs], build)
+    return pipe.run("online_dpo", {"cfg": cfg, "temper_policy": pipe.s.online.temper_policy}, [start, pairs], build)

@@ -18,7 +18,9 @@ def test_cli_tiny_preset_runs_each_stage(tmp_path, stage):
     for key in ("loss", "lr", "tokens_per_s"):
         assert key in lines[0]
     if stage != "sft":
-        assert {"rewards/chosen", "rewards/rejected", "margins", "accuracy"} <= set(lines[0])
+        assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(lines[0])
+    if stage in ("dpo", "local-rm"):  # TRL's names, as in DPOTrainer's logs
+        assert {"logps/chosen", "logps/rejected"} <= set(lines[0]) and lines[0]["logps/chosen"] < 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["stage"] == stage and saved["max_steps"] == 2 and saved["model"] == "tiny"
     assert saved["data"] == "synthetic:64"  # the --config file wins over the preset
@@ -28,6 +30,7 @@ def test_cli_tiny_preset_runs_each_stage(tmp_path, stage):
 def test_config_defaults_are_the_papers():
     cfg = DPOConfig()
     assert (cfg.batch_size, cfg.lr, cfg.adam_eps, cfg.beta, cfg.schedule) == (128, 3e-7, 1e-5, 0.05, "linear")
+    assert cfg.weight_decay == 0.01 and cfg.max_prompt_tokens == 512  # REBEL's AdamW default and query_length
     from allroads.llm.config import LocalRMConfig, RMConfig
 
     assert LocalRMConfig().beta == pytest.approx(1 / 53)

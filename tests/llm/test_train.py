@@ -58,8 +58,8 @@ def test_first_step_losses_equal_hand_computed(tmp_path, tok, pairs):
     m = h.metrics[0]
     expect = -F.logsigmoid(beta * ((lw - rw) - (ll - rl)))
     assert m["loss"] == pytest.approx(expect.mean().item(), abs=1e-9)
-    assert m["margins"] == pytest.approx((beta * ((lw - rw) - (ll - rl))).mean().item(), abs=1e-9)
-    assert m["accuracy"] == pytest.approx(((lw - rw) > (ll - rl)).double().mean().item())
+    assert m["rewards/margins"] == pytest.approx((beta * ((lw - rw) - (ll - rl))).mean().item(), abs=1e-9)
+    assert m["rewards/accuracies"] == pytest.approx(((lw - rw) > (ll - rl)).double().mean().item())
 
     pol = policy(tok, 0)
     h = T.train_local_rm(pol, pairs, LocalRMConfig(**kw, output_dir=str(tmp_path / "lrm")))
@@ -196,5 +196,5 @@ def test_dpo_raises_known_score_of_greedy_outputs(tmp_path, tok):
                     DPOConfig(**{**COMMON, "lr": 3e-4}, beta=0.1, batch_size=32, micro_batch_size=32, epochs=2,
                               output_dir=str(tmp_path / "dpo")))
     after = greedy_mean_score(model, tok, eval_rows)
-    assert h.metrics[-1]["accuracy"] > 0.6
+    assert h.metrics[-1]["rewards/accuracies"] > 0.6
     assert after > before + 0.2, (before, after)

@@ -180,7 +180,7 @@ def test_fig10_two_word_pairs_prompts_and_budget(ran):
         assert 2 in pr.prompt_ids and len(pr.chosen_ids) <= 5 and len(pr.rejected_ids) <= 5
     # test references: one judge-written two-word summary per SFT-test post (the rule writer's first, score 2)
     refs = json.loads((_stage_dirs(tmp / "root", "two_word_refs")[0] / "refs.json").read_text())
-    test_rows = pipe.sft_rows("test", pipe.s.n_test_two_word)
+    test_rows = pipe.test_rows(pipe.s.n_test_two_word)  # the seeded random draw of SFT-test rows
     assert [r["index"] for r in refs] == list(range(len(test_rows)))
     assert all(synthetic_score(test_rows[r["index"]].post, r["reference"]) == 2.0 for r in refs)
 

@@ -95,7 +95,8 @@ def test_train_online_dpo_sets_ref_temperature(tmp_path):
     T = 0.1
     pol, ref = _tiny.policy(tok, seed=0, dtype="float64"), _tiny.policy(tok, seed=1, dtype="float64")
     want_loss, _ = _expected_first_step(pol, ref, pairs, T, 0.05)
-    hist = train_online_dpo(pol, ref, pairs, _cfg(tmp_path, "o"), sampling_temperature=T, tokenizer=tok)
+    hist = train_online_dpo(pol, ref, pairs, _cfg(tmp_path, "o"), sampling_temperature=T, temper_policy=False,
+                            tokenizer=tok)
     assert hist.metrics[0]["loss"] == pytest.approx(want_loss, abs=1e-9)
     stored = torch.load(tmp_path / "o" / "ref_logps.pt")
     assert stored["ref_temperature"] == T
@@ -105,6 +106,19 @@ def test_train_online_dpo_sets_ref_temperature(tmp_path):
     assert torch.load(tmp_path / "o2" / "ref_logps.pt")["ref_temperature"] == T
     with pytest.raises(ValueError, match="> 0"):
         DPOConfig(ref_temperature=0.0).validate()
+
+
+def test_online_dpo_tempers_policy_and_reference_so_the_first_loss_is_log_2(tmp_path):
+    """REBEL's convention (the default): π and π_ref both at the sampling temperature; online DPO starts from the
+    sampler, so at step 1 log π_T = log π_ref,T and the loss is exactly log 2. Tempering π_ref alone does not."""
+    tok = _tiny.tok()
+    pairs = _pairs(tok)
+    both = train_online_dpo(_tiny.policy(tok, seed=1, dtype="float64"), _tiny.policy(tok, seed=1, dtype="float64"),
+                            pairs, _cfg(tmp_path, "both"), sampling_temperature=0.1)
+    assert both.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-12)
+    ref_only = train_online_dpo(_tiny.policy(tok, seed=1, dtype="float64"), _tiny.policy(tok, seed=1, dtype="float64"),
+                                pairs, _cfg(tmp_path, "ref"), sampling_temperature=0.1, temper_policy=False)
+    assert abs(ref_only.metrics[0]["loss"] - math.log(2)) > 1e-3
 
 
 def _only_the_table(d):
