@@ -299,7 +299,15 @@ def load_config(cls: type[TrainConfig], path: str | None = None, overrides: dict
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"config file {path!r} does not exist; pass a JSON file of {cls.__name__} fields")
-        values.update(json.loads(p.read_text()))
+        try:
+            loaded = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                             f"fix the file (a JSON object of {cls.__name__} fields)") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: holds a {type(loaded).__name__}, not a JSON object of "
+                             f"{cls.__name__} fields")
+        values.update(loaded)
         values.pop("stage", None)
     values.update(overrides or {})
     defaults = cls()

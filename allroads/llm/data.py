@@ -15,12 +15,19 @@ Sources (``source`` strings accepted by :func:`load_sft_rows` / :func:`load_comp
   ``data/train-00000-of-00001.parquet``, …);
 * ``synthetic`` or ``synthetic:N[:SEED]``: :mod:`allroads.llm.synthetic` rows with a known score.
 
-Malformed rows. A row that lacks a required field, has an empty summary, or an invalid ``choice``
-raises a ValueError naming the row (``file:line``, ``file row i`` or ``hub_id[split] index i``).
-Two cases are *skipped, counted and reported* in :class:`LoadReport`, as the paper's pipeline does:
-comparison rows that are not TL;DR posts (the OpenAI comparisons validation split also holds
-CNN/DM articles, whose ``info`` has ``article`` and no ``post``; the paper's 83.8K validation pairs are
-the TL;DR ones, Table 1), and pairs whose chosen and rejected texts are identical (no preference).
+The OpenAI release as local files (:mod:`allroads.llm.sources`): ``tldr_3_filtered/{train,valid,test}.jsonl``
+(``valid`` is the validation split) and ``comparisons/batch*.json`` (JSON lines whose ``split`` field is ``train``,
+``valid1`` or ``valid2``; validation = ``valid1`` ∪ ``valid2``); a hub dataset's parquet conversion
+(``<config>/<split>/*.parquet``) as a directory.
+
+Malformed rows. A line that is not UTF-8 or not JSON, a row that is not an object, lacks a required field, has
+a field of the wrong type (a number for a summary), an empty post or summary, or an invalid ``choice`` is named
+(``file:line``, ``file row i`` or ``hub_id[split] index i``) with its fix; every row is read first and one
+:class:`DataRowsError` reports them all (the first 20 named). Two cases are *skipped, counted and reported* in
+:class:`LoadReport`, as the paper's pipeline does: rows that are not TL;DR posts (the OpenAI comparisons
+validation split also holds CNN/DM articles, whose ``info`` has ``article`` and no ``post``, and
+trl-lib/tldr-preference's validation split holds them as ``TITLE: …`` prompts; the paper's 83.8K validation
+pairs are the TL;DR ones, Table 1), and pairs whose chosen and rejected texts are identical (no preference).
 
 Format (Table 1): the prompt template and the response encoding ``" " + summary + EOS`` live in
 :mod:`allroads.llm.tldr_format`. Responses longer than ``max_response_tokens`` (53, EOS included) are cut
@@ -28,18 +35,18 @@ to that many tokens (then they carry no EOS); the number cut is reported.
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
+from .sources import BadRow, DataSourceError, iter_rows
 from .tldr_format import PROMPT_TEMPLATE, TWO_WORD_PROMPT_TEMPLATE, _PROMPT_RE, encode_response, format_prompt
 
 __all__ = [
     "DataSourceError",
+    "DataRowsError",
+    "RowError",
     "LoadReport",
     "SFTRow",
     "PreferenceRow",
@@ -58,11 +65,16 @@ __all__ = [
     "nested_subset",
 ]
 
-_HUB_DEFAULT_CONFIG = {"openai/summarize_from_feedback": "comparisons"}
+class RowError(ValueError):
+    """One malformed row (the message names it and says how to fix it)."""
 
 
-class DataSourceError(RuntimeError):
-    """A data source could not be opened (unreachable hub, missing file, no matching files)."""
+class DataRowsError(ValueError):
+    """Malformed rows of one source: every one counted, the first :data:`MAX_REPORTED` named with their fix."""
+
+
+MAX_REPORTED = 20
+"""Malformed rows named in one :class:`DataRowsError` (all are counted)."""
 
 
 @dataclass
@@ -124,159 +136,127 @@ class TokenizedPair:
     p_w: float = 1.0
 
 
-# ----------------------------------------------------------------------------------------- sources
-def _hub_error(hub_id: str, split: str, err: Exception, flag: str) -> DataSourceError:
-    return DataSourceError(
-        f"could not load hub dataset {hub_id!r} (split {split!r}): {type(err).__name__}: {err}\n"
-        f"No hub reachable (or HF_HUB_OFFLINE=1)? Point at local files in the raw OpenAI schema instead, "
-        f"e.g. `{flag} path/to/{split}.jsonl` (also .json, .parquet, or a directory holding "
-        f"{split}*.jsonl / {split}*.parquet), or `{flag} synthetic` for the synthetic CPU data."
-    )
-
-
-def _iter_hub(hub_id: str, split: str, flag: str) -> Iterator[tuple[str, dict]]:
-    name, _, config = hub_id.partition(":")
-    config = config or _HUB_DEFAULT_CONFIG.get(name)
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, config, split=split) if config else datasets.load_dataset(name, split=split)
-    except Exception as err:  # noqa: BLE001 - any failure to open the hub becomes one clear error
-        raise _hub_error(hub_id, split, err, flag) from err
-    ds = ds.select_columns([c for c in ds.column_names if c in _ROW_COLUMNS])  # not the token columns
-    for i, row in enumerate(ds):
-        yield f"{hub_id}[{split}] index {i}", row
-
-
-_ROW_COLUMNS = {"subreddit", "title", "post", "summary", "prompt", "completion", "chosen", "rejected", "info",
-                "summaries", "choice", "p_w"}
-"""The columns :func:`_sft_row` and :func:`_pref_row` read."""
-
-
-def _iter_file(path: Path) -> Iterator[tuple[str, dict]]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open() as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e}); fix or remove this line") from e
-                yield f"{path}:{lineno}", row
-    elif suffix == ".json":
-        rows = json.loads(path.read_text())
-        if isinstance(rows, dict) and "data" in rows:
-            rows = rows["data"]
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of rows (or {{'data': [...]}}), got {type(rows).__name__}")
-        for i, row in enumerate(rows):
-            yield f"{path}[{i}]", row
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        f = pq.ParquetFile(path)  # only the columns the row parsers read (not the hub snapshots' token columns)
-        cols = [c for c in f.schema_arrow.names if c in _ROW_COLUMNS]
-        i = 0
-        for batch in f.iter_batches(batch_size=1024, columns=cols):
-            for row in batch.to_pylist():
-                yield f"{path} row {i}", row
-                i += 1
-    else:
-        raise DataSourceError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-
-
-def _iter_rows(source: str, split: str, flag: str, synthetic) -> Iterator[tuple[str, dict]]:
-    if source.startswith("synthetic"):
-        parts = source.split(":")
-        n = int(parts[1]) if len(parts) > 1 else 512
-        seed = int(parts[2]) if len(parts) > 2 else 0
-        seed += {"train": 0, "validation": 1_000_003, "test": 2_000_003}.get(split, 0)
-        for i, row in enumerate(synthetic(n, seed)):
-            yield f"{source}[{split}] index {i}", row
-        return
-    path = Path(source).expanduser()
-    if path.is_file():
-        yield from _iter_file(path)
-    elif path.is_dir():
-        files = sorted(
-            p for p in path.rglob(f"{split}*") if p.is_file() and p.suffix.lower() in (".jsonl", ".json", ".parquet")
-        )
-        if not files:
-            found = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())[:20]
-            raise DataSourceError(
-                f"directory {path} holds no {split}*.jsonl / {split}*.json / {split}*.parquet file "
-                f"(found: {found}); name the files by split or pass a file path"
-            )
-        for f in files:
-            yield from _iter_file(f)
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", source) and not source.endswith((".jsonl", ".json", ".parquet")):
-        yield from _iter_hub(source, split, flag)
-    else:
-        raise DataSourceError(f"data source {source!r} is neither an existing file/directory nor a hub id (owner/name)")
-
-
 # ----------------------------------------------------------------------------------------- rows
-def _require(row: dict, keys: Sequence[str], where: str, schema: str) -> None:
+def _require(row, keys: Sequence[str], where: str, schema: str) -> None:
+    if isinstance(row, BadRow):
+        raise RowError(row.message)
+    if not isinstance(row, dict):
+        raise RowError(f"{where}: a row must be a JSON object with the {schema} fields, got a "
+                       f"{type(row).__name__} ({row!r:.80}); fix or remove this row")
     missing = [k for k in keys if row.get(k) is None]
     if missing:
-        raise ValueError(
-            f"{where}: missing field(s) {missing} (row keys: {sorted(row)}); expected the {schema} schema"
-        )
+        raise RowError(f"{where}: missing field(s) {missing} (row keys: {sorted(row)}); expected the {schema} schema")
 
 
-def _parse_prompt(prompt: str, where: str) -> tuple[str, str, str]:
-    m = _PROMPT_RE.match(prompt)
+def _text(row: dict, key: str, where: str, *, nonempty: bool = False) -> str:
+    """Field ``key`` of ``row`` as text: a string (``<|endoftext|>`` removed and stripped when ``nonempty``)."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise RowError(f"{where}: field {key!r} must be text, got {type(value).__name__} {value!r:.80}; "
+                       "write it as a JSON string")
+    if nonempty:
+        value = value.replace("<|endoftext|>", "").strip()
+        if not value:
+            raise RowError(f"{where}: empty {key}; remove the row or fill in the {key}")
+    return value
+
+
+def _is_cnn_dm_prompt(prompt: str) -> bool:
+    """A pre-formatted CNN/DM prompt (``TITLE: …\n\n{article}\n\nTL;DR:``, in trl-lib/tldr-preference's validation
+    split), not a TL;DR post."""
+    return prompt.startswith("TITLE: ") and not prompt.startswith("SUBREDDIT:")
+
+
+def _parse_prompt(row: dict, where: str) -> tuple[str, str, str]:
+    m = _PROMPT_RE.match(_text(row, "prompt", where))
     if not m:
-        raise ValueError(
-            f"{where}: 'prompt' is not in the format {PROMPT_TEMPLATE!r}; provide raw subreddit/title/post fields"
-        )
+        raise RowError(f"{where}: 'prompt' is not in the format {PROMPT_TEMPLATE!r}; provide raw subreddit/title/post "
+                       "fields")
+    if not m["post"].strip():
+        raise RowError(f"{where}: empty post in 'prompt'; remove the row or fill in the post")
     return m["subreddit"], m["title"], m["post"]
 
 
-def _clean_summary(text: str, where: str, what: str) -> str:
-    text = text.replace("<|endoftext|>", "").strip()
-    if not text:
-        raise ValueError(f"{where}: empty {what}; remove the row or fill in the summary")
-    return text
+def _fields(row: dict, where: str) -> tuple[str, str, str]:
+    """(subreddit, title, post) of a raw-schema row or ``info`` object."""
+    return _text(row, "subreddit", where), _text(row, "title", where), _text(row, "post", where, nonempty=True)
 
 
-def _sft_row(row: dict, where: str) -> SFTRow:
-    if "prompt" in row and "post" not in row:
+def _sft_row(row, where: str, report: LoadReport | None = None) -> SFTRow | None:
+    """One SFT row; a CNN/DM prompt is skipped and counted when a ``report`` is given (None returned)."""
+    if isinstance(row, dict) and "prompt" in row and "post" not in row:
         _require(row, ["prompt", "completion"], where, "prompt/completion (trl-lib/tldr)")
-        subreddit, title, post = _parse_prompt(row["prompt"], where)
-        return SFTRow(subreddit, title, post, _clean_summary(row["completion"], where, "completion"), where)
-    _require(row, ["subreddit", "title", "post", "summary"], where, "tldr_3_filtered (id, subreddit, title, post, summary)")
-    return SFTRow(row["subreddit"], row["title"], row["post"], _clean_summary(row["summary"], where, "summary"), where)
-
-
-def _pref_row(row: dict, where: str, report: LoadReport) -> PreferenceRow | None:
-    if "prompt" in row and "info" not in row:
-        _require(row, ["prompt", "chosen", "rejected"], where, "prompt/chosen/rejected (trl-lib/tldr-preference)")
-        subreddit, title, post = _parse_prompt(row["prompt"], where)
-        chosen, rejected = row["chosen"], row["rejected"]
-    else:
-        _require(row, ["info", "summaries", "choice"], where, "comparisons (info{post,title,subreddit}, summaries[{text}], choice)")
-        info = row["info"]
-        if info.get("post") is None and info.get("article") is not None:
+        if report is not None and isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
             report.skip("not a TL;DR post (CNN/DM article)")
             return None
-        _require(info, ["post", "title", "subreddit"], f"{where} info", "comparisons info")
-        summaries = row["summaries"]
-        if len(summaries) != 2 or any(not isinstance(s, dict) or s.get("text") is None for s in summaries):
-            raise ValueError(f"{where}: 'summaries' must be two objects with a 'text' field, got {summaries!r:.200}")
-        choice = row["choice"]
-        if choice not in (0, 1):
-            raise ValueError(f"{where}: 'choice' must be 0 or 1, got {choice!r}")
-        subreddit, title, post = info["subreddit"], info["title"], info["post"]
-        chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
-    chosen = _clean_summary(chosen, where, "chosen summary")
-    rejected = _clean_summary(rejected, where, "rejected summary")
-    if chosen == rejected:
+        return SFTRow(*_parse_prompt(row, where), _text(row, "completion", where, nonempty=True), where)
+    _require(row, ["subreddit", "title", "post", "summary"], where, "tldr_3_filtered (id, subreddit, title, post, summary)")
+    return SFTRow(*_fields(row, where), _text(row, "summary", where, nonempty=True), where)
+
+
+def _comparison(row: dict, where: str, report: LoadReport) -> tuple | None:
+    """(subreddit, title, post, chosen, rejected) of an OpenAI ``comparisons`` row; None for a CNN/DM row (counted)."""
+    _require(row, ["info", "summaries", "choice"], where, "comparisons (info{post,title,subreddit}, summaries[{text}], choice)")
+    info = row["info"]
+    if not isinstance(info, dict):
+        raise RowError(f"{where}: 'info' must be an object with post, title, subreddit, got {type(info).__name__}")
+    if info.get("post") is None and info.get("article") is not None:
+        report.skip("not a TL;DR post (CNN/DM article)")
+        return None
+    _require(info, ["post", "title", "subreddit"], f"{where} info", "comparisons info")
+    summaries, choice = row["summaries"], row["choice"]
+    if not isinstance(summaries, list) or len(summaries) != 2 or any(
+            not isinstance(x, dict) or x.get("text") is None for x in summaries):
+        raise RowError(f"{where}: 'summaries' must be two objects with a 'text' field, got {summaries!r:.200}")
+    if type(choice) is not int or choice not in (0, 1):
+        raise RowError(f"{where}: 'choice' must be 0 or 1, got {choice!r}")
+    return (*_fields(info, f"{where} info"), _text(summaries[choice], "text", f"{where} summaries[{choice}]", nonempty=True),
+            _text(summaries[1 - choice], "text", f"{where} summaries[{1 - choice}]", nonempty=True))
+
+
+def _pref_row(row, where: str, report: LoadReport) -> PreferenceRow | None:
+    if isinstance(row, dict) and "prompt" in row and "info" not in row:
+        _require(row, ["prompt", "chosen", "rejected"], where, "prompt/chosen/rejected (trl-lib/tldr-preference)")
+        if isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
+            report.skip("not a TL;DR post (CNN/DM article)")
+            return None
+        fields = (*_parse_prompt(row, where), _text(row, "chosen", where, nonempty=True),
+                  _text(row, "rejected", where, nonempty=True))
+    else:
+        fields = _comparison(row, where, report)
+        if fields is None:
+            return None
+    if fields[3] == fields[4]:
         report.skip("chosen == rejected (no preference)")
         return None
-    return PreferenceRow(subreddit, title, post, chosen, rejected, float(row.get("p_w", 1.0)), where)
+    p_w = row.get("p_w", 1.0)
+    if isinstance(p_w, bool) or not isinstance(p_w, (int, float)) or not 0.0 <= p_w <= 1.0:
+        raise RowError(f"{where}: 'p_w' must be a probability in [0, 1], got {p_w!r}")
+    return PreferenceRow(*fields, float(p_w), where)
+
+
+def _load(source: str, split: str, limit: int, synthetic, parse) -> tuple[list, LoadReport]:
+    """Parse every row of ``source``/``split`` with ``parse(raw, where, report)`` (None = skipped, counted); raise
+    one :class:`DataRowsError` naming up to :data:`MAX_REPORTED` malformed rows after reading them all."""
+    report = LoadReport(source=f"{source} [{split}]")
+    rows, errors = [], []
+    for where, raw in iter_rows(source, split, "--data", synthetic):
+        report.n_read += 1
+        try:
+            r = parse(raw, where, report)
+        except RowError as e:
+            errors.append(str(e))
+            continue
+        if r is not None:
+            rows.append(r)
+        if limit and len(rows) >= limit:
+            break
+    if errors:
+        shown = "" if len(errors) <= MAX_REPORTED else f" (the first {MAX_REPORTED} below)"
+        raise DataRowsError(f"{len(errors)} malformed row(s) of {report.n_read} read in {source} [{split}]{shown}; "
+                            "nothing was loaded. Fix or remove them:\n" + "\n".join(errors[:MAX_REPORTED]))
+    report.n_kept = len(rows)
+    return rows, report
 
 
 def load_sft_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[SFTRow], LoadReport]:
@@ -286,32 +266,14 @@ def load_sft_rows(source: str, split: str = "train", limit: int = 0) -> tuple[li
     """
     from .synthetic import make_synthetic_sft
 
-    report = LoadReport(source=f"{source} [{split}]")
-    rows = []
-    for where, raw in _iter_rows(source, split, "--data", make_synthetic_sft):
-        report.n_read += 1
-        rows.append(_sft_row(raw, where))
-        if limit and len(rows) >= limit:
-            break
-    report.n_kept = len(rows)
-    return rows, report
+    return _load(source, split, limit, make_synthetic_sft, _sft_row)
 
 
 def load_comparison_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[PreferenceRow], LoadReport]:
     """Read comparison rows (chosen ≻ rejected); see the module docstring for sources and skips."""
     from .synthetic import make_synthetic_comparisons
 
-    report = LoadReport(source=f"{source} [{split}]")
-    rows = []
-    for where, raw in _iter_rows(source, split, "--data", make_synthetic_comparisons):
-        report.n_read += 1
-        r = _pref_row(raw, where, report)
-        if r is not None:
-            rows.append(r)
-        if limit and len(rows) >= limit:
-            break
-    report.n_kept = len(rows)
-    return rows, report
+    return _load(source, split, limit, make_synthetic_comparisons, _pref_row)
 
 
 # ----------------------------------------------------------------------------------------- format

@@ -295,7 +295,11 @@ def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset
 
 def load_figure_config(path: str | Path, **overrides) -> FigureConfig:
     """A :class:`FigureConfig` from JSON (lists become tuples); unknown keys raise a ValueError."""
-    values = json.loads(Path(path).read_text())
+    try:
+        values = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"figure config {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                         "fix the file") from e
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in dataclasses.fields(FigureConfig)}
     unknown = sorted(set(values) - names)
