@@ -29,7 +29,8 @@ _FROM_ZERO = {"fig3", "fig5", "fig6", "fig10", "fig11", "fig12"}
 def _title(result: dict, compared: list[str]) -> str:
     seeds = len(result.get("config", {}).get("seeds", ()))
     preset = result.get("preset") or "?"
-    return (f"{result['figure']}: {', '.join(compared)}\n"
+    quantity = AXES.get(result["figure"], (result.get("metric", ""), ""))[0]
+    return (f"{result['figure']}: {quantity} of {', '.join(compared)}\n"
             f"preset {preset}, {seeds} seed{'s' if seeds != 1 else ''} (mean ± s.e. over seeds)")
 
 

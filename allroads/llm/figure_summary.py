@@ -23,12 +23,21 @@ def _counts(point: dict) -> str:
 
 def summary_lines(result: dict) -> list[str]:
     """``<figure>: <metric>``, then ``  <bar>  mean ± s.e. (seeds; judged pairs, wins, losses, errors,
-    unparseable)`` per bar, or ``  <panel> / <curve> @ <x>  …`` per curve point."""
+    unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve."""
     lines = [f"{result['figure']}: {result.get('metric', '')}"]
     if "bars" in result:
         width = max((len(k) for k in result["bars"]), default=0)
         lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}" for name, p in result["bars"].items()]
     for panel, curves in result.get("curves", {}).items():
         for name, points in curves.items():
-            lines += [f"  {panel} / {name} @ {x}:  {_value(p)}  {_counts(p)}" for x, p in points.items()]
+            values = ", ".join(f"{x}: {_value(p)}" for x, p in points.items())
+            lines.append(f"  {panel} / {name}:  {values}  {_counts(_summed(list(points.values())))}")
     return lines
+
+
+def _summed(points: list[dict]) -> dict:
+    """One curve's seed count and judge counts summed over its points (the counts line of the curve)."""
+    out = {"n": max((p.get("n", 0) for p in points), default=0)}
+    if all("judged" in p for p in points) and points:
+        out["judged"] = {k: sum(p["judged"][k] for p in points) for k in points[0]["judged"]}
+    return out

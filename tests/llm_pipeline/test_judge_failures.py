@@ -80,3 +80,12 @@ def test_within_budget_the_counts_reach_the_point_and_the_summary(tmp_path):
     assert point["mean"] == pytest.approx(res["wins"] / 4)
     lines = summary_lines({"figure": "fig3", "metric": "win rate", "bars": {"SFT": point}})
     assert f"6 pairs: {res['wins']} wins, {res['losses']} losses, 1 errors, 1 unparseable" in lines[1]
+
+
+def test_curve_summary_is_one_line_per_curve_with_summed_counts():
+    def pt(wins, errors):
+        return {"mean": wins / 4, "se": None, "n": 1, "values": [wins / 4],
+                "judged": {"n": 4, "wins": wins, "losses": 4 - wins - errors, "errors": errors, "unparseable": 0}}
+
+    lines = summary_lines({"figure": "fig8", "metric": "BoN", "curves": {"SFT": {"global": {"1": pt(1, 0), "4": pt(2, 1)}}}})
+    assert lines[1:] == ["  SFT / global:  1: 0.250, 4: 0.500  (1 seed; 8 pairs: 3 wins, 4 losses, 1 errors, 0 unparseable)"]
