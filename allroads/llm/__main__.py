@@ -90,8 +90,8 @@ def _output_dir_status(cfg, stage: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from . import data as D
     from . import models as M
+    from . import packed as P
     from . import train as T
     from .config import CONFIGS, load_config
 
@@ -114,12 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return status
     tok = M.load_tokenizer(cfg.tokenizer or cfg.model)
     kw = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)
-    if args.stage == "sft":
-        rows, report = D.load_sft_rows(cfg.data, cfg.data_split)
-        examples = D.tokenize_sft(rows, tok, report, **kw)
-    else:
-        rows, report = D.load_comparison_rows(cfg.data, cfg.data_split)
-        examples = D.tokenize_pairs(rows, tok, report, **kw)
+    load = P.load_packed_sft if args.stage == "sft" else P.load_packed_pairs  # batched tokenization, int32 arrays
+    examples, report = load(cfg.data, tok, cfg.data_split, **kw)
     print(report)
     mk = dict(tokenizer=tok, dtype=cfg.dtype, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     if args.stage == "sft":

@@ -24,6 +24,7 @@ from . import data as D
 from . import models as M
 from .backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
 from .config import config_key
+from .packed import PackedPairs, pack_pairs
 from .sample import SamplingConfig
 from .settings import Settings, paper_settings, tiny_settings
 from .stage_cache import Artifact, StageCache
@@ -100,9 +101,10 @@ class Pipeline:
         rows = self.pft_rows("train", self.s.pft_limit)
         return rows if fraction >= 1.0 else [rows[i] for i in D.nested_subset(len(rows), fraction, self.s.subset_seed)]
 
-    def human_pairs(self, fraction: float = 1.0) -> list[D.TokenizedPair]:
-        return D.tokenize_pairs(self.pft_train_rows(fraction), self.tokenizer, max_prompt_tokens=self.s.max_prompt_tokens,
-                                max_response_tokens=self.s.max_response_tokens)
+    def human_pairs(self, fraction: float = 1.0) -> PackedPairs:
+        """The tokenized PFT training pairs (int32 arrays; indexing gives :class:`~allroads.llm.data.TokenizedPair`)."""
+        return pack_pairs(self.pft_train_rows(fraction), self.tokenizer, max_prompt_tokens=self.s.max_prompt_tokens,
+                          max_response_tokens=self.s.max_response_tokens)
 
     def prompt_text(self, r, two_word: bool = False) -> str:
         """The paper's prompt of row ``r`` (Table 1); ``two_word``: ending in "Two-Word TL;DR:" (Fig. 10)."""
