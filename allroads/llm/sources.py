@@ -101,7 +101,8 @@ def _iter_json(path: Path) -> Iterator[tuple[str, object]]:
     ``comparisons/batch*.json``."""
     raw = path.read_bytes()
     first = next((ln for ln in raw.splitlines() if ln.strip()), b"")
-    if first.lstrip().startswith(b"{") and isinstance(_json_line(first, ""), dict) and len(raw.splitlines()) > 1:
+    head = _json_line(first, "") if first.lstrip().startswith(b"{") else None
+    if isinstance(head, dict) and "data" not in head:  # a row object on the first line: JSON lines
         yield from _iter_json_lines(path)
         return
     try:

@@ -46,6 +46,8 @@ def test_openai_release_layout(tmp_path):
     assert rep_v.skipped == {"not a TL;DR post (CNN/DM article)": 2} and rep_t.skipped == {}
     one_file, _ = D.load_comparison_rows(str(rel / "comparisons" / "batch3.json"), "validation")
     assert len(one_file) == 4
+    _jsonl(tmp_path / "batch9.json", batch3[:1])  # a batch of one row is JSON lines too
+    assert len(D.load_comparison_rows(str(tmp_path / "batch9.json"), "train")[0]) == 1
 
 
 def test_parquet_conversion_layout_and_hub_revision(tmp_path, monkeypatch):
