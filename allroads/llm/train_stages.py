@@ -20,6 +20,7 @@ from pathlib import Path
 from . import data as D
 from . import models as M
 from .online_data import train_online_dpo
+from .packed import pack_sft
 from .pipeline import Artifact, Pipeline, read_pairs
 from .settings import stage_config
 from .train import train_dpo, train_local_rm, train_rm, train_sft
@@ -32,8 +33,8 @@ def sft(pipe: Pipeline) -> Artifact:
     cfg, s = stage_config("sft", pipe.s), pipe.s
 
     def build(out: Path):
-        ex = D.tokenize_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
-                            max_response_tokens=cfg.max_response_tokens)
+        ex = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
+                      max_response_tokens=cfg.max_response_tokens)
         pol = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
         train_sft(pol, ex, dataclasses.replace(cfg, output_dir=str(out)), tokenizer=pipe.tokenizer)
 
