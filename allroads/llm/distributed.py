@@ -53,7 +53,7 @@ def _info() -> DistInfo:
 
 def init_distributed(backend: str | None = None, *, fsdp: bool = False) -> DistInfo:
     """Join the process group described by torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (no-op when
-    already initialised; backend nccl on CUDA, gloo on CPU). Without torchrun there is no group, except
+    already initialised; backend nccl for CUDA tensors and gloo for CPU ones, gloo alone without CUDA). Without torchrun there is no group, except
     with ``fsdp=True``: FSDP2 needs one, so a one-process group (an in-memory store) is made."""
     if dist.is_available() and dist.is_initialized():
         return _info()
@@ -61,7 +61,7 @@ def init_distributed(backend: str | None = None, *, fsdp: bool = False) -> DistI
     if world <= 1 and not fsdp:
         return DistInfo()
     cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if cuda else "gloo")
+    backend = backend or ("cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU tensors (metrics) reduce over gloo
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "MASTER_ADDR" in os.environ:
