@@ -266,7 +266,9 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    position_ids=position_ids_from_mask(attention_mask), use_cache=False, **kw).logits  # (B, ≤T, V)
     logits = logits[:, logits.shape[1] - (T - first):]  # positions first … T−1
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits[:, :-1].to(compute) / temperature  # (B, T−1−first, V): position t predicts token t+1
+    logits = logits[:, :-1].to(compute)  # (B, T−1−first, V): position t predicts token t+1 (a view in float32/64)
+    if temperature != 1.0:
+        logits = logits / temperature
     labels = input_ids[:, first + 1:]
     mask = response_mask[:, first + 1:]
     # log softmax(z)[a] = z[a] − logsumexp(z): no second (B, T, V) tensor of log-probs is made
