@@ -4,7 +4,8 @@ one process without FSDP, in float64 (final weights within atol 1e-9; see test_d
 * SFT, global RM and DPO with gradient accumulation (2 micro-batches per rank) and gradient clipping that is
   active (max_grad_norm far below the gradient norm), exported once as safetensors that plain transformers opens;
 * a 2-process DPO run stopped after step 3 (its last checkpoint is step 2, step 3 is lost as in a kill) and
-  resumed (a) by 2 FSDP processes and (b) by 1 process without FSDP equals the uninterrupted 1-process run:
+  resumed (a) by 2 FSDP processes and (b) by 1 process without FSDP equals the uninterrupted 1-process run, and
+  so does a 2-process DDP run stopped and resumed the same way:
   the data order is a function of seed and global step and the tiny models have no dropout.
 
 When run as a script (by torchrun) this file is the worker.
@@ -32,7 +33,7 @@ def _args(stage: str, out: Path, fsdp: bool, extra=()) -> list[str]:
             *extra]
 
 
-def _stopped_dpo(out: Path, stop_after: int) -> None:
+def _stopped_dpo(out: Path, stop_after: int, fsdp: bool = True) -> None:
     """The CLI's DPO run (same config), stopped after ``stop_after`` steps as if the process were killed."""
     from allroads.llm import data as D
     from allroads.llm import models as M
@@ -40,7 +41,7 @@ def _stopped_dpo(out: Path, stop_after: int) -> None:
     from allroads.llm.__main__ import tiny_preset
     from allroads.llm.config import DPOConfig, load_config
 
-    argv = _args("dpo", out, True, RESUME)[1:]
+    argv = _args("dpo", out, fsdp, RESUME)[1:]
     overrides = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2) if argv[i] != "--preset"}
     cfg = load_config(DPOConfig, None, {**tiny_preset("dpo"), **overrides})
     tok = M.load_tokenizer(cfg.tokenizer)
@@ -108,10 +109,11 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tmp_path):
     ref = _weights(tmp_path / "uninterrupted" / "model", "dpo")
     _assert_same(_weights(tmp_path / "one_resumed" / "model", "dpo"), ref)
     _assert_same(_weights(tmp_path / "two_resumed" / "model", "dpo"), ref)
+    _assert_same(_weights(tmp_path / "ddp_resumed" / "model", "dpo"), ref)
     losses = {d: [json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-              for d in ("uninterrupted", "one_resumed", "two_resumed")}
+              for d in ("uninterrupted", "one_resumed", "two_resumed", "ddp_resumed")}
     assert len(losses["uninterrupted"]) == 6
-    for d in ("one_resumed", "two_resumed"):
+    for d in ("one_resumed", "two_resumed", "ddp_resumed"):
         assert [round(v, 9) for v in losses[d]] == [round(v, 9) for v in losses["uninterrupted"]], d
 
 
@@ -134,6 +136,8 @@ def _worker(mode: str, out: Path) -> None:
         shutil.copytree(out / "two_resumed", out / "one_resumed")
     torch.distributed.barrier()
     assert main(_args("dpo", out / "two_resumed", True, RESUME)) == 0
+    _stopped_dpo(out / "ddp_resumed", stop_after=3, fsdp=False)  # DDP writes and reads the same sharded format
+    assert main(_args("dpo", out / "ddp_resumed", False, RESUME)) == 0
 
 
 if __name__ == "__main__":
