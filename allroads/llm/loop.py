@@ -9,8 +9,8 @@ the loop does what every stage shares:
   whole batch (not a mean of micro-batch means), and DDP's average over ranks makes it the global mean;
 * AdamW (ε from the tables), cosine or linear decay to 0 with optional warm-up, optional clipping;
 * bf16 autocast on CUDA (and FSDP2's bf16 compute / fp32 reduction); gradient checkpointing via the config;
-* metrics to ``metrics.jsonl`` every step (loss, rewards/chosen, rewards/rejected, margins,
-  accuracy, lr, tokens/s), tqdm on rank 0, ``curves.png`` at the end;
+* metrics to ``metrics.jsonl`` every step (loss, TRL's rewards/chosen, rewards/rejected, rewards/margins,
+  rewards/accuracies, logps/chosen, logps/rejected; lr, tokens/s), tqdm on rank 0, ``curves.png`` at the end;
 * atomic sharded checkpoints (:mod:`allroads.llm.checkpoint`) every ``save_every`` steps and exact resume,
   also on another number of processes or with FSDP2 switched on or off: model, optimizer, scheduler, RNG and
   the step (which fixes the data position); the final weights are written once, to ``model/`` (safetensors;
