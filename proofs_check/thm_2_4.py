@@ -32,7 +32,8 @@ Negative control: the samples drawn from a different policy q — P_θ tilted by
 along one coordinate of the score (:func:`score_tilted`); the estimator is then biased and
 max_k |z_k| ≥ 4·z* is required (a 20σ-plus miss, not a borderline one). A *random* q was used first; its
 bias can be arbitrarily small, and on 1 of 1000 instances it gave only |z| = 13, so the control now has
-a fixed effect size.
+a fixed effect size. Where P_θ is nearly deterministic the tilted q can put all its mass on one
+completion; its samples then agree, the standard error is 0 and the bias is certain (:func:`z_max`).
 """
 from __future__ import annotations
 
@@ -113,6 +114,19 @@ def score_tilted(lp: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(lp + jac[..., k] / sd, dim=1)
 
 
+#: |z| reported for a coordinate whose samples all agree (standard error 0) while the estimate is off.
+Z_CERTAIN = 1e6
+
+
+def z_max(diff: torch.Tensor, se: torch.Tensor) -> float:
+    """max_k |diff_k| / se_k. A coordinate with se_k = 0 (every sample the same trajectory: a sampler that puts
+    all its mass on one completion, as the control's tilted q can when P_θ is nearly deterministic) has z = 0
+    if its estimate is exact (|diff_k| ≤ 1e-12) and :data:`Z_CERTAIN` otherwise — a deterministic bias, not a
+    NaN or an infinity."""
+    z = torch.where(se > 0, diff / se.clamp_min(1e-300), torch.where(diff > 1e-12, Z_CERTAIN, 0.0))
+    return float(z.max())
+
+
 def mc_instance(g: torch.Generator, n_per_demo: int = 2000, n_demos: int = 8) -> tuple[float, float]:
     mdp = random_mdp(g, horizon=(2, 3))
     cls = random_loglinear(mdp, g, d=MC_DIM)
@@ -129,7 +143,7 @@ def mc_instance(g: torch.Generator, n_per_demo: int = 2000, n_demos: int = 8) ->
         per_sample = -jac[prompt[:, None].expand_as(samples), samples].reshape(-1, MC_DIM)  # (M·K, d)
         g_hat = g_sft - per_sample.mean(0)  # the sampled SPIN gradient
         se = per_sample.std(0) / per_sample.shape[0] ** 0.5
-        return float(((g_hat - g_sft).abs() / se).max())
+        return z_max((g_hat - g_sft).abs(), se)
 
     return max_z(lp), max_z(other_lp)
 

@@ -232,3 +232,28 @@ def test_once_check_runs_one_instance_and_prints_its_report(capsys):
     assert main(["--only", "partial_coverage_sweep", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Partial coverage sweep" in out and "DPO moves ≥ 1/2" in out
+
+
+def test_z_of_a_zero_variance_coordinate_is_zero_or_certain_never_nan():
+    """thm_2_4_mc's z: se = 0 with an exact estimate → 0, with a biased one → Z_CERTAIN; finite everywhere."""
+    from proofs_check.thm_2_4 import Z_CERTAIN, z_max
+
+    assert z_max(torch.tensor([0.0, 0.3]), torch.tensor([0.0, 0.1])) == pytest.approx(3.0)
+    assert z_max(torch.tensor([0.2, 0.3]), torch.tensor([0.0, 0.1])) == Z_CERTAIN
+    assert z_max(torch.tensor([0.0]), torch.tensor([0.0])) == 0.0
+
+
+def test_lemma_a_1_control_reference_makes_the_factor_visible():
+    """On the instance where a nearly uniform π_ref hid the reference factor (seed 1, instance 122: exact TV
+    6.8e-5), the redrawn π_ref moves the MinRelEnt optimum away from P*_r by TV ≥ 1e-3."""
+    from allroads.tabular import gibbs_log_probs, soft_value_iteration
+    from proofs_check.common import max_tv, random_reward, random_small_mdp, uniform
+    from proofs_check.lemma_a_1 import visible_reference
+
+    g = instance_generator(1, "lemma_a_1", 122)
+    beta = uniform(g, 0.5, 2.0)
+    mdp = random_small_mdp(g)
+    r = random_reward(mdp, g)
+    ref = visible_reference(mdp, r, beta, g)
+    lp = soft_value_iteration(mdp, r, ref=ref, beta=beta).policy.traj_log_probs()
+    assert max_tv(lp, gibbs_log_probs(mdp, r, beta)) >= 1e-3
