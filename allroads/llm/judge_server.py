@@ -9,9 +9,11 @@ the prompt asks for::
     Comparison: <one sentence>
     Preferred: A
 
-so that :func:`allroads.llm.judge.parse_preferred` works on its answers. Failure injection for tests:
+so that :func:`allroads.llm.judge.parse_preferred` works on its answers. Like an API that resolves a model alias,
+it answers as model ``<requested>-snapshot`` with ``system_fingerprint`` ``fp_loopback``. Failure injection for tests:
 the first ``fail_first`` requests get HTTP ``fail_status`` (429 or 5xx); prompts for which ``malformed``
-returns True get an answer without a valid ``Preferred:`` line. Every request is counted.
+returns True get an answer without a valid ``Preferred:`` line; ``fail_code`` and ``fail_headers`` shape those
+failures (``insufficient_quota``, ``retry-after-ms``). Every request is counted and its JSON body kept.
 
 Only loopback addresses are accepted; the server runs in a daemon thread until :meth:`stop` (or the end of
 a ``with`` block).
