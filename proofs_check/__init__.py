@@ -28,12 +28,14 @@ settings, ≈ 4 s). Each instance of the optimiser-based checks runs a handful o
 parameters; random starts of one objective run as one batched fit (``common.fit_starts``), and the
 saturation guard and multi-start only where they were measured to change answers (``common.fit``,
 ``common.fit_both_cross_seeded``). Measured on the shared 2-core development machine with one torch
-thread: the default run (40 instances, seed 0) takes 12–14 s. ``--instances 1000 --seed 0`` takes 258 CPU s
-(298 s wall with two other jobs sharing the two cores) and passes every check with every negative control
-failing as designed. Earlier 1000-instance runs failed for causes that 40 instances do not reach (local
-optima of the non-convex log-linear fits, a prompt of mass 5e-4, a random SPIN control of low power, a
-reverse-KL fit stopped at a saturated softmax on instance 816), fixed as described in
-``common.fit_both_cross_seeded``, ``common.random_prompt_probs``, ``thm_2_4`` and ``common.fit``. A failing
+thread: the default run (40 instances, seed 0) takes 12–14 s. ``--instances 1000`` takes 258 CPU s (seed 0;
+298 s wall with two other jobs sharing the two cores; 287–292 CPU s with three) and passes every check with
+every negative control failing as designed, with seed 0 and with seed 1. Earlier 1000-instance runs failed
+for causes that 40 instances do not reach (local optima of the non-convex log-linear fits, a prompt of mass
+5e-4, random controls of low power in ``thm_2_4`` and ``lemma_a_1``, a zero-variance sampler in
+``thm_2_4_mc``, a reverse-KL fit stopped at a saturated softmax), fixed as described in
+``common.fit_both_cross_seeded``, ``common.random_prompt_probs``, ``thm_2_4``, ``lemma_a_1`` and
+``common.fit``. A failing
 run prints the command that replays the instance it names (``--start K --instances 1``), and so does a NaN
 or infinite value on any instance. ``python -m proofs_check.mutants`` breaks the library on purpose and
 reports which checks catch each mutation (≈ 45 s).
