@@ -66,9 +66,11 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
         pairs, scored, rep = build_online_pairs(be, pipe.policy(start), pipe.scorer(rm_kind, rm, sft), prompts, ocfg)
         save_scored(scored, out / "scored.jsonl")
         _write_pairs(out, to_tokenized_pairs(be, pairs))
-        write_json(out / "report.json", {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs})
+        report = {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs}
+        write_json(out / "report.json", report)
         write_json(out / "sampling.json", {"sampling_temperature": scored.sampling_temperature})
-        pipe.log(f"[online_pairs] {rep.to_dict()}")
+        pipe.log(f"[online_pairs] {report}" + (f"; {report['shortfall']} rows still tied after {ocfg.tie_redraws} "
+                                               "redraws have no pair" if report["shortfall"] else ""))
 
     inputs = [start] + ([rm] if rm else []) + ([sft] if sft and rm_kind == "dpo" else [])
     spec = {"cfg": ocfg, "rm_kind": rm_kind, "fraction": fraction, "subset_seed": s.subset_seed if fraction < 1 else None,
