@@ -75,7 +75,7 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
     inputs = [start] + ([rm] if rm else []) + ([sft] if sft and rm_kind == "dpo" else [])
     spec = {"cfg": ocfg, "rm_kind": rm_kind, "fraction": fraction, "subset_seed": s.subset_seed if fraction < 1 else None,
             "pft": s.pft_data, "pft_limit": s.pft_limit, "sft_data": s.sft_data if augment else "", "two_word": two_word,
-            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens}
+            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
     return pipe.run("online_pairs", spec, inputs, build)
 
 
@@ -108,7 +108,7 @@ def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:
         _write_pairs(out, to_tokenized_pairs(be, pairs))
 
     spec = {"online": o, "data_seed": s.data_seed, "pft": s.pft_data, "pft_limit": s.pft_limit,
-            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens}
+            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
     return pipe.run("rouge_data", spec, [sft], build)
 
 
@@ -145,7 +145,8 @@ def gpt_label_data(pipe: Pipeline, sft: Artifact) -> Artifact:
         _write_pairs(out, pairs)
 
     spec = {"online": o, "data_seed": s.data_seed, "pft": s.pft_data, "pft_limit": s.pft_limit,
-            "judge": s.judge_id, "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens}
+            "judge": s.judge_id, "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens,
+            "sampler": pipe.sampler()}
     return pipe.run("gpt_label_data", spec, [sft], build)
 
 

@@ -30,7 +30,7 @@ def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compu
     def build(out: Path):
         write_json(out / "result.json", compute())
 
-    spec = {**spec, "judge": pipe.s.judge_id, "n_test": pipe.s.n_test}
+    spec = {**spec, "judge": pipe.s.judge_id, "n_test": pipe.s.n_test, "sampler": pipe.sampler()}
     if judged:
         spec["judge_failure_budget"] = pipe.s.judge_failure_budget
     art = pipe.run(kind, spec, inputs, build)

@@ -45,8 +45,9 @@ class JudgeConfig:
     variant: str = "standard"
     """Which B.4 prompt: ``"standard"`` or ``"two_word"`` (Fig. 10)."""
     seed: int = 0
-    """Seed of the A/B order of each pair (a function of seed, post and the two texts) and the ``seed`` sent to
-    the API (best-effort determinism of its sampling); recorded in every result."""
+    """Seed of the A/B order of each pair (a function of seed, post and the two texts) and of the ``seed`` sent to
+    the API (best-effort determinism of its sampling: sample k of one prompt is requested with seed + k, so
+    repeated samples are distinct and each reproducible); recorded in every result."""
     temperature: float = 0.0
     """Judge sampling temperature; the paper does not state it, 0 makes answers as repeatable as the API allows."""
     max_completion_tokens: int = 256
@@ -238,7 +239,7 @@ class ChatClient:
             return ChatReply(content=hit[0], cached=True, usage=hit[1])
         response = self.client.chat.completions.create(
             model=self.cfg.model, messages=[{"role": "user", "content": prompt}], temperature=temperature,
-            max_completion_tokens=self.cfg.max_completion_tokens, seed=self.cfg.seed)
+            max_completion_tokens=self.cfg.max_completion_tokens, seed=self.cfg.seed + sample_index)
         content = response.choices[0].message.content or ""
         usage = {}
         if response.usage is not None:

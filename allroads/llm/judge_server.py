@@ -85,9 +85,10 @@ class RuleJudgeServer:
         fail_headers: headers sent with those failures (e.g. ``{"retry-after-ms": "10"}``).
         malformed: ``malformed(prompt) -> bool``; when True the answer has no valid ``Preferred:`` line.
         write: ``write(post, k) -> str``, the stand-in writer of two-word summaries: a two-word summary-writing
-            prompt (App. B.1) is answered ``Summary: <write(post, k)>`` where k counts the earlier requests
-            of the same prompt (0, 1, …), so the two samples of one post differ. None: such prompts get the
-            "could not find" answer.
+            prompt (App. B.1) is answered ``Summary: <write(post, k)>`` where k is the request's ``seed`` (the
+            judge client sends seed + sample index, so the two samples of one post differ and each always gets
+            the same text, whatever order concurrent requests arrive in); without a seed, k counts the earlier
+            requests of the same prompt. None: such prompts get the "could not find" answer.
         host: a loopback address; anything else raises ValueError.
         port: 0 = a free port chosen by the OS.
 
@@ -162,15 +163,15 @@ class RuleJudgeServer:
         self.stop()
 
     # --- answering -------------------------------------------------------------------------------
-    def answer(self, prompt: str) -> str:
-        """The assistant message for ``prompt`` (no failure injection)."""
+    def answer(self, prompt: str, seed: int | None = None) -> str:
+        """The assistant message for ``prompt`` (no failure injection); ``seed``: the request's seed, if any."""
         if self.respond is not None:
             return self.respond(prompt)
         if self.write is not None and (post := split_summary_prompt(prompt)) is not None:
             with self._lock:
                 k = self._written.get(prompt, 0)
                 self._written[prompt] = k + 1
-            return f"Summary: {self.write(post, k)}"
+            return f"Summary: {self.write(post, k if seed is None else int(seed))}"
         if self.malformed is not None and self.malformed(prompt):
             return "Comparison: Both summaries are fine.\nPreferred: both"
         split = split_judge_prompt(prompt)
@@ -219,7 +220,7 @@ class RuleJudgeServer:
                     return
                 with server._lock:
                     server.requests.append(req)
-                content = server.answer(prompt)
+                content = server.answer(prompt, req.get("seed"))
                 with server._lock:
                     server.n_answered += 1
                     server.prompts.append(prompt)

@@ -16,7 +16,7 @@ rules, skips and report counts; :mod:`allroads.llm.data`), built differently:
 from __future__ import annotations
 
 from array import array
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .data import LoadReport, TokenizedPair, TokenizedSFT, load_comparison_rows, load_sft_rows
 from .tldr_format import PROMPT_TEMPLATE, cut_post_once

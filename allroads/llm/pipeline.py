@@ -161,6 +161,16 @@ class Pipeline:
             self._judges[variant] = self.judge_factory(variant)
         return self._judges[variant]
 
+    def sampler(self) -> str:
+        """The sampler the sampling stages use, resolved (``hf`` or ``vllm``): ``Settings.sampler``, where ``auto``
+        means vLLM when it is importable and the stages run on CUDA. Part of every sampling stage's key, so
+        samples drawn by one sampler are never reused for the other."""
+        if self.s.sampler != "auto":
+            return self.s.sampler
+        from .sample import vllm_available
+
+        return "vllm" if torch.device(self.device).type == "cuda" and vllm_available() else "hf"
+
     def run(self, kind: str, spec: dict, inputs: list[Artifact], build: Callable[[Path], None]) -> Artifact:
         """One cached stage (:meth:`StageCache.run`)."""
         return self.cache.run(kind, spec, inputs, build)

@@ -21,3 +21,16 @@ def test_writer_answers_summary_prompts_and_still_judges(tmp_path):
         res = judge_win_rate(judge, posts, [p[0] for p in sums], [p[1] for p in sums])
         assert res.wins == len(posts) and res.unparseable == 0
         judge.close()
+
+
+def test_concurrent_samples_of_one_post_get_their_own_text(tmp_path):
+    """Sample k of a post is requested with seed + k, so with 8 workers racing over posts that repeat, each
+    (post, k) still gets write(post, k): the result is the same as one worker's (the loopback writer once
+    counted arrivals, and repeated posts raced)."""
+    posts = [r["post"] for r in make_synthetic_sft(6, 3)] * 3
+    with RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary) as server:
+        cfg = JudgeConfig(model="rule", variant="two_word", max_workers=8, cache_path=None)
+        judge = Judge(cfg, client=make_client(cfg, base_url=server.base_url, api_key="loopback"))
+        sums = generate_two_word_summaries(judge, posts, n=2)
+        judge.close()
+    assert sums == [[synthetic_two_word_summary(p, 0), synthetic_two_word_summary(p, 1)] for p in posts]

@@ -112,3 +112,30 @@ def test_tiny_model_setting_trains_sft_and_rm_from_it(tmp_path):
     assert M.load_policy(str(sft.path / "model")).config.hidden_size == 32
     assert M.load_reward_model(str(rm.path / "model")).config.hidden_size == 32
     assert pipe.tokenizer.get_vocab() == _tiny.tok().get_vocab()  # the tokenizer setting, not the model's name
+
+
+def test_sampling_stages_are_keyed_by_the_resolved_sampler(tmp_path, monkeypatch):
+    """``auto`` resolves to HF on CPU; an online-pairs stage drawn by HF and one drawn by vLLM have different
+    keys (samples are never reused across samplers), while a training stage's key ignores the sampler."""
+    from allroads.llm import data_stages as D
+    from allroads.llm.stage_cache import Artifact
+
+    specs = {}
+
+    def capture(pipe):
+        def run(kind, spec, inputs, build):
+            specs.setdefault(kind, []).append(spec)
+            return Artifact(kind, tmp_path, "h")
+        return run
+
+    for sampler in ("auto", "vllm"):
+        pipe = Pipeline(tmp_path / sampler, dataclasses.replace(_tiny.small_settings(), sampler=sampler), None,
+                        log=lambda m: None)
+        monkeypatch.setattr(pipe, "run", capture(pipe))
+        assert pipe.sampler() == ("hf" if sampler == "auto" else "vllm")
+        fake = Artifact("sft", tmp_path, "sft-hash")
+        D.online_pairs(pipe, fake, fake, "global", seed=0)
+    a, b = specs["online_pairs"]
+    assert a["sampler"] == "hf" and b["sampler"] == "vllm"
+    assert {k: v for k, v in a.items() if k != "sampler"} == {k: v for k, v in b.items() if k != "sampler"}
+    assert "sampler" not in dataclasses.asdict(stage_config("sft", _tiny.small_settings()))
