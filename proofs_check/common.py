@@ -36,7 +36,6 @@ __all__ = [
     "random_loglinear",
     "random_full_coverage_data",
     "fit",
-    "fit_objective",
     "fit_starts",
     "best_of_starts",
     "fit_both_cross_seeded",
@@ -258,17 +257,12 @@ def _saturated(policy_class, theta) -> bool:
         return any(bool((lp < math.log(SATURATED)).any()) for lp in policy_class.log_pi(theta))
 
 
-def fit_objective(objective, theta0, *, tol: float = 1e-8, restarts: int = 4, shrink: bool = True) -> FitResult:
-    """:func:`fit` for an objective builder: ``objective(n_blocks)`` returns θ ↦ value (``n_blocks=None``:
-    one θ; ``B``: B copies summed, θ of shape (B, n)) — the library's ``bt_objective``, ``dpo_objective``,
-    ``rkl_objective``, ``soft_rl_loss`` with their arguments bound."""
-    fun = objective(None)
-    return fit(lambda theta0, **kw: minimize_lbfgs(fun, theta0, **kw), theta0=theta0, tol=tol,
-               restarts=restarts, shrink=shrink)
-
-
 def fit_starts(objective, starts, *, tol: float = 1e-8, restarts: int = 4) -> list[FitResult]:
     """Independent fits of one objective from several starts, run as *one* L-BFGS over the stacked starts.
+
+    ``objective(n_blocks)`` is an objective builder with its arguments bound — the library's ``bt_objective``,
+    ``dpo_objective``, ``rkl_objective`` or ``soft_rl_loss``: θ ↦ value for one θ (``n_blocks=None``) or the
+    sum of B copies for θ of shape (B, n).
 
     The batched objective is the sum of B copies, one per start, so its minimisers are the tuples of the
     copies' minimisers; batching cuts the per-evaluation overhead that dominates fits this small (the
@@ -291,14 +285,14 @@ def best_of_starts(objective, starts, *, tol: float = 1e-8, shrink: bool = False
     best = min(fit_starts(objective, starts, tol=tol), key=lambda r: r.loss)
     if not shrink:
         return best
-    shrunk = fit_objective(objective, 0.25 * best.theta, tol=tol, shrink=False)
+    shrunk = fit_starts(objective, [0.25 * best.theta], tol=tol)[0]
     return shrunk if shrunk.loss < best.loss else best
 
 
 def fit_both_cross_seeded(objective_a, objective_b, starts_a, starts_b, *, tol: float = 1e-8):
     r"""Global minimisers of two objectives that a statement claims share their argmin, found honestly.
 
-    ``objective_a`` / ``objective_b`` are objective builders (see :func:`fit_objective`; e.g. soft RL and the
+    ``objective_a`` / ``objective_b`` are objective builders (see :func:`fit_starts`; e.g. soft RL and the
     reverse-KL projection over a log-linear class, both non-convex in θ). Each side first keeps the best of
     its own random starts (one batched fit, :func:`fit_starts`); then each is refitted from the *other*
     side's answer and keeps whichever run has the lower value of its *own* objective, among them also

@@ -31,7 +31,7 @@ from .data import PreferenceData, bt_nll
 from .divergence import reverse_kl
 from .mdp import TreeMDP
 from .policy import TabularPolicy
-from .soft_rl import soft_rl_objective
+from .soft_rl import soft_rl_objective, soft_rl_value
 
 __all__ = [
     "FitResult",
@@ -224,11 +224,7 @@ def soft_rl_loss(policy_class, reward: torch.Tensor, *, beta: float = 1.0, ref_l
     shape = _theta_view(policy_class, None, n_blocks)
 
     def fun(th):
-        lp = policy_class.traj_log_probs(th.reshape(shape))
-        p = torch.exp(lp)
-        penalty = lp if ref is None else lp - ref
-        safe = torch.where(p > 0, penalty, torch.zeros_like(penalty))
-        return -mdp.expect_over_prompts((p * (r - beta * safe)).sum(-1)).sum()
+        return -soft_rl_value(mdp, policy_class.traj_log_probs(th.reshape(shape)), r, beta, ref).sum()
     return fun
 
 

@@ -26,7 +26,8 @@ import torch
 from .mdp import TreeMDP
 from .policy import TabularPolicy
 
-__all__ = ["SoftVIResult", "soft_value_iteration", "logsumexp_children", "gibbs_log_probs", "soft_rl_objective"]
+__all__ = ["SoftVIResult", "soft_value_iteration", "logsumexp_children", "gibbs_log_probs", "soft_rl_objective",
+           "soft_rl_value"]
 
 
 def _check_beta(beta: float) -> float:
@@ -154,9 +155,15 @@ def soft_rl_objective(policy: TabularPolicy, reward, beta: float = 1.0, ref: Tab
     beta = _check_beta(beta)
     mdp = policy.mdp
     r = mdp.check_traj_array(reward, "reward")
-    lp = policy.traj_log_probs()
-    p = torch.exp(lp)
-    penalty = lp if ref is None else lp - ref.traj_log_probs()
+    return soft_rl_value(mdp, policy.traj_log_probs(), r, beta, None if ref is None else ref.traj_log_probs())
+
+
+def soft_rl_value(mdp: TreeMDP, log_p: torch.Tensor, reward: torch.Tensor, beta: float,
+                  ref_log_p: torch.Tensor | None = None) -> torch.Tensor:
+    r"""J of :func:`soft_rl_objective` from trajectory log-probs ``log_p`` (P, A**H), or (B, P, A**H) for B
+    policies at once (then (B,)):  E_{s_0} Σ_ξ P(ξ|s_0) [r(ξ) − β·(log P(ξ|s_0) − log P_ref(ξ|s_0))], with
+    log P_ref ≡ 0 when ``ref_log_p`` is None (the entropy bonus); trajectories with P = 0 contribute 0."""
+    p = torch.exp(log_p)
+    penalty = log_p if ref_log_p is None else log_p - ref_log_p
     safe = torch.where(p > 0, penalty, torch.zeros_like(penalty))
-    per_prompt = (p * (r - beta * safe)).sum(1)
-    return mdp.expect_over_prompts(per_prompt)
+    return mdp.expect_over_prompts((p * (reward - beta * safe)).sum(-1))
