@@ -76,20 +76,31 @@ class LLMBackend:
         return [[completion_from_text(t, self.tokenizer) for t in row] for row in texts]
 
     def _flat_batches(self, prompts: Sequence[str], completions: Completions):
-        """Yield ``(rows, batch)`` over the flattened (B·n) prompt+completion sequences."""
+        """Yield ``(groups, batch)`` over the distinct prompt+completion sequences of the (B, n) grid; ``groups[i]``
+        lists the ``(b, j)`` cells that hold sequence i of the batch (samples at a low temperature repeat, and a
+        sequence's score or log-probability is computed once)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} rows of completions")
         p_ids = self.encode_prompts(prompts)
-        flat = [(b, j, p_ids[b], list(c.token_ids)) for b, row in enumerate(completions) for j, c in enumerate(row)]
-        empty = [(b, j) for b, j, _, r in flat if not r]
-        if empty:
-            raise ValueError(f"{len(empty)} completion(s) have no tokens (first at prompt {empty[0][0]}, "
-                             f"sample {empty[0][1]}); an empty response has no log-probability to score")
+        cells: dict[tuple, list[tuple[int, int]]] = {}
+        for b, row in enumerate(completions):
+            for j, c in enumerate(row):
+                if not c.token_ids:
+                    raise ValueError(f"a completion has no tokens (prompt {b}, sample {j}); an empty response has no "
+                                     "log-probability to score")
+                cells.setdefault((tuple(p_ids[b]), tuple(c.token_ids)), []).append((b, j))
+        flat = list(cells.items())
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(flat), self.micro_batch_size):
             chunk = flat[s:s + self.micro_batch_size]
-            batch = collate_sequences([c[2] for c in chunk], [c[3] for c in chunk], pad, "left")  # left: the LM head runs on response positions only
-            yield [(c[0], c[1]) for c in chunk], {k: v.to(self.device) for k, v in batch.items()}
+            batch = collate_sequences([list(k[0]) for k, _ in chunk], [list(k[1]) for k, _ in chunk], pad, "left")  # left: the LM head runs on response positions only
+            yield [g for _, g in chunk], {k: v.to(self.device) for k, v in batch.items()}
+
+    @staticmethod
+    def _fill(out: torch.Tensor, groups, values: torch.Tensor) -> None:
+        for group, v in zip(groups, values.double().cpu().tolist()):
+            for b, j in group:
+                out[b, j] = v
 
     def _grid(self, completions: Completions) -> torch.Tensor:
         n = {len(r) for r in completions}
@@ -106,11 +117,10 @@ class LLMBackend:
         was_training = policy.training
         policy.eval()
         try:
-            for rows, batch in self._flat_batches(prompts, completions):
+            for groups, batch in self._flat_batches(prompts, completions):
                 logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                          temperature)
-                for (b, j), v in zip(rows, logp.double().cpu().tolist()):
-                    out[b, j] = v
+                self._fill(out, groups, logp)
         finally:
             policy.train(was_training)
         return out
@@ -122,10 +132,8 @@ class LLMBackend:
         was_training = reward_model.training
         reward_model.eval()
         try:
-            for rows, batch in self._flat_batches(prompts, completions):
-                r = rewards(reward_model, batch["input_ids"], batch["attention_mask"])
-                for (b, j), v in zip(rows, r.double().cpu().tolist()):
-                    out[b, j] = v
+            for groups, batch in self._flat_batches(prompts, completions):
+                self._fill(out, groups, rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
         finally:
             reward_model.train(was_training)
         return out

@@ -13,7 +13,8 @@ Sources (``source`` strings accepted by :func:`load_sft_rows` / :func:`load_comp
   summaries[{text}], choice) or in the pre-formatted ``prompt`` schema above;
 * a local directory: the files under it whose name starts with the split (``train.jsonl``,
   ``data/train-00000-of-00001.parquet``, …);
-* ``synthetic`` or ``synthetic:N[:SEED]``: :mod:`allroads.llm.synthetic` rows with a known score.
+* ``synthetic[-TASK][:N[:SEED]]`` (``synthetic``, ``synthetic:N``, ``synthetic-lookup:N``, …): :mod:`allroads.llm.synthetic`
+  rows with a known score; TASK is ``facts`` (default), ``two_word`` or ``lookup``.
 
 The OpenAI release as local files (:mod:`allroads.llm.sources`): ``tldr_3_filtered/{train,valid,test}.jsonl``
 (``valid`` is the validation split) and ``comparisons/batch*.json`` (JSON lines whose ``split`` field is ``train``,

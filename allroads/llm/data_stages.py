@@ -43,12 +43,14 @@ def _raise_on_judge_errors(result, stage: str) -> None:
 
 def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: str, seed: int, *,
                  sft: Artifact | None = None, augment: bool = False, fraction: float = 1.0,
-                 two_word: bool = False) -> Artifact:
+                 two_word: bool = False, heldout: str = "") -> Artifact:
     """Sample from ``start`` once per PFT comparison row (Sec. 3: "per prompt in the preference dataset"; rows that
     share a post are sampled independently, so online DPO has one pair per row and as many optimizer steps as
     offline DPO), + once per distinct SFT prompt if ``augment`` (Fig. 5); score with the RM, keep best/worst
     (B.1.1); rows whose samples all tie are sampled afresh (``OnlineDataConfig.tie_redraws`` rounds) and the rest
-    counted. ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10). Writes ``scored.jsonl``
+    counted. ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10). ``heldout``: a data source
+    whose validation comparisons give the prompts instead (held-out online pairs for
+    :mod:`allroads.llm.selection`). Writes ``scored.jsonl``
     (re-rankable), ``pairs.jsonl``, ``report.json`` (with ``shortfall``: rows without a pair) and
     ``sampling.json`` (the sampling temperature, which online DPO's π_ref uses)."""
     s = pipe.s
@@ -57,7 +59,8 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
         ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
 
     def build(out: Path):
-        prompts = [pipe.prompt_text(r, two_word) for r in pipe.pft_train_rows(fraction)]  # one sampling per row
+        rows = D.load_comparison_rows(heldout, "validation")[0] if heldout else pipe.pft_train_rows(fraction)
+        prompts = [pipe.prompt_text(r, two_word) for r in rows]  # one sampling per row
         if augment:
             seen = set(prompts)
             prompts += [p for p in pipe.distinct_prompts(pipe.sft_rows("train", s.sft_limit), two_word)[0]
@@ -76,6 +79,8 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
     spec = {"cfg": ocfg, "rm_kind": rm_kind, "fraction": fraction, "subset_seed": s.subset_seed if fraction < 1 else None,
             "pft": s.pft_data, "pft_limit": s.pft_limit, "sft_data": s.sft_data if augment else "", "two_word": two_word,
             "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
+    if heldout:
+        spec["heldout"] = heldout
     return pipe.run("online_pairs", spec, inputs, build)
 
 

@@ -6,6 +6,8 @@ r"""The evaluation stages of the TL;DR graph (App. B.4): plain functions of arti
     validation(pipe, kind, rm, sft)           BT validation likelihood of an RM (Fig. 7)
     bon(pipe, policy, rms, sft, ns, seed)     best-of-N win-rate curves (Figs. 8, 9)
     eq2(pipe, policy, sft, seed)              the Eq. 2 objective (Fig. 4)
+    ground_truth(pipe, policy, sft, seed)     known score, known-score win rate, KL to SFT, regularised known
+                                              score (synthetic presets; :mod:`allroads.llm.ground_truth`)
 
 Each returns its ``result.json`` as a dict; the judge's id and ``n_test`` are part of every key. A judged stage
 whose errors plus unparseable answers exceed ``Settings.judge_failure_budget`` (default 0) raises
@@ -22,7 +24,8 @@ from .data_stages import two_word_refs
 from .evaluate import best_of_n_curve, eq2_objective, policy_rouge, policy_win_rate, validation_likelihood
 from .pipeline import Artifact, Pipeline
 
-__all__ = ["JudgeFailuresError", "reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2"]
+__all__ = ["JudgeFailuresError", "reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2",
+           "ground_truth"]
 
 
 def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compute: Callable[[], dict],
@@ -55,11 +58,10 @@ def _check_judged(pipe: Pipeline, kind: str, summaries: list[dict]) -> None:
 
 
 def _with_known_score(pipe: Pipeline, res: dict, posts: list[str]) -> dict:
-    """Tiny preset: add the synthetic data's known score of the judged samples (mean over posts)."""
+    """Synthetic presets: add the known score of the judged samples (mean over posts)."""
     if pipe.s.known_score:
-        from .synthetic import synthetic_score
-
-        res["known_score"] = sum(synthetic_score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
+        score = pipe.known_score()
+        res["known_score"] = sum(score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
     return res
 
 
@@ -139,7 +141,8 @@ def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifac
         prompts, posts, refs = pipe.test_set()
         scorers = {k: pipe.scorer(kinds[k], rms[k], sft) for k in names}
         res = best_of_n_curve(pipe.backend(), pipe.policy(policy), scorers, pipe.judge(), prompts, posts, refs,
-                              ns=ns, temperature=s.bon_sampling_temperature, seed=seed)
+                              ns=ns, temperature=s.bon_sampling_temperature, seed=seed,
+                              known=pipe.known_score() if s.known_score else None)
         _check_judged(pipe, "eval_bon", [summ for curve in res["curves"].values() for summ in curve.values()])
         return res
 
@@ -164,3 +167,23 @@ def eq2(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
 
     return _result(pipe, "eval_eq2", {"seed": seed, "n": s.eq2_samples, "beta": s.dpo.beta, "tokens": s.max_response_tokens,
                                       "eval_prompt_seed": s.eval_prompt_seed}, [policy, sft], compute)
+
+
+def ground_truth(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
+    """The ground-truth evaluation of ``policy`` on the ``n_test`` test prompts (synthetic presets): the known score
+    of its T = 0.01 samples, their known-score win rate against the references (ties counted), KL(π‖π_sft) and
+    E_π[r*] − β·KL(π‖π_sft) on ``known_kl_samples`` T = 1 samples per prompt, β = DPO's β
+    (:func:`allroads.llm.ground_truth.ground_truth_eval`)."""
+    from .ground_truth import ground_truth_eval
+
+    s = pipe.s
+
+    def compute():
+        prompts, _, refs = pipe.test_set()
+        return ground_truth_eval(pipe.backend(), pipe.policy(policy), pipe.policy(sft), pipe.known_score(), prompts,
+                                 refs, beta=s.dpo.beta, temperature=s.eval_sampling_temperature,
+                                 n_kl_samples=s.known_kl_samples, seed=seed)
+
+    spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens, "beta": s.dpo.beta,
+            "n_kl": s.known_kl_samples, "eval_prompt_seed": s.eval_prompt_seed, "task": s.sft_data.split(":")[0]}
+    return _result(pipe, "eval_known", spec, [policy, sft], compute)

@@ -123,12 +123,14 @@ def policy_rouge(backend: LLMBackend, policy, prompts: Sequence[str], references
 
 def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge, prompts: Sequence[str],
                     posts: Sequence[str], references: Sequence[str], *, ns: Sequence[int], temperature: float = 0.1,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, known=None) -> dict:
     """Fig. 8 / 9: BoN win rate against the references for each RM in ``scorers`` and each N in ``ns``.
 
     ``max(ns)`` samples per prompt are drawn once at T = 0.1 (B.4); BoN-N picks the RM's best among the
     first N (ties → lowest index, :func:`allroads.losses.select_best_of_n`). Returns
-    ``{rm_name: {N: judge summary}}`` plus the unfinished count."""
+    ``{"curves": {rm_name: {N: judge summary}}}`` plus the unfinished count; with a known score
+    ``known(prompt, text)`` (synthetic presets) also ``{"known_score": {rm_name: {N: mean known score of the
+    picks}}}``."""
     ns = sorted(set(int(n) for n in ns))
     if not ns or ns[0] < 1:
         raise ValueError(f"ns={ns}: need N >= 1")
@@ -143,6 +145,9 @@ def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge,
             idx = select_best_of_n(scores[:, :n])
             texts = [c.text for c in backend.take(comps, idx)]
             curve[n] = judge_win_rate(judge, list(posts), texts, list(references)).summary()
+            if known is not None:
+                picked = [known(p, t) for p, t in zip(prompts, texts)]
+                out.setdefault("known_score", {}).setdefault(name, {})[n] = sum(picked) / len(picked)
         out["curves"][name] = curve
     return out
 

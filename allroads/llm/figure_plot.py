@@ -82,14 +82,50 @@ def draw_figure(result: dict):
     import matplotlib.pyplot as plt
 
     quantity, better = AXES.get(result["figure"], (result.get("metric", ""), "higher"))
+    truth = result.get("ground_truth") or {}
+    n_main = len(result["bars"]) if "bars" in result else len(result["curves"])
+    cols = max(1 if "bars" in result else n_main, len(truth))
+    width = (1.4 * n_main + 2.5) if "bars" in result and not truth else 5 * cols
+    fig, grid = plt.subplots(1 + bool(truth), cols, figsize=(width, 4 * (1 + bool(truth))), squeeze=False)
     if "bars" in result:
-        fig, ax = plt.subplots(figsize=(1.4 * len(result["bars"]) + 2.5, 4))
-        axes, compared = [ax], _bars(ax, result)
+        axes, compared = [grid[0][0]], _bars(grid[0][0], result)
     else:
-        fig, grid = plt.subplots(1, len(result["curves"]), figsize=(5 * len(result["curves"]), 4), squeeze=False)
-        axes, compared = list(grid[0]), _curves(grid[0], result)
+        axes, compared = list(grid[0][:n_main]), _curves(grid[0][:n_main], result)
+    for ax in list(grid[0][len(axes):]):
+        ax.set_visible(False)
     for ax in axes:
         ax.set_ylabel(f"{quantity}\n({better} is better)", fontsize=8)
+    if truth:
+        _ground_truth_row(list(grid[1]), result["figure"], truth)
     fig.suptitle(_title(result, compared), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+_TRUTH_BETTER = {"KL(π‖π_sft) on-policy": "distance from SFT"}
+
+
+def _ground_truth_row(axes, figure: str, truth: dict) -> None:
+    """The known-score panels of a synthetic preset (:mod:`allroads.llm.ground_truth`), one per quantity: points
+    with error bars per policy, or curves."""
+    for ax, (label, block) in zip(axes, truth.items()):
+        first = next(iter(block.values()), {})
+        if "mean" in first:  # {policy: point}
+            names = list(block)
+            ax.errorbar(range(len(names)), [block[k]["mean"] for k in names], yerr=[block[k]["se"] or 0.0 for k in names],
+                        fmt="o", capsize=4, color="tab:green")
+            ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+            ax.margins(x=0.2)
+        else:  # {curve: {x: point}}
+            for name, pts in block.items():
+                ax.errorbar([float(x) for x in pts], [p["mean"] for p in pts.values()],
+                            yerr=[p["se"] or 0.0 for p in pts.values()], marker="o", capsize=3, label=name)
+            ax.set_xlabel(_XLABELS.get(figure, ""))
+            ax.legend(fontsize=7)
+            if figure in ("fig8", "fig9"):
+                ax.set_xscale("log")
+        better = _TRUTH_BETTER.get(label, "higher is better")
+        ax.set_title(f"ground truth: {label}", fontsize=8)
+        ax.set_ylabel(f"{label}\n({better})", fontsize=8)
+    for ax in axes[len(truth):]:
+        ax.set_visible(False)

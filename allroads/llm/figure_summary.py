@@ -32,6 +32,11 @@ def summary_lines(result: dict) -> list[str]:
         for name, points in curves.items():
             values = ", ".join(f"{x}: {_value(p)}" for x, p in points.items())
             lines.append(f"  {panel} / {name}:  {values}  {_counts(_summed(list(points.values())))}")
+    for label, block in (result.get("ground_truth") or {}).items():
+        lines.append(f"  ground truth: {label}")
+        for name, v in block.items():
+            text = _value(v) if "mean" in v else ", ".join(f"{x}: {_value(p)}" for x, p in v.items())
+            lines.append(f"    {name}  {text}")
     return lines
 
 

@@ -93,8 +93,9 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
     ``rate(artifact, seed)`` is the evaluation (default :func:`allroads.llm.eval_stages.reference_win_rate`). Known scores (tiny
     preset) are summarised alongside."""
-    rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
     sft = T.sft(pipe)
+    truth = _GroundTruth(pipe, sft) if rate is None else None  # the known score is of the standard task
+    rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
     vals: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
 
@@ -105,13 +106,51 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
 
     if with_sft:
         add("SFT", rate(sft))
+        truth and truth.add("SFT", sft)
     for seed in fig.seeds:
         for name, art in per_seed(seed, sft).items():
             add(name, rate(art, seed))
+            truth and truth.add(name, art, seed)
     out = {"metric": "win rate vs reference (judge)", "bars": {k: _judged_point(v) for k, v in vals.items()}}
     if extra:
         out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
+    if truth:
+        out["ground_truth"] = truth.bars()
     return out
+
+
+GROUND_TRUTH = (("known_score", "known score (T = 0.01)"), ("win_rate", "known-score win rate vs reference"),
+                ("kl", "KL(π‖π_sft) on-policy"), ("objective", "E_π[r*] − β·KL(π‖π_sft)"))
+"""The ground-truth quantities a synthetic preset reports per policy (:mod:`allroads.llm.ground_truth`): result key,
+label."""
+
+
+class _GroundTruth:
+    """Collects :func:`allroads.llm.eval_stages.ground_truth` per policy (and x, for curves) over seeds, when
+    ``Settings.known_score`` is on; empty (falsy) otherwise."""
+
+    def __init__(self, pipe: Pipeline, sft: Artifact):
+        self.pipe, self.sft, self.vals = pipe, sft, {}
+
+    def __bool__(self) -> bool:
+        return bool(self.pipe.s.known_score)
+
+    def add(self, name: str, art: Artifact, seed: int = 0, x=None) -> None:
+        if self:
+            self.vals.setdefault((name, x), []).append(E.ground_truth(self.pipe, art, self.sft, seed))
+
+    def bars(self) -> dict:
+        """``{label: {policy: mean ± s.e. over seeds}}``."""
+        return {label: {name: _mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
+                for key, label in GROUND_TRUTH}
+
+    def curves(self) -> dict:
+        """``{label: {policy: {x: mean ± s.e. over seeds}}}``."""
+        out: dict = {}
+        for key, label in GROUND_TRUTH:
+            for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+                out.setdefault(label, {}).setdefault(name, {})[str(x)] = _mean_se([r[key] for r in rs])
+        return out
 
 
 def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
@@ -166,25 +205,39 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
             r = E.validation(pipe, kind, art, sft)
             vals.setdefault(kind, []).append(r["loglik"])
             acc.setdefault(kind, []).append(r["accuracy"])
-    return {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
-            "accuracy": {k: _mean_se(v) for k, v in acc.items()}}
+    out = {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
+           "accuracy": {k: _mean_se(v) for k, v in acc.items()}}
+    if pipe.s.known_score:
+        out["labels"] = "known score: the synthetic validation pairs are labelled by the task's score"
+    return out
 
 
 def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
     sft = T.sft(pipe)
     curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    known: dict[str, dict[str, dict[int, list[float]]]] = {}
     for seed in fig.seeds:
         rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
-            _add_curves(curves, base_name, E.bon(pipe, base, rms, sft, fig.bon_ns, seed))
-    return {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
+            res = E.bon(pipe, base, rms, sft, fig.bon_ns, seed)
+            _add_curves(curves, base_name, res)
+            for rm_name, curve in res.get("known_score", {}).items():
+                for n, v in curve.items():
+                    known.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(v)
+    out = {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
+    if known:
+        out["ground_truth"] = {f"known score of the BoN pick, samples from {base}": {
+            rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
+            for base, d in known.items()}
+    return out
 
 
 def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
     sft = T.sft(pipe)
     curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
+    truth = _GroundTruth(pipe, sft)
     for seed in fig.seeds:
         for f in fig.fractions:
             dpo = T.dpo(pipe, sft, seed, fraction=f)
@@ -192,7 +245,12 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
             online = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, fraction=f), seed)
             curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed))
             curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed))
-    return {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
+            truth.add("DPO", dpo, seed, f)
+            truth.add("Online DPO (SFT)", online, seed, f)
+    out = {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
+    if truth:
+        out["ground_truth"] = truth.curves()
+    return out
 
 
 def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -279,15 +337,17 @@ FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
 }
 
 
-def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset: str = "") -> dict:
+def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset: str = "",
+               extra: dict | None = None) -> dict:
     """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers.
-    ``preset`` (``tiny`` / ``paper``) is recorded in the JSON and shown on the figure."""
+    ``preset`` (``tiny`` / ``small`` / ``paper``) is recorded in the JSON and shown on the figure; ``extra`` (e.g.
+    the hyperparameter selection record) is copied into the JSON."""
     fig.validate()
     numbers = FIGURES[fig.figure](pipe, fig)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"figure": fig.figure, "preset": preset, "config": dataclasses.asdict(fig),
-              "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **numbers}
+              "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **(extra or {}), **numbers}
     write_json(out / f"{fig.figure}.json", result)
     plot_figure(result, out / f"{fig.figure}.png")
     return result

@@ -10,24 +10,26 @@ __all__ = ["JudgeFactory"]
 
 
 class JudgeFactory:
-    """``judge_factory(variant) -> Judge`` for :class:`~allroads.llm.pipeline.Pipeline`: ``tiny`` starts the
-    loopback rule judge (:mod:`allroads.llm.judge_server`, scoring with the synthetic data's known score, writing
+    """``judge_factory(variant) -> Judge`` for :class:`~allroads.llm.pipeline.Pipeline`: ``tiny`` and ``small`` start
+    the loopback rule judge (:mod:`allroads.llm.judge_server`, scoring with the known score of the synthetic
+    ``task`` (:func:`allroads.llm.synthetic.task_score`), writing
     two-word summaries with :func:`allroads.llm.synthetic.synthetic_two_word_summary`) behind the OpenAI
     protocol; ``paper`` uses ``model`` (default: the dated ``gpt-4o`` snapshot) at ``base_url`` (default:
     ``OPENAI_BASE_URL`` from the environment, else OpenAI's) with the API key read from ``OPENAI_API_KEY`` (never
     logged). Answers are cached in ``root``."""
 
-    def __init__(self, preset: str, root: str | Path, *, model: str = DEFAULT_JUDGE_MODEL, base_url: str = ""):
-        if preset not in ("tiny", "paper"):
-            raise ValueError(f"preset={preset!r}; use 'tiny' or 'paper'")
-        self.preset, self.root, self.model, self.base_url = preset, Path(root), model, base_url
+    def __init__(self, preset: str, root: str | Path, *, model: str = DEFAULT_JUDGE_MODEL, base_url: str = "",
+                 task: str = "facts"):
+        if preset not in ("tiny", "small", "paper"):
+            raise ValueError(f"preset={preset!r}; use 'tiny', 'small' or 'paper'")
+        self.preset, self.root, self.model, self.base_url, self.task = preset, Path(root), model, base_url, task
         self.server = None
 
     def __call__(self, variant: str):
         from .judge import Judge, JudgeConfig
         from .judge_client import make_client
 
-        cfg = JudgeConfig(model=self.model if self.preset == "paper" else "rule-judge", variant=variant,
+        cfg = JudgeConfig(model=self.model if self.preset == "paper" else f"rule-judge-{self.task}", variant=variant,
                           base_url=self.base_url if self.preset == "paper" else "",
                           cache_path=str(self.root / f"judge-{self.preset}-{variant}.sqlite"),
                           usage_log_path=str(self.root / "judge-usage.jsonl") if self.preset == "paper" else "",
@@ -35,10 +37,10 @@ class JudgeFactory:
         if self.preset == "paper":
             return Judge(cfg)
         from .judge_server import RuleJudgeServer
-        from .synthetic import synthetic_score, synthetic_two_word_summary
+        from .synthetic import synthetic_two_word_summary, task_score
 
         if self.server is None:
-            self.server = RuleJudgeServer(score=synthetic_score, write=synthetic_two_word_summary).start()
+            self.server = RuleJudgeServer(score=task_score(self.task), write=synthetic_two_word_summary).start()
         return Judge(cfg, client=make_client(cfg, base_url=self.server.base_url, api_key="loopback-placeholder"))
 
     def close(self) -> None:

@@ -182,7 +182,7 @@ def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[Tokenize
 
 
 def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
-                     temper_policy: bool = True, tokenizer=None):
+                     temper_policy: bool = True, tokenizer=None, stop_after: int | None = None):
     r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
     temperature it sampled with:
 
@@ -203,4 +203,4 @@ def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig
     temps = {"ref_temperature": sampling_temperature}
     if temper_policy:
         temps["policy_temperature"] = sampling_temperature
-    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer)
+    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)

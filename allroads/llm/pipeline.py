@@ -68,9 +68,13 @@ class Pipeline:
         judges, data rows and tokenizer; ``self`` when ``model`` is already its model."""
         if model == self.s.model:
             return self
+        return self.with_settings(self.s.with_model(model))
+
+    def with_settings(self, settings: Settings) -> "Pipeline":
+        """This run under other ``settings`` (same tokenizer): same cache, judges and data rows."""
         other = Pipeline.__new__(Pipeline)
         other.__dict__.update(self.__dict__)
-        other.s = self.s.with_model(model)
+        other.s = settings
         other._tok = self.tokenizer
         return other
 
@@ -148,10 +152,15 @@ class Pipeline:
         if kind == "dpo":
             return DPORM(self.policy(art), self.policy(sft), self.s.dpo.beta)
         if kind == "known":
-            from .synthetic import synthetic_score
-
-            return FunctionRM(synthetic_score)
+            return FunctionRM(self.known_score())
         raise ValueError(f"unknown RM kind {kind!r}; use global, local, dpo or known")
+
+    def known_score(self):
+        """The known score ``f(post, summary)`` of the synthetic task of ``Settings.sft_data``
+        (:func:`allroads.llm.synthetic.task_score`)."""
+        from .synthetic import task_of, task_score
+
+        return task_score(task_of(self.s.sft_data))
 
     def judge(self, variant: str = "standard"):
         if self.judge_factory is None:

@@ -270,6 +270,25 @@ def _left_pad(batch_ids: list[list[int]], pad: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
+def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, n: int) -> dict:
+    """``generate`` inputs for ``n`` samples of each of the b prompts ``ids`` (left-padded, (b, P)): the prompts
+    are run once, all but their last token, and the key/value cache is repeated n times, so ``generate`` decodes
+    b·n rows from the last prompt token on (the prompt's forward pass is not repeated n times). Positions are those
+    ``generate`` gives left-padded rows (the cumulative sum of the mask), so the samples are those of a plain
+    ``generate(num_return_sequences=n)`` with the same seed (tested)."""
+    rows = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
+    if n == 1 or ids.shape[1] < 2:
+        return rows
+    import inspect
+
+    key = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+    cache = out[key] if key in out else out.past_key_values
+    cache.batch_repeat_interleave(n)
+    return {**rows, key: cache}
+
+
 @torch.no_grad()
 def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], cfg: SamplingConfig,
                eos: int) -> SamplingResult:
@@ -279,7 +298,7 @@ def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], c
     device = next(model.parameters()).device
     n_gen = 1 if cfg.greedy else cfg.n  # greedy: decode once, copy n times
     gen_cfg = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=n_gen,
+        max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=1,
         temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad,
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
     )
@@ -295,7 +314,7 @@ def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], c
                 ids, mask = _left_pad(chunk, pad, device)  # (b, P)
                 proc = _TemperatureLogp(cfg.temperature)
                 seqs = model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                    **_shared_prefill(model, ids, mask, n_gen), generation_config=gen_cfg,
                     logits_processor=LogitsProcessorList([proc]),
                 )  # (b * n_gen, P + steps)
                 gen = seqs[:, ids.shape[1]:]  # (b * n_gen, steps)

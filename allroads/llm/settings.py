@@ -14,7 +14,28 @@ from dataclasses import dataclass
 from .config import DEFAULT_JUDGE_MODEL, PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig
 from .online_data import OnlineDataConfig
 
-__all__ = ["Settings", "paper_settings", "tiny_settings", "stage_config", "online_config"]
+__all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "small_settings", "SMALL_BETA", "stage_config", "online_config"]
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The grid and the held-out data of :func:`allroads.llm.selection.select_hyperparameters`."""
+
+    sft_lrs: tuple[float, ...] = (1e-3, 3e-3)
+    """Learning rates tried for SFT."""
+    sft_max_epochs: int = 4
+    """SFT epochs tried: 1 … this."""
+    pref_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    """Learning rates tried for the global RM, the local RM and DPO."""
+    pref_max_epochs: int = 3
+    """Epochs tried for the global RM, the local RM and DPO: 1 … this."""
+    heldout_rows: int = 512
+    """Held-out SFT rows and held-out preference pairs (the validation split of an independent draw, seed
+    ``heldout_seed``; never the rows the figures evaluate on)."""
+    heldout_seed: int = 7
+    """Data seed of the held-out draw (the figures' data use seed 0)."""
+    seed: int = 0
+    """Training seed of the selection runs."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +79,9 @@ class Settings:
     """Local RM optimisation (Table 4: β = 1/53)."""
     dpo: DPOConfig = DPOConfig()
     """Offline and online DPO optimisation (Table 3: β = 0.05, lr 3e-7, batch 128)."""
+    online_dpo: DPOConfig | None = None
+    """Online DPO optimisation; None: the same as ``dpo`` (the paper trains both with Table 3). Its β is ``dpo``'s
+    (one β for offline and online DPO)."""
     online: OnlineDataConfig = OnlineDataConfig()
     """Online data (B.1.1: 25 samples at T = 0.1); its response budget is ``max_response_tokens``."""
     eval_sampling_temperature: float = 0.01
@@ -79,7 +103,11 @@ class Settings:
     result and in every figure point). More, and the stage fails unfinished; a rerun re-asks only those pairs
     (every answer paid for is cached)."""
     known_score: bool = False
-    """Tiny preset: also report the synthetic data's known score of each policy's samples."""
+    """Synthetic presets: also report the known score of each policy's samples (the task of ``sft_data``,
+    :func:`allroads.llm.synthetic.task_of`), and the ground-truth evaluation (:mod:`allroads.llm.ground_truth`)."""
+    known_kl_samples: int = 4
+    """Ground-truth evaluation: on-policy samples (T = 1) per test prompt for KL(π‖π_sft) and the regularised known
+    score."""
     data_seed: int = 0
     """Seed of the sampling passes that build the model-generated preference datasets of Figs. 6 and 11 (built
     once and shared by every training seed, like the human data they replace)."""
@@ -93,6 +121,10 @@ class Settings:
     two_word_writer_temperature: float = 1.0
     """Temperature of the judge model when it writes two-word summaries (training pairs and the test references
     of Fig. 10); the paper does not state it, 1.0 makes the two summaries of a post differ."""
+    selection: SelectionConfig | None = None
+    """Choose each training stage's lr and epochs on held-out data before the figures run
+    (:mod:`allroads.llm.selection`; the small preset); None: the stage configs above are used as they are (the
+    paper's hyperparameters)."""
     size_models: tuple[tuple[str, str], ...] = (
         ("1.4b", "EleutherAI/pythia-1.4b-deduped"), ("2.8b", "EleutherAI/pythia-2.8b-deduped"),
         ("6.9b", "EleutherAI/pythia-6.9b-deduped"))
@@ -117,9 +149,10 @@ class Settings:
 
 
 def stage_config(kind: str, s: Settings, **overrides) -> TrainConfig:
-    """The config of training stage ``kind`` (``sft``, ``rm``, ``local_rm``, ``dpo``): that stage's optimisation
+    """The config of training stage ``kind`` (``sft``, ``rm``, ``local_rm``, ``dpo``, ``online_dpo``): that stage's optimisation
     from ``s``, with model, tokenizer, data, token budgets, dtype and device from ``s`` (then ``overrides``)."""
-    base = {"sft": s.sft, "rm": s.rm, "local_rm": s.local_rm, "dpo": s.dpo}
+    online = dataclasses.replace(s.online_dpo, beta=s.dpo.beta) if s.online_dpo is not None else s.dpo
+    base = {"sft": s.sft, "rm": s.rm, "local_rm": s.local_rm, "dpo": s.dpo, "online_dpo": online}
     if kind not in base:
         raise ValueError(f"unknown training stage {kind!r}; use one of {sorted(base)}")
     shared = dict(model=s.model, tokenizer=s.tokenizer_name, data=s.sft_data if kind == "sft" else s.pft_data,
@@ -150,5 +183,38 @@ def tiny_settings(**overrides) -> Settings:
         online=OnlineDataConfig(n_samples=6, sampling_temperature=0.7, sample_batch_size=32),
         eq2_samples=4, judge_id="rule:synthetic_score", known_score=True, n_test_two_word=24,
         size_models=(("1.4b", "tiny"), ("2.8b", "tiny:96x2"), ("6.9b", "tiny:128x2")),
+    )
+    return dataclasses.replace(s, **overrides)
+
+
+SMALL_BETA = 0.1
+"""β of the small preset, fixed before any run: DPO and online DPO, and the β of the ground-truth objective
+E_π[r*] − β·KL(π‖π_sft). The known score moves in steps of 1 (one fact), twice the paper's 0.05 keeps a one-fact
+gain worth 10 nats of log-ratio."""
+
+
+def small_settings(task: str = "facts", **overrides) -> Settings:
+    """The ``small`` CPU preset: a 1.8M-parameter GPT-NeoX (hidden 192, 4 layers; Pythia's architecture) with the
+    word-level tokenizer on the synthetic TL;DR ``task`` (:data:`allroads.llm.synthetic.TASKS`: ``facts``, or the
+    controls ``two_word`` and ``lookup``), whose known score is the ground truth. 4096 SFT rows, 2048 preference
+    pairs, 512 validation pairs, 256 test prompts; β fixed (:data:`SMALL_BETA`); the local RM's β = 1/H with H the
+    response budget (Table 4's 1/53); learning rates and epochs are chosen per stage on held-out data
+    (:mod:`allroads.llm.selection`), the values here are the grid's starting point."""
+    from .synthetic import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}; use one of {TASKS}")
+    source = "synthetic" if task == "facts" else f"synthetic-{task}"
+    tokens = 3 if task == "two_word" else 8
+    common = dict(progress=True, micro_batch_size=32, batch_size=32, schedule="constant")
+    s = Settings(
+        model="tiny:192x4", tokenizer="tiny", sft_data=f"{source}:4096", pft_data=f"{source}:2048",
+        max_response_tokens=tokens, dtype="float32", device="cpu", valid_limit=512, n_test=256,
+        sft=SFTConfig(**{**common, "batch_size": 64, "micro_batch_size": 64}, lr=1e-3, epochs=1),
+        rm=RMConfig(**common, lr=3e-4), local_rm=LocalRMConfig(**common, lr=3e-4, beta=1.0 / tokens),
+        dpo=DPOConfig(**common, lr=3e-4, beta=SMALL_BETA),
+        online=OnlineDataConfig(n_samples=25, sampling_temperature=0.1, sample_batch_size=16),
+        eq2_samples=4, eval_micro_batch=64, judge_id=f"rule:{task}", known_score=True, n_test_two_word=256,
+        two_word_tokens=3, selection=SelectionConfig(), size_models=(("1.4b", "tiny:192x4"), ("2.8b", "tiny:256x4"), ("6.9b", "tiny:320x4")),
     )
     return dataclasses.replace(s, **overrides)

@@ -166,13 +166,16 @@ def _iter_dir(path: Path, split: str) -> Iterator[tuple[str, object]]:
 
 
 def iter_rows(source: str, split: str, flag: str, synthetic) -> Iterator[tuple[str, object]]:
-    """``(where, row)`` of ``split`` from ``source`` (module docstring); ``synthetic(n, seed)`` makes synthetic rows."""
+    """``(where, row)`` of ``split`` from ``source`` (module docstring); ``synthetic(n, seed, task)`` makes synthetic
+    rows (``synthetic[-TASK][:N[:SEED]]``, :func:`allroads.llm.synthetic.task_of`)."""
     if source.startswith("synthetic"):
-        parts = source.split(":")
+        from .synthetic import task_of
+
+        task, parts = task_of(source), source.split(":")
         n = int(parts[1]) if len(parts) > 1 else 512
         seed = int(parts[2]) if len(parts) > 2 else 0
         seed += {"train": 0, "validation": 1_000_003, "test": 2_000_003}.get(split, 0)
-        for i, row in enumerate(synthetic(n, seed)):
+        for i, row in enumerate(synthetic(n, seed, task)):
             yield f"{source}[{split}] index {i}", row
         return
     path = Path(source).expanduser()

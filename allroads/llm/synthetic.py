@@ -20,6 +20,18 @@ chosen, ties are redrawn), so preference learning should raise the greedy policy
 Rows come out in the raw OpenAI schemas that :mod:`allroads.llm.data` reads
 (``tldr_3_filtered``: id, subreddit, title, post, summary; ``comparisons``: info{id, post, title,
 subreddit}, summaries[{text}], choice). Every draw uses an explicit ``numpy`` generator from ``seed``.
+
+Three *tasks* share the posts (:data:`TASKS`; the data source ``synthetic-TASK:N`` selects one, :func:`task_of`):
+
+* ``facts`` — the above. The score is a bag-of-words membership test (each summary word is checked against the
+  post on its own; order, length and the rest of the summary do not matter), while the policy that maximises it
+  must emit a sequence: which fact comes next, and when to stop (soft-optimally, a value over all continuations).
+* ``two_word`` — the same score on summaries of at most two words (person, action): generation is as short as
+  verification (the control of the paper's Fig. 10).
+* ``lookup`` — the score is computed against a *reference summary*, the post's four facts in an order that the
+  post's time word selects (:func:`lookup_reference`): words matched in order (longest common subsequence) minus
+  fact words not matched (:func:`lookup_score`). To verify, a model must build the reference, and with the
+  reference, generating is copying it: verification is as hard as generation (the ROUGE-L control of Fig. 11).
 """
 from __future__ import annotations
 
@@ -27,6 +39,11 @@ import numpy as np
 
 __all__ = [
     "FACT_SLOTS",
+    "TASKS",
+    "task_of",
+    "task_score",
+    "lookup_reference",
+    "lookup_score",
     "make_synthetic_sft",
     "make_synthetic_comparisons",
     "synthetic_score",
@@ -44,6 +61,13 @@ FACT_SLOTS: dict[str, tuple[str, ...]] = {
 SUBREDDITS = ("relationships", "tifu", "personalfinance", "advice")
 WHEN = ("yesterday", "today", "tonight")
 _ORDER = ("person", "action", "object", "feeling")
+TASKS = ("facts", "two_word", "lookup")
+LOOKUP_ORDERS: dict[str, tuple[str, ...]] = {
+    "yesterday": ("person", "action", "object", "feeling"),
+    "today": ("feeling", "object", "action", "person"),
+    "tonight": ("object", "person", "feeling", "action"),
+}
+"""The ``lookup`` task's reference order of the four facts, selected by the post's time word."""
 _FACT_WORDS = {w for words in FACT_SLOTS.values() for w in words}
 _TEMPLATE_WORDS = (
     "SUBREDDIT:", "TITLE:", "POST:", "TL;DR:", "advice", "about", "my", "i", "feel", "it", "what",
@@ -78,56 +102,131 @@ def _draw_post(rng: np.random.Generator) -> tuple[dict[str, str], str, str, str]
     facts = {slot: str(rng.choice(words)) for slot, words in FACT_SLOTS.items()}
     subreddit = str(rng.choice(SUBREDDITS))
     title = f"advice about my {facts['person']}"
+    when = str(rng.choice(WHEN))
     post = (
-        f"my {facts['person']} {facts['action']} my {facts['object']} {rng.choice(WHEN)} .\n"
+        f"my {facts['person']} {facts['action']} my {facts['object']} {when} .\n"
         f"i feel {facts['feeling']} about it .\nwhat should i do ?"
     )
-    return facts, subreddit, title, post
+    return {**facts, "when": when}, subreddit, title, post
 
 
-def _draw_summary(facts: dict[str, str], rng: np.random.Generator, length_probs: tuple[float, ...], p_wrong: float) -> str:
+def lookup_reference(post: str) -> list[str]:
+    """The ``lookup`` task's reference summary of ``post``: its four facts in the order its time word selects
+    (:data:`LOOKUP_ORDERS`)."""
+    words = post.split()
+    when = next((w for w in words if w in LOOKUP_ORDERS), None)
+    slot = {s: next((w for w in words if w in FACT_SLOTS[s]), None) for s in _ORDER}
+    if when is None or None in slot.values():
+        raise ValueError(f"lookup_reference: not a synthetic post (needs a time word and four facts): {post[:80]!r}")
+    return [slot[s] for s in LOOKUP_ORDERS[when]]
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two word lists."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def lookup_score(post: str, summary: str) -> float:
+    r"""Known reward of the ``lookup`` task: fact words matched in order minus fact words not matched,
+
+        score = LCS(f, ref) − (|f| − LCS(f, ref)),   f = the summary's fact words in order (repeats kept once),
+
+    ref = :func:`lookup_reference` (post). Range [−4, 4]; 4 only for the reference itself.
+    """
+    said = list(dict.fromkeys(w for w in summary.split() if w in _FACT_WORDS))
+    m = _lcs(said, lookup_reference(post))
+    return float(m - (len(said) - m))
+
+
+def task_score(task: str):
+    """The known score ``f(post, summary) -> float`` of ``task`` (:data:`TASKS`)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; use one of {TASKS}")
+    return lookup_score if task == "lookup" else synthetic_score
+
+
+def task_of(source: str) -> str:
+    """The task of a synthetic data source ``synthetic[-TASK][:N[:SEED]]`` (``facts`` when none is named)."""
+    name = source.split(":")[0]
+    if name == "synthetic":
+        return "facts"
+    task = name[len("synthetic-"):] if name.startswith("synthetic-") else ""
+    if task not in TASKS:
+        raise ValueError(f"data source {source!r}: a synthetic source is synthetic[-TASK][:N[:SEED]] with TASK in "
+                         f"{TASKS}")
+    return task
+
+
+_SFT_LENGTHS = {"facts": (0.55, 0.2, 0.15, 0.1), "two_word": (0.55, 0.45), "lookup": (0.55, 0.2, 0.15, 0.1)}
+_PAIR_LENGTHS = {"facts": (0.25,) * 4, "two_word": (0.5, 0.5), "lookup": (0.25,) * 4}
+
+
+def _draw_summary(facts: dict[str, str], rng: np.random.Generator, length_probs: tuple[float, ...], p_wrong: float,
+                  task: str = "facts", p_swap: float = 0.0) -> str:
+    """A prefix of length k ~ ``length_probs`` of the task's fact order (canonical; ``lookup``: the reference
+    order), each word wrong with probability ``p_wrong``; ``lookup`` also swaps two adjacent words with
+    probability ``p_swap`` (an order error)."""
+    order = LOOKUP_ORDERS[facts["when"]] if task == "lookup" else _ORDER
     k = int(rng.choice(len(length_probs), p=np.asarray(length_probs))) + 1
     words = []
-    for slot in _ORDER[:k]:
+    for slot in order[:k]:
         if rng.random() < p_wrong:
             others = [w for w in FACT_SLOTS[slot] if w != facts[slot]]
             words.append(str(rng.choice(others)))
         else:
             words.append(facts[slot])
+    if task == "lookup" and k > 1 and rng.random() < p_swap:
+        i = int(rng.integers(k - 1))
+        words[i], words[i + 1] = words[i + 1], words[i]
     return " ".join(words)
 
 
-def make_synthetic_sft(n: int, seed: int, *, length_probs=(0.55, 0.2, 0.15, 0.1), p_wrong: float = 0.05) -> list[dict]:
+def make_synthetic_sft(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = 0.05,
+                       p_swap: float = 0.05) -> list[dict]:
     """``n`` SFT rows in the OpenAI ``tldr_3_filtered`` schema (id, subreddit, title, post, summary).
 
-    Summaries are prefixes (in the order person, action, object, feeling) of the post's facts, of
-    length k ~ ``length_probs``; each word is replaced by a wrong fact with probability ``p_wrong``.
+    Summaries are prefixes of the post's facts in the task's order, of length k ~ ``length_probs`` (default
+    (0.55, 0.2, 0.15, 0.1); ``two_word``: (0.55, 0.45)); each word is replaced by a wrong fact with probability
+    ``p_wrong``; ``lookup``: two adjacent words swapped with probability ``p_swap``.
     """
+    task_score(task)
+    length_probs = length_probs or _SFT_LENGTHS[task]
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         facts, subreddit, title, post = _draw_post(rng)
         rows.append(
             {"id": f"syn-{seed}-{i}", "subreddit": subreddit, "title": title, "post": post,
-             "summary": _draw_summary(facts, rng, length_probs, p_wrong)}
+             "summary": _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)}
         )
     return rows
 
 
-def make_synthetic_comparisons(n: int, seed: int, *, length_probs=(0.25, 0.25, 0.25, 0.25), p_wrong: float = 0.25) -> list[dict]:
-    """``n`` comparison rows in the OpenAI ``comparisons`` schema, labelled by :func:`synthetic_score`.
+def make_synthetic_comparisons(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = 0.25,
+                               p_swap: float = 0.25) -> list[dict]:
+    """``n`` comparison rows in the OpenAI ``comparisons`` schema, labelled by the task's known score
+    (:func:`task_score`).
 
-    Two summaries are drawn independently; pairs with equal scores are redrawn, so every row carries
-    a strict preference; ``choice`` is the index of the higher-scoring summary (placed at random).
+    Two summaries are drawn independently (lengths uniform over the task's, ``p_wrong`` and ``p_swap`` as in
+    :func:`make_synthetic_sft`); pairs with equal scores are redrawn, so every row carries a strict preference;
+    ``choice`` is the index of the higher-scoring summary (placed at random).
     """
+    score = task_score(task)
+    length_probs = length_probs or _PAIR_LENGTHS[task]
     rng = np.random.default_rng(seed)
     rows = []
     i = 0
     while len(rows) < n:
         facts, subreddit, title, post = _draw_post(rng)
-        a = _draw_summary(facts, rng, length_probs, p_wrong)
-        b = _draw_summary(facts, rng, length_probs, p_wrong)
-        sa, sb = synthetic_score(post, a), synthetic_score(post, b)
+        a = _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)
+        b = _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)
+        sa, sb = score(post, a), score(post, b)
         if sa == sb:
             continue
         rows.append(

@@ -3,7 +3,7 @@ r"""The training stages of the TL;DR graph (Sec. 3; B.2–B.3): plain functions 
     sft(pipe)                                  SFT from the base model (B.2)
     rm(pipe, sft, seed, pairs, base, fraction)  global RM from the SFT checkpoint (Table 2)
     local_rm(pipe, sft, seed)                   reference-free DPO from SFT, β = 1/53 (Table 4)
-    dpo(pipe, sft, seed, epochs, pairs, fraction)  offline DPO, π_ref = π_sft (Table 3)
+    dpo(pipe, sft, seed, epochs, pairs, fraction)  offline DPO, π_ref = π_sft (Table 3); epochs: a multiple
     online_dpo(pipe, start, pairs, seed)        DPO on online pairs, π_ref = the sampler at its temperature
 
 Each writes ``model/`` (save_pretrained), ``config.json``, ``metrics.jsonl`` and ``curves.png`` into its cached
@@ -77,8 +77,9 @@ def local_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:
 
 def dpo(pipe: Pipeline, sft: Artifact, seed: int, *, epochs: int = 1, pairs: Artifact | None = None,
         fraction: float = 1.0) -> Artifact:
-    """Offline DPO from SFT with π_ref = π_sft (Table 3); ``epochs=2`` is "DPO (2x)" (Fig. 3)."""
-    cfg = stage_config("dpo", pipe.s, seed=seed, epochs=epochs)
+    """Offline DPO from SFT with π_ref = π_sft (Table 3); ``epochs=2`` is "DPO (2x)" (Fig. 3): twice the epochs of
+    ``Settings.dpo`` (the paper's 1)."""
+    cfg = stage_config("dpo", pipe.s, seed=seed, epochs=epochs * pipe.s.dpo.epochs)
 
     def build(out: Path):
         train_dpo(pipe.policy(sft), pipe.policy(sft), _pairs(pipe, pairs, fraction),
@@ -92,7 +93,7 @@ def online_dpo(pipe: Pipeline, start: Artifact, pairs: Artifact, seed: int) -> A
     """DPO on the online pairs sampled from ``start``, with π_ref = ``start`` at the temperature the pairs were
     sampled at (Table 3), read from the pairs' own record (``sampling.json``); the trained policy's log-probs at
     that temperature too unless ``Settings.online.temper_policy`` is False (REBEL's convention)."""
-    cfg = stage_config("dpo", pipe.s, seed=seed)
+    cfg = stage_config("online_dpo", pipe.s, seed=seed)
 
     def build(out: Path):
         t = json.loads((pairs.path / "sampling.json").read_text())["sampling_temperature"]

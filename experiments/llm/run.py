@@ -1,6 +1,8 @@
 """Run paper figures 3–12 over the cached TL;DR stage graph (Swamy et al. 2025, Sec. 3; App. B).
 
-    python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU, synthetic, minutes
+    python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU plumbing check, seconds
+    python experiments/llm/run.py --preset small --figure fig3 fig7              # CPU, known reward, 3 seeds
+    python experiments/llm/run.py --preset small --task lookup --figure fig3     # the lookup-reward control
     python experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # GPU, Pythia 1.4B, gpt-4o
 
     python experiments/llm/run.py --preset paper --figure fig3 --sft-data tldr/ --pft-data comparisons/ \
@@ -10,6 +12,11 @@ Before any stage runs, every input the figures need is checked (data files and s
 judge settings and API key); all problems are listed at once. Every stage is cached under ``--root`` by the hash
 of its config, inputs and code, so rerunning (or adding a seed or a figure) only runs what is missing. Writes ``<out>/<figure>.json`` (numbers, config, stages run) and
 ``<out>/<figure>.png``. See experiments/llm/README.md.
+
+The small preset (a 1.8M-parameter GPT-NeoX on synthetic TL;DR with a known score) first chooses each training
+stage's learning rate and epochs on held-out data (recorded in every figure JSON under ``selection``), then runs
+the figures with a ground-truth block beside the judge's numbers: the known score, its win rate against the
+references, KL to SFT and E[r*] − β·KL. Measured on a quiet 2-core CPU: fig3 + fig7 with 3 seeds in 28 min 53 s.
 """
 from __future__ import annotations
 
@@ -26,14 +33,16 @@ from allroads.llm.figures import load_figure_config, run_figure
 from allroads.llm.judges import JudgeFactory
 from allroads.llm.pipeline import Pipeline
 from allroads.llm.preflight import PreflightError, check_inputs
-from allroads.llm.settings import paper_settings, tiny_settings
+from allroads.llm.selection import select_hyperparameters
+from allroads.llm.settings import paper_settings, small_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
 
 
 def _settings(args):
     """The preset's settings with the data and judge options of the command line."""
-    settings = tiny_settings() if args.preset == "tiny" else paper_settings()
+    presets = {"tiny": tiny_settings, "small": lambda: small_settings(args.task), "paper": paper_settings}
+    settings = presets[args.preset]()
     given = {"sft_data": args.sft_data, "pft_data": args.pft_data, "judge_id": args.judge_model}
     return dataclasses.replace(settings, **{k: v for k, v in given.items() if v})
 
@@ -41,7 +50,13 @@ def _settings(args):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figure", nargs="+", default=["fig3"], help="figure names (configs/<name>.json) or JSON paths")
-    p.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    p.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
+                   help="tiny: plumbing check (minutes); small: ground-truth H6 study on CPU (experiments/llm/README.md); "
+                   "paper: Pythia + gpt-4o")
+    p.add_argument("--task", choices=["facts", "two_word", "lookup"], default="facts",
+                   help="small preset: the synthetic task. facts (default): a known score simpler to verify than to "
+                   "generate; two_word: generation as short as verification (Fig. 10's control); lookup: a score as "
+                   "hard to verify as to generate (Fig. 11's control)")
     p.add_argument("--root", default="", help="stage cache directory (default runs/llm-<preset>)")
     p.add_argument("--out", default="", help="where figure JSON/PNG go (default results/llm-<preset>)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the figure's seeds")
@@ -53,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-base-url", default="", help="OpenAI-compatible endpoint of the judge (paper preset; "
                    "default OPENAI_BASE_URL, else OpenAI's)")
     args = p.parse_args(argv)
-    if args.preset == "tiny" and (args.judge_model or args.judge_base_url):
-        p.error("--judge-model / --judge-base-url apply to --preset paper (the tiny preset's judge is a loopback rule)")
+    if args.preset != "paper" and (args.judge_model or args.judge_base_url):
+        p.error("--judge-model / --judge-base-url apply to --preset paper (the tiny and small presets' judge is a "
+                "loopback rule)")
+    if args.task != "facts" and args.preset != "small":
+        p.error("--task applies to --preset small")
 
+    name = args.preset + ("" if args.task == "facts" else f"-{args.task}")
     root = Path(args.root or f"runs/llm-{args.preset}")
-    out = Path(args.out or f"results/llm-{args.preset}")
+    out = Path(args.out or f"results/llm-{name}")
     settings = _settings(args)
     seeds = tuple(args.seeds) if args.seeds else ((0,) if args.preset == "tiny" else None)
-    judges = JudgeFactory(args.preset, root, model=settings.judge_id, base_url=args.judge_base_url)
+    judges = JudgeFactory(args.preset, root, model=settings.judge_id, base_url=args.judge_base_url, task=args.task)
     pipe = Pipeline(root, settings, judges)
     figs = [load_figure_config(Path(n) if n.endswith(".json") else CONFIGS / f"{n}.json", seeds=seeds)
             for n in args.figure]
@@ -75,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: {e}", file=sys.stderr)
         return 2
     try:
+        selection = None
+        if settings.selection is not None:  # the small preset: lr and epochs of each stage chosen on held-out data
+            t0 = time.perf_counter()
+            chosen, selection = select_hyperparameters(pipe)
+            pipe = pipe.with_settings(chosen)
+            print(f"== hyperparameters chosen on held-out data ({time.perf_counter() - t0:.1f}s): " + ", ".join(
+                f"{k} lr {v['lr']:g} x {v['epochs']} epoch(s)" for k, v in selection.items() if "lr" in v) + " ==")
         for fig in figs:
             t0 = time.perf_counter()
-            result = run_figure(pipe, fig, out, preset=args.preset)
+            result = run_figure(pipe, fig, out, preset=name, extra={"selection": selection} if selection else None)
             print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {rev[:10]}; {out / fig.figure}.json) ==")
             print("\n".join(summary_lines(result)))
     finally:

@@ -39,6 +39,13 @@ def test_fig3_small_end_to_end_and_extension_reuses_stages(tmp_path):
     assert set(saved["bars"]) == {"SFT", "DPO", "DPO (2x)", "Online DPO (SFT)", "Online DPO (DPO)"}
     assert (tmp_path / "out" / "fig3.png").is_file()
     assert pipe.executed.count("online_pairs") == 2 and pipe.executed.count("online_dpo") == 2
+    from allroads.llm.figures import GROUND_TRUTH  # the tiny preset has a known score: the ground-truth block
+
+    truth = saved["ground_truth"]
+    assert set(truth) == {label for _, label in GROUND_TRUTH}
+    assert all(set(block) == set(saved["bars"]) for block in truth.values())
+    assert truth["KL(π‖π_sft) on-policy"]["SFT"]["mean"] == 0.0  # π = π_sft: every log-ratio is 0
+    assert pipe.executed.count("eval_known") == 5
     scored = list((tmp_path / "root").glob("online_pairs-*/scored.jsonl"))
     assert len(scored) == 2
     # Fig. 8 on the same root trains nothing already trained (SFT, global RM, DPO are shared)
