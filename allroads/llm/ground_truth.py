@@ -14,12 +14,11 @@ Each mean comes with its standard error over prompts (samples of one prompt are 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 
-from .evaluate import policy_samples
+from .evaluate import _sem, policy_samples
 
 __all__ = ["ground_truth_eval", "known_win_counts"]
 
@@ -27,8 +26,7 @@ __all__ = ["ground_truth_eval", "known_win_counts"]
 def _mean_se(x: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of the mean of a 1-D tensor (se NaN for one value)."""
     x = x.double()
-    se = float(x.std() / math.sqrt(x.numel())) if x.numel() > 1 else float("nan")
-    return float(x.mean()), se
+    return float(x.mean()), _sem(x)
 
 
 def known_win_counts(scores: Sequence[float], ref_scores: Sequence[float]) -> dict:
