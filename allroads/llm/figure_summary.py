@@ -23,7 +23,8 @@ def _counts(point: dict) -> str:
 
 def summary_lines(result: dict) -> list[str]:
     """``<figure>: <metric>``, then ``  <bar>  mean ± s.e. (seeds; judged pairs, wins, losses, errors,
-    unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve."""
+    unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve; then
+    the online DPO stages' pairs and optimizer steps per seed, and the ground-truth blocks."""
     lines = [f"{result['figure']}: {result.get('metric', '')}"]
     if "bars" in result:
         width = max((len(k) for k in result["bars"]), default=0)
@@ -32,6 +33,10 @@ def summary_lines(result: dict) -> list[str]:
         for name, points in curves.items():
             values = ", ".join(f"{x}: {_value(p)}" for x, p in points.items())
             lines.append(f"  {panel} / {name}:  {values}  {_counts(_summed(list(points.values())))}")
+    for name, o in (result.get("online_dpo") or {}).items():
+        note = "  (0 steps: fewer pairs than one batch, the policy is its start)" if 0 in o["steps"] else ""
+        lines.append(f"  online data: {name}  pairs per seed {o['n_pairs']}, optimizer steps {o['steps']}"
+                     f" (batch {o['batch_size']}){note}")
     for label, block in (result.get("ground_truth") or {}).items():
         lines.append(f"  ground truth: {label}")
         for name, v in block.items():

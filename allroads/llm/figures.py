@@ -98,6 +98,7 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
     vals: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
+    online: dict[str, list[dict]] = {}
 
     def add(name: str, r: dict) -> None:
         vals.setdefault(name, []).append(r)
@@ -111,7 +112,10 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
         for name, art in per_seed(seed, sft).items():
             add(name, rate(art, seed))
             truth and truth.add(name, art, seed)
+            _add_online(online, name, art)
     out = {"metric": "win rate vs reference (judge)", "bars": {k: _judged_point(v) for k, v in vals.items()}}
+    if online:
+        out["online_dpo"] = _summarise_online(online)
     if extra:
         out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
     if truth:
@@ -151,6 +155,20 @@ class _GroundTruth:
             for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
                 out.setdefault(label, {}).setdefault(name, {})[str(x)] = _mean_se([r[key] for r in rs])
         return out
+
+
+def _add_online(online: dict, name: str, art: Artifact) -> None:
+    """Append an online DPO stage's record (pairs, optimizer steps) to ``online[name]``; other stages add nothing."""
+    record = T.online_record(art)
+    if record is not None:
+        online.setdefault(name, []).append(record)
+
+
+def _summarise_online(online: dict) -> dict:
+    """``{policy: {"n_pairs": [per seed], "steps": [per seed], "batch_size": b}}``: how much online data each online
+    DPO had; ``steps`` 0 means too few pairs for one batch, so the policy is its start (``train_stages.online_dpo``)."""
+    return {name: {"n_pairs": [r["n_pairs"] for r in rs], "steps": [r["steps"] for r in rs],
+                   "batch_size": rs[0]["batch_size"]} for name, rs in online.items()}
 
 
 def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
@@ -238,6 +256,7 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     sft = T.sft(pipe)
     curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
     truth = _GroundTruth(pipe, sft)
+    online_data: dict[str, list[dict]] = {}
     for seed in fig.seeds:
         for f in fig.fractions:
             dpo = T.dpo(pipe, sft, seed, fraction=f)
@@ -247,7 +266,9 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
             curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed))
             truth.add("DPO", dpo, seed, f)
             truth.add("Online DPO (SFT)", online, seed, f)
-    out = {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves})}
+            _add_online(online_data, f"Online DPO (SFT), fraction {f:g}", online)
+    out = {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves}),
+           "online_dpo": _summarise_online(online_data)}
     if truth:
         out["ground_truth"] = truth.curves()
     return out

@@ -5,6 +5,7 @@ r"""The training stages of the TL;DR graph (Sec. 3; B.2–B.3): plain functions 
     local_rm(pipe, sft, seed)                   reference-free DPO from SFT, β = 1/53 (Table 4)
     dpo(pipe, sft, seed, epochs, pairs, fraction)  offline DPO, π_ref = π_sft (Table 3); epochs: a multiple
     online_dpo(pipe, start, pairs, seed)        DPO on online pairs, π_ref = the sampler at its temperature
+                                               (no step when the pairs are fewer than one batch; report.json)
 
 Each writes ``model/`` (save_pretrained), ``config.json``, ``metrics.jsonl`` and ``curves.png`` into its cached
 directory. ``pairs``: a data stage's artifact (:mod:`allroads.llm.data_stages`), or None for the human
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from . import data as D
 from . import models as M
+from .atomic import write_json
 from .online_data import train_online_dpo
 from .packed import pack_sft
 from .pipeline import Artifact, Pipeline, read_pairs
 from .settings import stage_config
 from .train import train_dpo, train_local_rm, train_rm, train_sft
 
-__all__ = ["sft", "rm", "local_rm", "dpo", "online_dpo"]
+__all__ = ["sft", "rm", "local_rm", "dpo", "online_dpo", "online_record"]
 
 
 def sft(pipe: Pipeline) -> Artifact:
@@ -92,13 +95,35 @@ def dpo(pipe: Pipeline, sft: Artifact, seed: int, *, epochs: int = 1, pairs: Art
 def online_dpo(pipe: Pipeline, start: Artifact, pairs: Artifact, seed: int) -> Artifact:
     """DPO on the online pairs sampled from ``start``, with π_ref = ``start`` at the temperature the pairs were
     sampled at (Table 3), read from the pairs' own record (``sampling.json``); the trained policy's log-probs at
-    that temperature too unless ``Settings.online.temper_policy`` is False (REBEL's convention)."""
+    that temperature too unless ``Settings.online.temper_policy`` is False (REBEL's convention).
+
+    Writes ``report.json``: ``n_pairs``, ``batch_size`` and the optimizer ``steps`` taken. A near-deterministic
+    sampler (every one of a row's samples the same summary, even after the redraws) can leave fewer pairs than one
+    batch; the paper does not say what to do then. Every stage drops the last incomplete batch, so online DPO then
+    takes **no step**: ``model/`` is ``start``'s model, byte for byte, ``steps`` is 0 and the figure JSON says so
+    (:func:`online_record`)."""
     cfg = stage_config("online_dpo", pipe.s, seed=seed)
 
     def build(out: Path):
         t = json.loads((pairs.path / "sampling.json").read_text())["sampling_temperature"]
-        train_online_dpo(pipe.policy(start), pipe.policy(start), read_pairs(pairs),
-                         dataclasses.replace(cfg, output_dir=str(out)), sampling_temperature=t,
-                         temper_policy=pipe.s.online.temper_policy, tokenizer=pipe.tokenizer)
+        data = read_pairs(pairs)
+        report = {"n_pairs": len(data), "batch_size": cfg.batch_size}
+        if len(data) < cfg.batch_size:
+            shutil.copytree(start.path / "model", out / "model")
+            pipe.log(f"[online_dpo] {len(data)} online pairs are fewer than one batch of {cfg.batch_size}: no "
+                     f"optimizer step; the policy is its start ({start.path.name}), unchanged")
+            write_json(out / "report.json", {**report, "steps": 0, "start": start.path.name})
+            return
+        history = train_online_dpo(pipe.policy(start), pipe.policy(start), data,
+                                   dataclasses.replace(cfg, output_dir=str(out)), sampling_temperature=t,
+                                   temper_policy=pipe.s.online.temper_policy, tokenizer=pipe.tokenizer)
+        write_json(out / "report.json", {**report, "steps": history.final_step})
 
     return pipe.run("online_dpo", {"cfg": cfg, "temper_policy": pipe.s.online.temper_policy}, [start, pairs], build)
+
+
+def online_record(art: Artifact) -> dict | None:
+    """``report.json`` of an online DPO stage (``n_pairs``, ``batch_size``, ``steps``), None for any other stage."""
+    if art.kind != "online_dpo":
+        return None
+    return json.loads((art.path / "report.json").read_text())
