@@ -8,6 +8,7 @@ r"""The evaluation stages of the TL;DR graph (App. B.4): plain functions of arti
     eq2(pipe, policy, sft, seed)              the Eq. 2 objective (Fig. 4)
     ground_truth(pipe, policy, sft, seed)     known score, known-score win rate, KL to SFT, regularised known
                                               score (synthetic presets; :mod:`allroads.llm.ground_truth`)
+    rm_score(pipe, policy, rm, seed)          a global RM's mean score of the samples ground_truth scores
 
 Each returns its ``result.json`` as a dict; the judge's id and ``n_test`` are part of every key. A judged stage
 whose errors plus unparseable answers exceed ``Settings.judge_failure_budget`` (default 0) raises
@@ -25,7 +26,7 @@ from .evaluate import best_of_n_curve, eq2_objective, policy_rouge, policy_win_r
 from .pipeline import Artifact, Pipeline
 
 __all__ = ["JudgeFailuresError", "reference_win_rate", "two_word_reference_win_rate", "rouge", "validation", "bon", "eq2",
-           "ground_truth"]
+           "ground_truth", "rm_score"]
 
 
 def _result(pipe: Pipeline, kind: str, spec: dict, inputs: list[Artifact], compute: Callable[[], dict],
@@ -187,3 +188,21 @@ def ground_truth(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0)
     spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens, "beta": s.dpo.beta,
             "n_kl": s.known_kl_samples, "eval_prompt_seed": s.eval_prompt_seed, "task": s.sft_data.split(":")[0]}
     return _result(pipe, "eval_known", spec, [policy, sft], compute)
+
+
+def rm_score(pipe: Pipeline, policy: Artifact, rm: Artifact, seed: int = 0) -> dict:
+    """The global RM ``rm``'s mean score of ``policy``'s T = 0.01 samples on the test prompts, and their known score:
+    the samples of :func:`ground_truth` with the same seed (synthetic presets;
+    :func:`allroads.llm.ground_truth.rm_score_eval`)."""
+    from .ground_truth import rm_score_eval
+
+    s = pipe.s
+
+    def compute():
+        prompts, _, _ = pipe.test_set()
+        return rm_score_eval(pipe.backend(), pipe.policy(policy), pipe.scorer("global", rm), pipe.known_score(),
+                             prompts, temperature=s.eval_sampling_temperature, seed=seed)
+
+    spec = {"seed": seed, "T": s.eval_sampling_temperature, "tokens": s.max_response_tokens,
+            "eval_prompt_seed": s.eval_prompt_seed, "task": s.sft_data.split(":")[0]}
+    return _result(pipe, "eval_rm_score", spec, [policy, rm], compute)

@@ -102,7 +102,8 @@ def draw_figure(result: dict):
     return fig
 
 
-_TRUTH_BETTER = {"KL(π‖π_sft) on-policy": "distance from SFT"}
+_TRUTH_BETTER = {"KL(π‖π_sft) on-policy": "distance from SFT",
+                 "global RM score of the T = 0.01 samples": "the RM's view, not r*"}
 
 
 def _ground_truth_row(axes, figure: str, truth: dict) -> None:

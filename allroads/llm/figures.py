@@ -89,12 +89,14 @@ def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False)
 
 
 def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifact], dict[str, Artifact]],
-              with_sft: bool = True, rate: Callable[..., dict] | None = None) -> dict:
+              with_sft: bool = True, rate: Callable[..., dict] | None = None,
+              rm_of: Callable[..., Artifact] | None = None) -> dict:
     """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
     ``rate(artifact, seed)`` is the evaluation (default :func:`allroads.llm.eval_stages.reference_win_rate`). Known scores (tiny
-    preset) are summarised alongside."""
+    preset) are summarised alongside; ``rm_of(seed)``, if given, is the global RM whose score of the samples the
+    ground truth adds."""
     sft = T.sft(pipe)
-    truth = _GroundTruth(pipe, sft) if rate is None else None  # the known score is of the standard task
+    truth = _GroundTruth(pipe, sft, rm_of) if rate is None else None  # the known score is of the standard task
     rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
     vals: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
@@ -124,34 +126,43 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
 
 
 GROUND_TRUTH = (("known_score", "known score (T = 0.01)"), ("win_rate", "known-score win rate vs reference"),
-                ("kl", "KL(π‖π_sft) on-policy"), ("objective", "E_π[r*] − β·KL(π‖π_sft)"))
+                ("kl", "KL(π‖π_sft) on-policy"), ("objective", "E_π[r*] − β·KL(π‖π_sft)"),
+                ("rm_score", "global RM score of the T = 0.01 samples"))
 """The ground-truth quantities a synthetic preset reports per policy (:mod:`allroads.llm.ground_truth`): result key,
-label."""
+label. ``rm_score`` (Figs. 3 and 12: the RM that ranks the online pairs, scoring the samples of ``known_score``)
+shows whether a policy climbs the RM while r* falls."""
 
 
 class _GroundTruth:
     """Collects :func:`allroads.llm.eval_stages.ground_truth` per policy (and x, for curves) over seeds, when
     ``Settings.known_score`` is on; empty (falsy) otherwise."""
 
-    def __init__(self, pipe: Pipeline, sft: Artifact):
-        self.pipe, self.sft, self.vals = pipe, sft, {}
+    def __init__(self, pipe: Pipeline, sft: Artifact, rm_of: Callable[..., Artifact] | None = None):
+        self.pipe, self.sft, self.rm_of, self.vals = pipe, sft, rm_of, {}
 
     def __bool__(self) -> bool:
         return bool(self.pipe.s.known_score)
 
     def add(self, name: str, art: Artifact, seed: int = 0, x=None) -> None:
         if self:
-            self.vals.setdefault((name, x), []).append(E.ground_truth(self.pipe, art, self.sft, seed))
+            r = E.ground_truth(self.pipe, art, self.sft, seed)
+            if self.rm_of is not None:
+                rm = self.rm_of(seed) if x is None else self.rm_of(seed, x)
+                r = {**r, "rm_score": E.rm_score(self.pipe, art, rm, seed)["rm_score"]}
+            self.vals.setdefault((name, x), []).append(r)
 
     def bars(self) -> dict:
         """``{label: {policy: mean ± s.e. over seeds}}``."""
         return {label: {name: _mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
-                for key, label in GROUND_TRUTH}
+                for key, label in self._quantities()}
+
+    def _quantities(self) -> list[tuple[str, str]]:
+        return [(k, label) for k, label in GROUND_TRUTH if k != "rm_score" or self.rm_of is not None]
 
     def curves(self) -> dict:
         """``{label: {policy: {x: mean ± s.e. over seeds}}}``."""
         out: dict = {}
-        for key, label in GROUND_TRUTH:
+        for key, label in self._quantities():
             for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
                 out.setdefault(label, {}).setdefault(name, {})[str(x)] = _mean_se([r[key] for r in rs])
         return out
@@ -187,7 +198,8 @@ def _summarise_curves(curves: dict) -> dict:
 
 def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 3: SFT, DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO) win rates."""
-    return _winrates(pipe, fig, lambda seed, sft: _methods(pipe, seed, sft))
+    return _winrates(pipe, fig, lambda seed, sft: _methods(pipe, seed, sft),
+                     rm_of=lambda seed: T.rm(pipe, T.sft(pipe), seed))
 
 
 def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -255,7 +267,7 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
     sft = T.sft(pipe)
     curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
-    truth = _GroundTruth(pipe, sft)
+    truth = _GroundTruth(pipe, sft, rm_of=lambda seed, f: T.rm(pipe, sft, seed, fraction=f))
     online_data: dict[str, list[dict]] = {}
     for seed in fig.seeds:
         for f in fig.fractions:

@@ -11,6 +11,9 @@ With the known score r* in place of a judge, the quantities the paper can only e
   P* ∝ π_sft·exp(r*/β) is the policy the objective is maximised by), higher is better.
 
 Each mean comes with its standard error over prompts (samples of one prompt are averaged first).
+
+:func:`rm_score_eval` scores the same evaluation samples with a learned RM, so that a policy which climbs the RM
+while r* falls (over-optimisation of the RM that ranks the online pairs) shows in the numbers.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 
 from .evaluate import _sem, policy_samples
 
-__all__ = ["ground_truth_eval", "known_win_counts"]
+__all__ = ["ground_truth_eval", "known_win_counts", "rm_score_eval"]
 
 
 def _mean_se(x: torch.Tensor) -> tuple[float, float]:
@@ -66,3 +69,17 @@ def ground_truth_eval(backend, policy, sft, score: Callable[[str, str], float], 
                 "objective": obj, "objective_se": obj_se, "beta": beta, "n_kl_samples": n_kl_samples,
                 "kl_unfinished": on_unfinished})
     return out
+
+
+def rm_score_eval(backend, policy, scorer, score: Callable[[str, str], float], prompts: Sequence[str], *,
+                  temperature: float, seed: int = 0) -> dict:
+    """The mean reward ``rm_score`` (± ``rm_score_se`` over prompts) that ``scorer`` (a backend scorer, e.g.
+    ``GlobalRM``) gives one sample of ``policy`` per prompt at ``temperature``, and the mean known score
+    ``known_score`` of the same samples. With the same ``seed`` and ``temperature`` these are the samples whose known
+    score :func:`ground_truth_eval` reports."""
+    prompts = list(prompts)
+    comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed)
+    rm, rm_se = _mean_se(backend.score(scorer, prompts, comps)[:, 0])
+    known = torch.tensor([score(p, row[0].text) for p, row in zip(prompts, comps)], dtype=torch.float64)
+    return {"rm_score": rm, "rm_score_se": rm_se, "known_score": float(known.mean()), "unfinished": unfinished,
+            "samples": [row[0].text for row in comps]}

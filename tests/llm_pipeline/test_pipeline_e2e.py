@@ -45,13 +45,30 @@ def test_fig3_small_end_to_end_and_extension_reuses_stages(tmp_path):
     assert set(truth) == {label for _, label in GROUND_TRUTH}
     assert all(set(block) == set(saved["bars"]) for block in truth.values())
     assert truth["KL(π‖π_sft) on-policy"]["SFT"]["mean"] == 0.0  # π = π_sft: every log-ratio is 0
-    assert pipe.executed.count("eval_known") == 5
+    assert pipe.executed.count("eval_known") == 5 and pipe.executed.count("eval_rm_score") == 5
+    _rm_scores_are_of_the_known_score_samples(tmp_path / "root", truth)
     scored = list((tmp_path / "root").glob("online_pairs-*/scored.jsonl"))
     assert len(scored) == 2
     # Fig. 8 on the same root trains nothing already trained (SFT, global RM, DPO are shared)
     pipe8, res8 = _run(tmp_path / "root", tmp_path / "out", s, "fig8", bon_ns=(1, 3))
     assert "sft" not in pipe8.executed and "rm" not in pipe8.executed and "dpo" not in pipe8.executed
     assert set(res8["curves"]) == {"SFT", "DPO"} and (tmp_path / "out" / "fig8.png").is_file()
+
+
+def _rm_scores_are_of_the_known_score_samples(root, truth):
+    """Each eval_rm_score stage scored the very samples (same texts, same known score) that the eval_known stage of
+    the same policy and seed scored, and the figure's RM-score block holds those stages' means."""
+    def stages(kind):
+        for d in root.glob(f"{kind}-*"):
+            spec = json.loads((d / "stage.json").read_text())
+            yield (spec["inputs"][0], spec["spec"]["seed"]), json.loads((d / "result.json").read_text())
+
+    known, rm = dict(stages("eval_known")), dict(stages("eval_rm_score"))
+    assert len(rm) == 5 and set(rm) <= set(known)
+    for key, r in rm.items():
+        assert r["samples"] == known[key]["samples"] and r["known_score"] == known[key]["known_score"]
+    block = truth["global RM score of the T = 0.01 samples"]
+    assert sorted(v["mean"] for v in block.values()) == pytest.approx(sorted(r["rm_score"] for r in rm.values()))
 
 
 def test_figure_config_errors(tmp_path):

@@ -1,6 +1,7 @@
 """The small preset's parts: the synthetic tasks and their known scores (closed forms), the ground-truth evaluation
-(KL against exact enumeration), and the hyperparameter selection (an epoch of a longer run equals a run of that many
-epochs; the choice is the grid's argmin)."""
+(KL against exact enumeration; the RM score of the same samples against the RM applied one sequence at a time), and
+the hyperparameter selection (an epoch of a longer run equals a run of that many epochs; the choice is the grid's
+argmin)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import torch
 
 from allroads.llm import data as D
 from allroads.llm import synthetic as S
-from allroads.llm.ground_truth import ground_truth_eval, known_win_counts
+from allroads.llm.ground_truth import ground_truth_eval, known_win_counts, rm_score_eval
 from allroads.llm.pipeline import Pipeline
 from allroads.llm.sample import Completion
 from allroads.llm.selection import heldout_loss_curve, select_hyperparameters
@@ -98,6 +99,33 @@ def test_ground_truth_kl_matches_exact_enumeration():
     same = ground_truth_eval(be, sft, sft, S.synthetic_score, texts, refs, beta=0.1, temperature=1.0, n_kl_samples=4)
     assert same["kl"] == 0.0 and same["objective"] == same["on_policy_known_score"]
     assert same["n"] == 3 and same["wins"] + same["ties"] + same["losses"] == 3
+
+
+def test_rm_score_eval_scores_the_ground_truth_samples():
+    """rm_score_eval draws the samples ground_truth_eval scores (same seed and temperature; at T = 1 a different
+    seed draws others), and its rm_score is the scorer's mean over them, computed here by the scorer directly."""
+    from allroads.llm import models as M
+    from allroads.llm.backend import GlobalRM
+    from allroads.llm.evaluate import policy_samples
+
+    tk = tiny_tok()
+    pi = policy(tk, seed=0)
+    texts, rows = prompts(tk, n=6)
+    be = backend(tk, max_new_tokens=4)
+    scorer = GlobalRM(M.reward_model_from_policy(policy(tk, seed=2)).eval())
+    refs = [r.summary for r in rows]
+    truth = ground_truth_eval(be, pi, pi, S.synthetic_score, texts, refs, beta=0.1, temperature=1.0, n_kl_samples=1,
+                              seed=5)
+    r = rm_score_eval(be, pi, scorer, S.synthetic_score, texts, temperature=1.0, seed=5)
+    assert r["samples"] == truth["samples"] and r["known_score"] == pytest.approx(truth["known_score"], abs=1e-12)
+    assert rm_score_eval(be, pi, scorer, S.synthetic_score, texts, temperature=1.0, seed=6)["samples"] != r["samples"]
+    comps, _ = policy_samples(be, pi, texts, n=1, temperature=1.0, seed=5)  # the same draw, scored one at a time
+    assert [row[0].text for row in comps] == r["samples"]
+    with torch.no_grad():
+        direct = torch.stack([M.rewards(scorer.model, ids, torch.ones_like(ids))[0].double() for ids in (
+            torch.tensor([p + list(row[0].token_ids)]) for p, row in zip(be.encode_prompts(texts), comps))])
+    assert r["rm_score"] == pytest.approx(float(direct.mean()), abs=1e-5)
+    assert r["rm_score_se"] == pytest.approx(float(direct.std() / math.sqrt(len(texts))), rel=1e-4)
 
 
 def _tiny_selection_pipe(tmp_path) -> Pipeline:
