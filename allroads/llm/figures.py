@@ -93,7 +93,7 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
               rm_of: Callable[..., Artifact] | None = None) -> dict:
     """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
     ``rate(artifact, seed)`` is the evaluation (default :func:`allroads.llm.eval_stages.reference_win_rate`). Known scores (tiny
-    preset) are summarised alongside; ``rm_of(seed)``, if given, is the global RM whose score of the samples the
+    preset) are summarised alongside; ``rm_of(seed, x)``, if given, is the global RM whose score of the samples the
     ground truth adds."""
     sft = T.sft(pipe)
     truth = _GroundTruth(pipe, sft, rm_of) if rate is None else None  # the known score is of the standard task
@@ -147,8 +147,7 @@ class _GroundTruth:
         if self:
             r = E.ground_truth(self.pipe, art, self.sft, seed)
             if self.rm_of is not None:
-                rm = self.rm_of(seed) if x is None else self.rm_of(seed, x)
-                r = {**r, "rm_score": E.rm_score(self.pipe, art, rm, seed)["rm_score"]}
+                r = {**r, "rm_score": E.rm_score(self.pipe, art, self.rm_of(seed, x), seed)["rm_score"]}
             self.vals.setdefault((name, x), []).append(r)
 
     def bars(self) -> dict:
@@ -199,7 +198,7 @@ def _summarise_curves(curves: dict) -> dict:
 def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 3: SFT, DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO) win rates."""
     return _winrates(pipe, fig, lambda seed, sft: _methods(pipe, seed, sft),
-                     rm_of=lambda seed: T.rm(pipe, T.sft(pipe), seed))
+                     rm_of=lambda seed, _x: T.rm(pipe, T.sft(pipe), seed))
 
 
 def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
