@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..online import Scored, best_worst_pairs
+from ..online import Scored, best_worst_pairs, best_worst_soft_pairs
 from . import data as D
 from .atomic import write_json, write_jsonl
 from .backend import RougeRM
 from .evaluate import policy_samples
 from .judge import generate_two_word_summaries, gpt_label_dataset, two_word_preference_dataset
-from .online_data import build_online_pairs, online_report, save_scored, to_tokenized_pairs
+from .online_data import build_online_pairs, online_diversity, online_report, save_scored, to_tokenized_pairs
 from .pipeline import Artifact, Pipeline
 from .settings import online_config
 from .tldr_format import encode_prompt, encode_response
@@ -43,20 +43,28 @@ def _raise_on_judge_errors(result, stage: str) -> None:
 
 def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: str, seed: int, *,
                  sft: Artifact | None = None, augment: bool = False, fraction: float = 1.0,
-                 two_word: bool = False, heldout: str = "") -> Artifact:
+                 two_word: bool = False, heldout: str = "", label: str = "hard") -> Artifact:
     """Sample from ``start`` once per PFT comparison row (Sec. 3: "per prompt in the preference dataset"; rows that
     share a post are sampled independently, so online DPO has one pair per row and as many optimizer steps as
     offline DPO), + once per distinct SFT prompt if ``augment`` (Fig. 5); score with the RM, keep best/worst
     (B.1.1); rows whose samples all tie are sampled afresh (``OnlineDataConfig.tie_redraws`` rounds) and the rest
     counted. ``two_word``: "Two-Word TL;DR:" prompts and a 5-token budget (Fig. 10). ``heldout``: a data source
     whose validation comparisons give the prompts instead (held-out online pairs for
-    :mod:`allroads.llm.selection`). Writes ``scored.jsonl``
+    :mod:`allroads.llm.selection`). ``label``: ``hard`` (the paper's best/worst, label 1) or ``soft`` (the same
+    pairs labelled p_w = σ(r̂_w − r̂_l), :func:`allroads.online.best_worst_soft_pairs`); ``rm_kind="known"`` ranks by
+    the task's known score r* (oracle labels: a diagnostic of the verifier). The report adds
+    :func:`~allroads.llm.online_data.online_diversity` (distinct samples per prompt, prefix pairs, tied rows).
+    Writes ``scored.jsonl``
     (re-rankable), ``pairs.jsonl``, ``report.json`` (with ``shortfall``: rows without a pair) and
     ``sampling.json`` (the sampling temperature, which online DPO's π_ref uses)."""
     s = pipe.s
     ocfg = online_config(s, seed=seed, prompt_augmentation=augment)
     if two_word:
         ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
+
+    labels = {"hard": best_worst_pairs, "soft": best_worst_soft_pairs}
+    if label not in labels:
+        raise ValueError(f"online_pairs: label={label!r}; use one of {sorted(labels)}")
 
     def build(out: Path):
         rows = D.load_comparison_rows(heldout, "validation")[0] if heldout else pipe.pft_train_rows(fraction)
@@ -66,10 +74,12 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
             prompts += [p for p in pipe.distinct_prompts(pipe.sft_rows("train", s.sft_limit), two_word)[0]
                         if p not in seen]
         be = pipe.backend()
-        pairs, scored, rep = build_online_pairs(be, pipe.policy(start), pipe.scorer(rm_kind, rm, sft), prompts, ocfg)
+        pairs, scored, rep = build_online_pairs(be, pipe.policy(start), pipe.scorer(rm_kind, rm, sft), prompts, ocfg,
+                                                label=labels[label])
         save_scored(scored, out / "scored.jsonl")
         _write_pairs(out, to_tokenized_pairs(be, pairs))
-        report = {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs}
+        report = {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs, "label": label,
+                  **online_diversity(scored, pairs, len(prompts))}
         write_json(out / "report.json", report)
         write_json(out / "sampling.json", {"sampling_temperature": scored.sampling_temperature})
         pipe.log(f"[online_pairs] {report}" + (f"; {report['shortfall']} rows still tied after {ocfg.tie_redraws} "
@@ -81,6 +91,8 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
             "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
     if heldout:
         spec["heldout"] = heldout
+    if label != "hard":  # the hard-label key stays as it was, so existing caches keep their hits
+        spec["label"] = label
     return pipe.run("online_pairs", spec, inputs, build)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .frontier_plot import draw_frontier
+
 __all__ = ["plot_figure", "draw_figure", "AXES"]
 
 AXES = {
@@ -81,6 +83,8 @@ def draw_figure(result: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if result["figure"] == "frontier":
+        return draw_frontier(result)
     quantity, better = AXES.get(result["figure"], (result.get("metric", ""), "higher"))
     truth = result.get("ground_truth") or {}
     n_main = len(result["bars"]) if "bars" in result else len(result["curves"])

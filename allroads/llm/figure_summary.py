@@ -2,7 +2,7 @@ r"""A short console summary of one figure's numbers (:func:`allroads.llm.figures
 bar or curve point, with the judge's counts where the numbers are judged win rates."""
 from __future__ import annotations
 
-__all__ = ["summary_lines"]
+__all__ = ["summary_lines", "frontier_lines"]
 
 
 def _value(point: dict) -> str:
@@ -26,6 +26,8 @@ def summary_lines(result: dict) -> list[str]:
     unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve; then
     the online DPO stages' pairs and optimizer steps per seed, and the ground-truth blocks."""
     lines = [f"{result['figure']}: {result.get('metric', '')}"]
+    if result["figure"] == "frontier":
+        return lines + frontier_lines(result)
     if "bars" in result:
         width = max((len(k) for k in result["bars"]), default=0)
         lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}" for name, p in result["bars"].items()]
@@ -51,3 +53,34 @@ def _summed(points: list[dict]) -> dict:
     if all("judged" in p for p in points) and points:
         out["judged"] = {k: sum(p["judged"][k] for p in points) for k in points[0]["judged"]}
     return out
+
+
+def _pt(p: dict | None, value: str) -> str:
+    if p is None:
+        return "—"
+    se = p.get("se")
+    return f"{p[value]:.2f}" + (f"±{se:.2f}" if se is not None else "") + f" @KL {p['kl']:.2f}"
+
+
+def frontier_lines(result: dict) -> list[str]:
+    """The frontier figure: per value the best value within each KL budget (rows: methods), the selection rules'
+    picks with their shortfall from each method's best, and the online data's diversity."""
+    lines = []
+    for value, table in result["budgets"].items():
+        lines.append(f"  best {value} within KL(π‖π_sft) ≤ budget (value ± s.e. @ its KL):")
+        methods = list(next(iter(table.values())))
+        width = max(len(m) for m in methods)
+        lines.append(f"    {'':<{width}}  " + "  ".join(f"≤ {b:<18}" for b in table))
+        lines += [f"    {m:<{width}}  " + "  ".join(f"{_pt(table[b][m], value):<20}" for b in table) for m in methods]
+    for name, rules in result["rules"].items():
+        lines.append(f"  rules, {name}: " + "; ".join(
+            f"{rule} → lr {r['lr']:g} × {r['epochs']} (KL {r['kl']:.2f}, shortfall "
+            + ", ".join(f"{v} {d:.2f}" for v, d in r["shortfall"].items()) + ")" for rule, r in rules.items()))
+    for name, reps in result.get("online_data", {}).items():
+        lines.append(f"  online data, {name}: distinct per prompt "
+                     + ", ".join(f"{r['mean_distinct']:.1f}/{r['n_samples']}" for r in reps) + "; prefix pairs "
+                     + ", ".join(f"{r['prefix_pair_share']:.0%}" for r in reps) + "; tied rows "
+                     + ", ".join(f"{r['tied_share']:.0%}" for r in reps) + " (per seed)")
+    if "offline_data" in result:
+        lines.append(f"  offline pairs: prefix pairs {result['offline_data']['prefix_pair_share']:.0%}")
+    return lines

@@ -20,6 +20,8 @@ from .figure_plot import plot_figure
 from . import data_stages as G
 from . import eval_stages as E
 from . import train_stages as T
+from .frontier import figure_frontier
+from .frontier_rules import RULES
 from .pipeline import Artifact, Pipeline
 
 __all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
@@ -30,7 +32,8 @@ class FigureConfig:
     """One paper figure's experiment (defaults: the paper's; three training seeds)."""
 
     figure: str
-    """``fig3`` … ``fig12``."""
+    """``fig3`` … ``fig12``, or ``frontier`` (every DPO-family method swept over its strength:
+    :mod:`allroads.llm.frontier`)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds of every PFT stage (the SFT checkpoint is shared; Figs. report 3 seeds)."""
     bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
@@ -41,6 +44,19 @@ class FigureConfig:
     """Policy sizes of Fig. 9 (labels of ``Settings.size_models``): BoN samples come from each size's SFT policy."""
     rm_sizes: tuple[str, ...] = ("1.4b", "2.8b", "6.9b")
     """Global-RM sizes of Fig. 9 (labels of ``Settings.size_models``); each RM is trained from its size's SFT."""
+    frontier_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+    """The frontier figure: learning rates each method is swept over (one run per lr, every epoch evaluated)."""
+    frontier_max_epochs: int = 3
+    """The frontier figure: epochs of each sweep run (points at 1 … this)."""
+    kl_budgets: tuple[float, ...] = (0.5, 1.5, 3.0, 5.0, 10.0)
+    """The frontier figure: KL(π‖π_sft) budgets of the best-value table, fixed in advance."""
+    prune_kl: float = 30.0
+    """The frontier figure: a run whose first epoch is beyond this KL ends its method's sweep (larger lrs skipped)."""
+    rule_pick: str = "implicit_loglik"
+    """The frontier figure: the rule (:data:`allroads.llm.frontier_rules.RULES`) that picks the DPO point Online DPO
+    (DPO) starts from, fixed before any run."""
+    rule_kl_budget: float = 3.0
+    """The frontier figure: the budget of the ``kl_budget`` rule (nats of KL(π‖π_sft)), fixed before any run."""
     notes: str = ""
     """What the figure shows (copied into its JSON)."""
 
@@ -49,6 +65,14 @@ class FigureConfig:
             raise ValueError(f"figure={self.figure!r}; known: {sorted(FIGURES)}")
         if not self.seeds:
             raise ValueError("seeds: need at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: a seed twice would count one run twice (n doubles, s.e. shrinks); "
+                             "give distinct seeds")
+        if not self.frontier_lrs or min(self.frontier_lrs) <= 0 or self.frontier_max_epochs < 1:
+            raise ValueError(f"frontier_lrs={self.frontier_lrs} must be positive, frontier_max_epochs="
+                             f"{self.frontier_max_epochs} >= 1")
+        if self.rule_pick not in RULES:
+            raise ValueError(f"rule_pick={self.rule_pick!r}; use one of {RULES}")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions={self.fractions}: each must be in (0, 1]")
         if not self.policy_sizes or not self.rm_sizes:
@@ -366,6 +390,7 @@ FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
     "fig10": figure_10,
     "fig11": figure_11,
     "fig12": figure_12,
+    "frontier": figure_frontier,
 }
 
 

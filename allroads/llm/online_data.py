@@ -34,7 +34,7 @@ from .config import DPOConfig
 from .data import TokenizedPair
 from .sample import Completion
 
-__all__ = ["OnlineDataConfig", "OnlineDataReport", "online_report", "build_online_pairs", "save_scored", "load_scored",
+__all__ = ["OnlineDataConfig", "OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair", "build_online_pairs", "save_scored", "load_scored",
            "to_tokenized_pairs", "train_online_dpo"]
 
 
@@ -126,6 +126,33 @@ def online_report(scored: Scored, pairs: OnlinePairs, n_prompts: int | None = No
                             len(scored.prompts) - n)
 
 
+def is_prefix_pair(a: str, b: str) -> bool:
+    """True when the words of one summary are a proper prefix of the other's ("mother" vs "mother lost"): such a pair
+    teaches only whether to stop."""
+    wa, wb = a.split(), b.split()
+    short, long = (wa, wb) if len(wa) <= len(wb) else (wb, wa)
+    return len(short) < len(long) and long[:len(short)] == short
+
+
+def online_diversity(scored: Scored, pairs: OnlinePairs, n_prompts: int | None = None) -> dict:
+    """How much information a batch of online samples carries (issue: online data as informative as the paper's):
+
+    * ``mean_distinct`` — distinct responses (token ids) among the N samples of a prompt, mean over the first
+      pass's ``n_prompts`` prompts (25 samples of 53 free-text tokens are all distinct);
+    * ``prefix_pair_share`` — share of the pairs whose one response is a word prefix of the other
+      (:func:`is_prefix_pair`);
+    * ``tied_share`` — share of the first pass's prompts whose N samples all scored the same (no pair before the
+      redraws)."""
+    n = len(scored.prompts) if n_prompts is None else n_prompts
+    first = scored.completions[:n]
+    distinct = [len({tuple(c.token_ids) for c in row}) for row in first]
+    scores = scored.scores[:n]
+    tied = int((scores.max(1).values == scores.min(1).values).sum()) if n else 0
+    prefix = sum(is_prefix_pair(w.text, l.text) for w, l in zip(pairs.chosen, pairs.rejected))
+    return {"mean_distinct": sum(distinct) / max(n, 1), "n_samples": scored.scores.shape[1],
+            "prefix_pair_share": prefix / max(len(pairs.chosen), 1), "tied_share": tied / max(n, 1)}
+
+
 def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[str], cfg: OnlineDataConfig, *,
                        label: Callable[[Scored], OnlinePairs] = best_worst_pairs
                        ) -> tuple[OnlinePairs, Scored, OnlineDataReport]:
@@ -182,7 +209,8 @@ def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[Tokenize
 
 
 def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
-                     temper_policy: bool = True, tokenizer=None, stop_after: int | None = None):
+                     temper_policy: bool = True, soft_labels: bool = False, tokenizer=None,
+                     stop_after: int | None = None):
     r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
     temperature it sampled with:
 
@@ -192,9 +220,10 @@ def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig
 
     ``sampling_temperature`` is the one route of that temperature (the :class:`~allroads.online.Scored` batch
     the pairs came from carries it). The reference table goes through :func:`allroads.llm.train.train_dpo`'s
-    keyed cache (``ref_logps.pt``).
+    keyed cache (``ref_logps.pt``). ``soft_labels``: train on each pair's ``p_w``
+    (:func:`allroads.llm.train.train_dpo_soft`; pairs from :func:`allroads.online.best_worst_soft_pairs`).
     """
-    from .train import train_dpo
+    from .train import train_dpo, train_dpo_soft
 
     if sampling_temperature <= 0:
         raise ValueError(f"sampling_temperature={sampling_temperature}: must be > 0")
@@ -203,4 +232,5 @@ def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig
     temps = {"ref_temperature": sampling_temperature}
     if temper_policy:
         temps["policy_temperature"] = sampling_temperature
-    return train_dpo(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)
+    fit = train_dpo_soft if soft_labels else train_dpo
+    return fit(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)

@@ -14,8 +14,10 @@ from .pipeline import Pipeline
 __all__ = ["PreflightError", "JUDGE_VARIANTS_OF", "check_inputs"]
 
 JUDGE_VARIANTS_OF = {"fig3": ("standard",), "fig5": ("standard",), "fig6": ("standard",), "fig8": ("standard",),
-                     "fig9": ("standard",), "fig10": ("two_word",), "fig12": ("standard",)}
-"""The judge prompts each figure uses (Figs. 4, 7 and 11 use no judge)."""
+                     "fig9": ("standard",), "fig10": ("two_word",), "fig12": ("standard",),
+                     "frontier": ("standard",)}
+"""The judge prompts each figure uses (Figs. 4, 7 and 11 use no judge; the frontier asks it only where r* is
+unknown)."""
 
 
 class PreflightError(ValueError):

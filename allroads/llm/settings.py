@@ -14,21 +14,31 @@ from dataclasses import dataclass
 from .config import DEFAULT_JUDGE_MODEL, PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig
 from .online_data import OnlineDataConfig
 
-__all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "small_settings", "SMALL_BETA", "stage_config", "online_config"]
+__all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "small_settings", "SMALL_BETA",
+           "SMALL_ONLINE_TEMPERATURE", "stage_config", "online_config"]
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
     """The grid and the held-out data of :func:`allroads.llm.selection.select_hyperparameters`."""
 
-    sft_lrs: tuple[float, ...] = (1e-3, 3e-3)
+    sft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """Learning rates tried for SFT."""
-    sft_max_epochs: int = 4
-    """SFT epochs tried: 1 … this."""
+    sft_max_epochs: int = 16
+    """SFT epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
+    rm_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    """Learning rates tried for the global RM."""
+    rm_max_epochs: int = 16
+    """Global-RM epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
+    patience: int = 2
+    """A grid run stops once its held-out loss has not improved for this many epochs, so an epoch count is never
+    chosen at the grid's edge while the loss still falls (unless the edge is ``*_max_epochs``: recorded as
+    ``at_edge``)."""
     pref_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    """Learning rates tried for the global RM, the local RM and DPO."""
+    """Learning rates tried for the local RM, DPO and online DPO."""
     pref_max_epochs: int = 3
-    """Epochs tried for the global RM, the local RM and DPO: 1 … this."""
+    """Epochs tried for the local RM, DPO and online DPO: 1 … this (a fixed budget: on nearly separable pairs their
+    held-out loss can keep falling while the policy drifts; the frontier figure sweeps them instead)."""
     heldout_rows: int = 512
     """Held-out SFT rows and held-out preference pairs (the validation split of an independent draw, seed
     ``heldout_seed``; never the rows the figures evaluate on)."""
@@ -46,6 +56,10 @@ class Settings:
     """Base model of the policy and of every RM (Pythia 1.4B deduped; 2.8B / 6.9B for Fig. 9)."""
     tokenizer: str = ""
     """Tokenizer (empty = ``model``)."""
+    rm_model: str = ""
+    """Base model of the global RM in the frontier figure (empty = ``model``: the RM is fine-tuned from the policy's
+    SFT checkpoint, as in the paper). Another base gets its own SFT first (same data and SFT settings), then the RM
+    is fine-tuned from that — a verifier of another capacity than the generator (H6 designs)."""
     sft_data: str = SFT_HUB_ID
     """SFT data source (Table 1: 117K/6.45K/6.55K)."""
     pft_data: str = PFT_HUB_ID
@@ -193,6 +207,13 @@ E_π[r*] − β·KL(π‖π_sft). The known score moves in steps of 1 (one fact)
 gain worth 10 nats of log-ratio."""
 
 
+SMALL_ONLINE_TEMPERATURE = 1.0
+"""Sampling temperature of the small preset's online data, stated before the frontier runs: the paper's 25 samples
+of 53 free-text tokens at T = 0.1 are all distinct, while the small preset's 8-token summaries at T = 0.1 are 1.4
+distinct of 25 per prompt and 99.9 % prefix pairs; T = 1 samples the policy itself. The paper's 0.1 stays one flag
+away (``run.py --online-temperature 0.1``)."""
+
+
 def small_settings(task: str = "facts", **overrides) -> Settings:
     """The ``small`` CPU preset: a 1.8M-parameter GPT-NeoX (hidden 192, 4 layers; Pythia's architecture) with the
     word-level tokenizer on the synthetic TL;DR ``task`` (:data:`allroads.llm.synthetic.TASKS`: ``facts``, or the
@@ -213,7 +234,7 @@ def small_settings(task: str = "facts", **overrides) -> Settings:
         sft=SFTConfig(**{**common, "batch_size": 64, "micro_batch_size": 64}, lr=1e-3, epochs=1),
         rm=RMConfig(**common, lr=3e-4), local_rm=LocalRMConfig(**common, lr=3e-4, beta=1.0 / tokens),
         dpo=DPOConfig(**common, lr=3e-4, beta=SMALL_BETA),
-        online=OnlineDataConfig(n_samples=25, sampling_temperature=0.1, sample_batch_size=16),
+        online=OnlineDataConfig(n_samples=25, sampling_temperature=SMALL_ONLINE_TEMPERATURE, sample_batch_size=16),
         eq2_samples=4, eval_micro_batch=64, judge_id=f"rule:{task}", known_score=True, n_test_two_word=256,
         two_word_tokens=3, selection=SelectionConfig(), size_models=(("1.4b", "tiny:192x4"), ("2.8b", "tiny:256x4"), ("6.9b", "tiny:320x4")),
     )

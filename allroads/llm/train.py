@@ -4,6 +4,7 @@ r"""Training loops for the four LLM stages, each a plain function over the loss 
     train_rm(reward_model, pairs, cfg)      bt_loss(r(ξ_w), r(ξ_l))                   Eq. 4–6; Table 2
     train_local_rm(policy, pairs, cfg)      local_rm_loss(log π(ξ_w), log π(ξ_l), β)  Eq. 7–9; Table 4
     train_dpo(policy, ref, pairs, cfg)      dpo_loss(…, log π_ref(ξ_w), log π_ref(ξ_l), β)  Eq. 9; Table 3
+    train_dpo_soft(policy, ref, pairs, cfg) dpo_soft_loss(…, β, p_w)                  Eq. 9, soft label; Lemma A.1
 
 Each stage is a small ``step_loss(model, batch) -> (per-example loss (b,), per-example metrics)``
 handed to the one optimisation loop, :func:`allroads.llm.loop.optimize` (data order, gradient
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..losses import bt_loss, dpo_implicit_reward, dpo_loss, local_rm_loss, sft_loss
+from ..losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 from .atomic import torch_save
 from .config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
 from .data import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
@@ -26,7 +27,7 @@ from .loop import History, batch_to, optimize, output_dir, resolve_device
 from .models import RewardModel, sequence_logps
 from .resume import check_output_dir
 
-__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
+__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "precompute_ref_logps", "ref_table_key", "resolve_device"]
 
 
 def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
@@ -188,8 +189,37 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
     forward pass. With ``cfg.precompute_ref`` the reference log-probs are computed once
     (:func:`precompute_ref_logps`) and stored in ``output_dir/ref_logps.pt`` under :func:`ref_table_key`
     (reused on resume only when the key matches); otherwise ``ref`` runs under ``no_grad`` on every micro-batch.
+    Pairs must carry hard labels (``p_w`` = 1); soft labels train with :func:`train_dpo_soft`.
     """
     _hard_labels_only(pairs, "train_dpo")
+    return _fit_dpo(policy, ref, pairs, cfg, lambda lw, ll, rw, rl, batch: dpo_loss(lw, ll, rw, rl, cfg.beta),
+                    tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def train_dpo_soft(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
+                   info: DistInfo | None = None, stop_after: int | None = None) -> History:
+    r"""DPO with soft labels (Eq. 9 with a BT-probability label; Lemma A.1): :func:`allroads.losses.dpo_soft_loss`
+
+        −[p_w log σ(Δ) + (1 − p_w) log σ(−Δ)],   Δ = β[(log π − log π_ref)(ξ_w) − (·)(ξ_l)]
+
+    with each pair's ``p_w`` (e.g. σ(r̂(ξ_w) − r̂(ξ_l)) from :func:`allroads.online.best_worst_soft_pairs`).
+    Everything else — temperatures, the reference table, the loop — is :func:`train_dpo`'s; with every
+    ``p_w`` = 1 the two train identically."""
+    bad = [i for i, p in enumerate(pairs) if not 0.0 <= p.p_w <= 1.0]
+    if bad:
+        raise ValueError(f"train_dpo_soft: {len(bad)} pairs have p_w outside [0, 1] (first at index {bad[0]}: "
+                         f"{pairs[bad[0]].p_w}); a soft label is a probability")
+
+    def loss(lw, ll, rw, rl, batch):
+        return dpo_soft_loss(lw, ll, rw, rl, cfg.beta, batch["p_w"].to(device=lw.device, dtype=lw.dtype))
+
+    return _fit_dpo(policy, ref, pairs, cfg, loss, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_loss, *, tokenizer,
+             info: DistInfo | None, stop_after: int | None) -> History:
+    """The loop shared by :func:`train_dpo` and :func:`train_dpo_soft`: ``pair_loss(logp_w, logp_l, ref_w, ref_l,
+    batch)`` → per-pair loss (b,)."""
     info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
     pad = policy.config.pad_token_id
@@ -224,7 +254,7 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
                 ref_logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                              cfg.ref_temperature)
             ref_w, ref_l = ref_logp.to(logp.dtype).chunk(2)
-        loss = dpo_loss(logp_w, logp_l, ref_w, ref_l, cfg.beta)
+        loss = pair_loss(logp_w, logp_l, ref_w, ref_l, batch)
         return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta),
                                    logp_w, logp_l)
 

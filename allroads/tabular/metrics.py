@@ -9,7 +9,11 @@ once; ρ_0 is uniform over prompts here (the GV-gap problems use uniform ρ_0).
   BT loss (:func:`pairwise_bt_nll`, the N = ∞ objective);
 * :func:`best_of_n_log_probs` — the exact law of best-of-n (paper Fig. 8);
 * :func:`tie_fraction`, :func:`mean_token_presence`, :func:`min_norm_sq` — design statistics of a problem;
-* :func:`n_to_match` — sample efficiency: the N′ at which one learning curve reaches another's value.
+* :func:`n_to_match` — sample efficiency: the N′ at which one learning curve reaches another's value;
+* :func:`kl_to_reference`, :func:`expected_reward` — the two axes of a reward–KL frontier (Eq. 2's two terms);
+* :func:`best_worst_pair_law` — the exact law of online DPO's best/worst-of-n pair (Sec. 3, App. B.1.1);
+* :func:`greedy_log_probs` — the β → 0 limit of soft VI (π_ref conditioned on the argmax set of a reward);
+* :func:`pareto_mask` — which (KL, value) points no other point dominates.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import torch
 
 __all__ = [
     "kl_to_optimum", "exact_win_rate", "pairwise_bt_weights", "pairwise_bt_nll", "heldout_bt_nll", "best_of_n_log_probs", "tie_fraction",
-    "mean_token_presence", "min_norm_sq", "n_to_match",
+    "mean_token_presence", "min_norm_sq", "n_to_match", "kl_to_reference", "expected_reward", "best_worst_pair_law",
+    "greedy_log_probs", "pareto_mask",
 ]
 
 
@@ -138,3 +143,64 @@ def n_to_match(n_pairs: list, target: list, curve: list) -> list:
                     break
         out.append(hit)
     return out
+
+
+def kl_to_reference(log_p: torch.Tensor, ref_log_p: torch.Tensor) -> torch.Tensor:
+    r"""E_{s_0} KL(P_π ‖ P_ref), uniform ρ_0 — the KL term of Eq. 2 (Lemma A.1), the x-axis of a reward–KL
+    frontier: (B, P, T), (P, T) or (B, P, T) → (B,). Trajectories with P_π = 0 contribute 0."""
+    return kl_to_optimum(log_p, ref_log_p)
+
+
+def expected_reward(log_p: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    r"""E_{s_0} E_{ξ∼π}[r(ξ)], uniform ρ_0 — the reward term of Eq. 2 (with r = r*: the value axis of a frontier):
+    (B, P, T), (P, T) or (B, P, T) → (B,)."""
+    return (torch.exp(log_p) * reward).sum(-1).mean(-1)
+
+
+def best_worst_pair_law(scores: torch.Tensor, log_q: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact law of online DPO's pair (paper Sec. 3, App. B.1.1): n i.i.d. draws ξ_1..ξ_n ∼ q, w = argmax_j r(ξ_j),
+    l = argmin_j r(ξ_j), ties to the lowest index (:func:`allroads.losses.select_best_worst`); a prompt whose n
+    scores are all equal is dropped.
+
+    With score levels (distinct values of r; equal means bit-equal, as ``select_best_worst`` compares),
+    F(s) = Σ_{r(ξ) ≤ s} q, F_<(s) = Σ_{r(ξ) < s} q, Q(s) = F(s) − F_<(s), for r(i) > r(j):
+
+        P(max level = r(i), min level = r(j)) = (F_i − F_<j)^n − (F_<i − F_<j)^n − (F_i − F_j)^n + (F_<i − F_j)^n
+        W[i, j] = P(max = r(i), min = r(j)) · q(i)/Q(r(i)) · q(j)/Q(r(j))
+
+    (given which samples fall on each level, the first sample on a level is ~ q restricted to it, independently
+    of the others: so ties between *distinct* trajectories split by q, whatever their indices); W = 0 unless
+    r(i) > r(j); dropped mass Σ_levels Q^n. scores (…, P, T), log_q (P, T) or (…, P, T) →
+    (W (…, P, T, T), p_drop (…, P)), Σ_{ij} W + p_drop = 1 per prompt.
+    """
+    if n < 2:
+        raise ValueError(f"n must be >= 2 to form a best/worst pair, got {n}")
+    q = torch.exp(log_q).expand_as(scores)
+    s = scores.detach()
+    le = (s[..., None, :] <= s[..., :, None]).to(q.dtype)  # (…, P, T, T): [i, k] = r(k) ≤ r(i)
+    eq = (s[..., None, :] == s[..., :, None]).to(q.dtype)
+    F = torch.einsum("...ik,...k->...i", le, q)
+    Q = torch.einsum("...ik,...k->...i", eq, q)
+    Fl = F - Q
+    pw = lambda x: x.clamp(min=0.0) ** n  # noqa: E731  (bases ≥ 0 up to rounding)
+    M = (pw(F[..., :, None] - Fl[..., None, :]) - pw(Fl[..., :, None] - Fl[..., None, :])
+         - pw(F[..., :, None] - F[..., None, :]) + pw(Fl[..., :, None] - F[..., None, :]))
+    share = torch.where(q > 0, q / Q.clamp(min=torch.finfo(q.dtype).tiny), torch.zeros_like(q))
+    W = torch.where(s[..., :, None] > s[..., None, :], M * share[..., :, None] * share[..., None, :], torch.zeros_like(M))
+    return W, (q * Q ** (n - 1)).sum(-1)
+
+
+def greedy_log_probs(reward: torch.Tensor, ref_log_p: torch.Tensor) -> torch.Tensor:
+    r"""lim_{β→0} of soft VI relative to π_ref (Lemma A.1): log P(ξ) = log P_ref(ξ | argmax set of r) — the
+    unregularised maximiser of E_π[r], ties split by P_ref; −inf off the argmax set. (…, P, T) → (…, P, T)."""
+    top = reward == reward.max(-1, keepdim=True).values
+    return torch.log_softmax(torch.where(top, ref_log_p.expand_as(reward), torch.full_like(reward, -math.inf)), -1)
+
+
+def pareto_mask(kl: list, value: list) -> list[bool]:
+    r"""True where no other point has KL ≤ and value ≥ with one strict (lower KL is better, higher value is
+    better): the reward–KL Pareto frontier. Points with a None coordinate are never on it."""
+    pts = [(k, v) for k, v in zip(kl, value)]
+    ok = [k is not None and v is not None for k, v in pts]
+    return [ok[i] and not any(ok[j] and pts[j][0] <= pts[i][0] and pts[j][1] >= pts[i][1] and pts[j] != pts[i]
+                              for j in range(len(pts))) for i in range(len(pts))]

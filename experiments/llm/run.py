@@ -3,6 +3,7 @@
     python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU plumbing check, seconds
     python experiments/llm/run.py --preset small --figure fig3 fig7              # CPU, known reward, 3 seeds
     python experiments/llm/run.py --preset small --task lookup --figure fig3     # the lookup-reward control
+    python experiments/llm/run.py --preset small --figure frontier --seeds 0     # reward-KL frontiers of every method
     python experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # GPU, Pythia 1.4B, gpt-4o
 
     python experiments/llm/run.py --preset paper --figure fig3 --sft-data tldr/ --pft-data comparisons/ \
@@ -34,7 +35,7 @@ from allroads.llm.figures import load_figure_config, run_figure
 from allroads.llm.judges import JudgeFactory
 from allroads.llm.pipeline import Pipeline
 from allroads.llm.preflight import PreflightError, check_inputs
-from allroads.llm.selection import select_hyperparameters
+from allroads.llm.selection import STAGES, select_hyperparameters
 from allroads.llm.settings import paper_settings, small_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -44,8 +45,18 @@ def _settings(args):
     """The preset's settings with the data and judge options of the command line."""
     presets = {"tiny": tiny_settings, "small": lambda: small_settings(args.task), "paper": paper_settings}
     settings = presets[args.preset]()
-    given = {"sft_data": args.sft_data, "pft_data": args.pft_data, "judge_id": args.judge_model}
-    return dataclasses.replace(settings, **{k: v for k, v in given.items() if v})
+    given = {"sft_data": args.sft_data, "pft_data": args.pft_data, "judge_id": args.judge_model,
+             "rm_model": args.rm_model}
+    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v})
+    if args.online_temperature is not None:
+        settings = dataclasses.replace(settings, online=dataclasses.replace(
+            settings.online, sampling_temperature=args.online_temperature))
+    return settings
+
+
+SELECTED = {"frontier": ("sft", "rm")}
+"""Stages whose lr and epochs the small preset chooses before a figure (default: all of them): the frontier sweeps
+DPO and online DPO itself."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pft-data", default="", help="preference data (comparisons): hub id, file or directory "
                    "(default: the preset's)")
     p.add_argument("--judge-model", default="", help=f"judge model (paper preset; default {DEFAULT_JUDGE_MODEL})")
+    p.add_argument("--online-temperature", type=float, default=None,
+                   help="sampling temperature of the online data (default: the preset's; paper 0.1, small 1.0 — "
+                   "experiments/llm/README.md says why)")
+    p.add_argument("--rm-model", default="", help="frontier figure: base model of the global RM that ranks the online "
+                   "pairs (default: the policy's; e.g. tiny:320x4 for a larger verifier)")
     p.add_argument("--judge-base-url", default="", help="OpenAI-compatible endpoint of the judge (paper preset; "
                    "default OPENAI_BASE_URL, else OpenAI's)")
     args = p.parse_args(argv)
@@ -74,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
                 "loopback rule)")
     if args.task != "facts" and args.preset != "small":
         p.error("--task applies to --preset small")
+    if args.online_temperature is not None and args.online_temperature <= 0:
+        p.error(f"--online-temperature {args.online_temperature}: must be > 0")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds {args.seeds}: a seed twice would count one run twice; give distinct seeds")
 
-    name = args.preset + ("" if args.task == "facts" else f"-{args.task}")
+    name = args.preset + ("" if args.task == "facts" else f"-{args.task}") + (
+        f"-rm-{args.rm_model.replace(':', '_')}" if args.rm_model else "")
     root = Path(args.root or f"runs/llm-{args.preset}")
     out = Path(args.out or f"results/llm-{name}")
     settings = _settings(args)
@@ -98,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         selection = None
         if settings.selection is not None:  # the small preset: lr and epochs of each stage chosen on held-out data
             t0 = time.perf_counter()
-            chosen, selection = select_hyperparameters(pipe)
+            kinds = sorted({k for f in figs for k in SELECTED.get(f.figure, STAGES)}, key=STAGES.index)
+            chosen, selection = select_hyperparameters(pipe, kinds)
             pipe = pipe.with_settings(chosen)
             print(f"== hyperparameters chosen on held-out data ({time.perf_counter() - t0:.1f}s): " + ", ".join(
                 f"{k} lr {v['lr']:g} x {v['epochs']} epoch(s)" for k, v in selection.items() if "lr" in v) + " ==")
