@@ -94,7 +94,7 @@ def _trainer(pipe: Pipeline, kind: str, start: Artifact, pairs: Artifact | None,
     model = pipe.policy(start)
     if kind == "dpo":
         data = pipe.human_pairs()
-        return (lambda stop: train_dpo(model, pipe.policy(start), data, cfg, stop_after=stop)), model, len(data)
+        return (lambda stop: train_dpo(model, pipe.policy(start), data, cfg, stop_after=stop)), model
     t = json.loads((pairs.path / "sampling.json").read_text())["sampling_temperature"]
     data = read_pairs(pairs)
 
@@ -103,7 +103,7 @@ def _trainer(pipe: Pipeline, kind: str, start: Artifact, pairs: Artifact | None,
                                 temper_policy=pipe.s.online.temper_policy, soft_labels=label == "soft",
                                 stop_after=stop)
 
-    return fit, model, len(data)
+    return fit, model
 
 
 def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm: Artifact, seed: int, lr: float,
@@ -112,17 +112,19 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
     ``lr`` for ``max_epochs`` epochs, evaluated (:func:`evaluate_point`) after every epoch; writes ``points.json``
     (one dict per epoch). The model after e epochs equals an e-epoch run of the same config (constant schedule,
     the data order of an epoch depends on (seed, epoch) only), so each point is that stage's policy."""
+    n = len(pipe.human_pairs()) if kind == "dpo" else len(read_pairs(pairs))
     cfg = stage_config(kind, pipe.s, seed=seed, lr=lr, epochs=max_epochs, progress=False)
+    per_epoch = n // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"frontier_curve: {n} pairs are fewer than one batch of {cfg.batch_size}")
+    cfg = dataclasses.replace(cfg, save_every=per_epoch)  # a checkpoint at every epoch's end: the next call resumes
     if cfg.schedule != "constant":
         raise ValueError(f"frontier_curve: schedule {cfg.schedule!r}: a sweep run gives every epoch count only with a "
                          "constant schedule; set it in the stage config")
 
     def build(out: Path):
         run = dataclasses.replace(cfg, output_dir=str(out / "run"))
-        fit, model, n = _trainer(pipe, kind, start, pairs, run, label)
-        per_epoch = n // cfg.batch_size
-        if per_epoch == 0:
-            raise ValueError(f"frontier_curve: {n} pairs are fewer than one batch of {cfg.batch_size}")
+        fit, model = _trainer(pipe, kind, start, pairs, run, label)
         sft_model, rm_model, points = pipe.policy(sft), pipe.reward_model(rm), []
         for e in range(1, max_epochs + 1):
             fit(e * per_epoch if e < max_epochs else None)

@@ -121,6 +121,9 @@ def _start(model, cfg: TrainConfig, info: DistInfo, device: torch.device, ckpt_r
     if not cfg.fsdp:
         model.to(device)
     model.train()
+    # A module reused from an earlier call (a sweep resumed epoch by epoch) still holds .grad: torch's optimizer
+    # state-dict init then skips the AdamW moments, and a resume would restart them from zero. Clear them first.
+    model.zero_grad(set_to_none=True)
     wrapped = wrap_model(model, info, fsdp=cfg.fsdp, device=device, bf16=cfg.bf16)
     opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay, fused=device.type == "cuda")

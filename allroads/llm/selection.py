@@ -47,7 +47,7 @@ from .train import train_dpo, train_local_rm, train_rm, train_sft
 from . import data as D
 from . import train_stages as T
 
-__all__ = ["select_hyperparameters", "heldout_loss_curve", "STAGES"]
+__all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "STAGES"]
 
 
 def _heldout_source(s: Settings, sel: SelectionConfig) -> str:
@@ -82,7 +82,7 @@ def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None,
         model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
         return (lambda stop: train_sft(model, data, run, stop_after=stop)), model, None, rows
     if kind == "online_dpo":
-        train_art = pairs[0]
+        train_art = pairs
         t = json.loads((train_art.path / "sampling.json").read_text())["sampling_temperature"]
         model, ref, data = pipe.policy(sft), pipe.policy(sft), read_pairs(train_art)
         fit = lambda stop: train_online_dpo(model, pipe.policy(sft), data, run, sampling_temperature=t,  # noqa: E731
@@ -119,7 +119,7 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
         for e in range(1, max_epochs + 1):
             train(e * cfg.save_every if e < max_epochs else None)
             losses.append(_objective(pipe, kind, model, ref, rows))
-            if patience and e - 1 - losses.index(min(losses)) >= patience:
+            if patience_spent(losses, patience):
                 break
         write_json(out / "heldout.json", {"lr": lr, "epochs": list(range(1, len(losses) + 1)), "heldout_loss": losses,
                                           "heldout": f"{source} [validation]", "n_heldout": len(rows),
@@ -131,6 +131,11 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
     if patience:
         spec["patience"] = patience
     return pipe.run(f"select_{kind}", spec, [a for a in (sft, pairs) if a is not None], build)
+
+
+def patience_spent(losses: list[float], patience: int) -> bool:
+    """True when the last ``patience`` (> 0) held-out losses came after the best one without improving on it."""
+    return patience > 0 and len(losses) - 1 - losses.index(min(losses)) >= patience
 
 
 _CRITERION = {"sft": "nll", "rm": "bt", "local_rm": "bt", "dpo": "bt", "online_dpo": "implicit_bt_vs_sft"}

@@ -93,3 +93,36 @@ def test_counts_sizes_and_rates_out_of_range_are_refused(field, value):
     with pytest.raises(ValueError, match=f"--{field}"):
         SFTConfig(**{field: value}).validate()
     SFTConfig().validate()
+
+
+def test_resuming_into_the_same_module_keeps_the_optimizer_state(tmp_path):
+    """A sweep (frontier, selection) stops a run at each epoch and resumes it into the *same* module object. That
+    module still holds the last step's .grad, which made torch's optimizer-state init skip, so the resumed AdamW
+    restarted its moments from zero (measured: max |Δθ| 9e-3 after a 2-epoch DPO run). The resumed run must equal the
+    uninterrupted one bitwise on CPU; stopping with save_every but without reuse is the control that always held."""
+    import torch
+
+    from allroads.llm import models as M
+    from allroads.llm.data import TokenizedPair
+    from allroads.llm.train import train_dpo
+
+    tk = M.build_tiny_tokenizer()
+    words = ["sister", "brother", "boss", "friend", "mother", "car", "bike", "sad"]
+    pairs = [TokenizedPair(tk(f"TL;DR: {w}")["input_ids"], tk(f" {w} car")["input_ids"] + [tk.eos_token_id],
+                           tk(" mother")["input_ids"] + [tk.eos_token_id]) for w in words * 2]
+
+    def cfg(name):
+        return DPOConfig(output_dir=str(tmp_path / name), batch_size=4, micro_batch_size=4, epochs=2, lr=1e-2,
+                         schedule="constant", progress=False, beta=0.1, save_every=4)
+
+    def policy():
+        return M.load_policy("tiny", tokenizer=tk, seed=0)
+
+    straight = policy()
+    train_dpo(straight, policy(), pairs, cfg("straight"))
+    reused = policy()
+    train_dpo(reused, policy(), pairs, cfg("reused"), stop_after=4)
+    train_dpo(reused, policy(), pairs, cfg("reused"))
+    a, b = straight.state_dict(), reused.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], policy().state_dict()[k]) for k in a)  # it trained
