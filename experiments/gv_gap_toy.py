@@ -6,6 +6,12 @@
 
 Every fit picks its own regularisation on held-out data by its own objective (allroads.tabular.selection).
 Writes results/gv_gap_toy/{results.json, config.json, *.png} (--designs: designs.json, designs.png).
+results.json, per regime: every method's KL to P*, win rate, KL(π‖π_ref) and E_π[r*] per N; `frontier` (each
+method's policy at every c of its L2 path: KL to π_ref, E[r*], KL to P*, mean ± s.e. over seeds; the best E[r*]
+within the KL budgets --kl-budgets and --kl-budget-scales × KL(P*‖π_ref); the Pareto points; the exact ceiling
+π_ref·exp(r*/β')); `online_population` (online DPO at N = ∞ under the best/worst-of-n pair law for each fitted r̂:
+soft labels = RLHF's soft VI, hard labels → argmax r̂; exact hard-label fits along an L2 path). frontier.png plots
+value against KL to π_ref for every regime at the largest N.
 All algorithms live in allroads.tabular; this script parses flags, calls the library and writes files.
 """
 from __future__ import annotations
@@ -24,7 +30,7 @@ import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from allroads.tabular.gv_gap_figures import plot, plot_designs  # noqa: E402
-from allroads.tabular.gv_gap_report import run, run_designs, table  # noqa: E402
+from allroads.tabular.gv_gap_report import frontier_table, run, run_designs, table  # noqa: E402
 from allroads.tabular.gv_gap_run import ONLINE_METHODS, GVGapConfig  # noqa: E402
 
 FULL = dict(n_pairs=(25, 50, 100, 200, 400, 800, 1600, 3200), seeds=5, online_methods=ONLINE_METHODS)
@@ -49,7 +55,7 @@ def parse_args(argv=None) -> tuple[GVGapConfig, argparse.Namespace]:
         if isinstance(d, bool):
             ap.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), metavar="true|false", help=help_)
         elif isinstance(d, tuple):
-            ap.add_argument(flag, nargs="+", type=type(d[0]) if d else str, help=help_)
+            ap.add_argument(flag, nargs="*", type=type(d[0]) if d else str, help=help_)
         else:
             ap.add_argument(flag, type=type(d), help=help_)
     a = ap.parse_args(argv)
@@ -92,6 +98,7 @@ def main(argv=None) -> dict:
     print(f"Protocol: {results['selection']['description']} (grid {results['selection']['grid']}).")
     for name, reg in results["regimes"].items():
         print(table(name, reg))
+        print(frontier_table(name, reg))
     t = results["timing"]
     print(f"wall {t['wall_seconds']:.1f} s; {t['batched_fits']} batched fits, {t['seconds_per_fit'] * 1e3:.1f} ms per fit "
           f"(one (seed, N) of one method at one c); written to {out}/")

@@ -17,6 +17,7 @@ from allroads.tabular.gv_gap_run import GVGapConfig, nested_datasets
 from allroads.tabular.metrics import kl_to_optimum
 
 SMALL = GVGapConfig(n_pairs=(24, 48), seeds=2, horizon=3, l2_grid=(0.3, 3.0, 30.0), n_online=8)
+SMALL_SEEDS = range(SMALL.seeds)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,10 @@ def test_results_schema(small_run):
             assert len(d["selected_c"]) == 2 and all(len(v) == 2 for v in d["selected_c"])
             assert all(c in SMALL.l2_grid for v in d["selected_c"] for c in v)
         assert set(reg["population"]["methods"]) == {"rlhf", "dpo", "local_rm"}
+        assert {"frontier", "online_population"} <= set(reg)
+        assert set(reg["frontier"]["methods"]) == set(reg["methods"])
+        assert set(reg["online_population"]["limits"]) == {"online_dpo", "online_dpo_soft", "online_dpo_from_dpo",
+                                                           "online_dpo_soft_from_dpo"}
         se = reg["sample_efficiency"]
         assert se["n_pairs"] == [24, 48] and len(se["dpo_n_to_match_rlhf"]) == 2
         pd = reg["paired_difference"]["rlhf_minus_dpo"]
@@ -185,3 +190,50 @@ def test_design_sweep_runs_and_correlates():
     a, b = out["instances"]  # two points: ρ = ±1, the sign of (R_b − R_a)(gap_b − gap_a)
     sign = math.copysign(1.0, (b["norm_ratio"] - a["norm_ratio"]) * (b["relative_gap"] - a["relative_gap"]))
     assert out["spearman_rho"] == pytest.approx(sign, abs=1e-12)
+
+
+def test_frontier_block(small_run):
+    """results.json ``frontier``: one point per c of the path for every method; at the largest N (completed paths)
+    every seed has every c; each budget entry is the best mean E[r*] among the points within the budget (recomputed
+    here); no mean point lies above the exact ceiling (the ceiling is concave in the budget, so a mean over seeds
+    of points below it stays below it)."""
+    from allroads.tabular.frontier import oracle_best_within
+
+    S, j = len(SMALL_SEEDS), len(SMALL.n_pairs) - 1
+    for name, reg in small_run["regimes"].items():
+        fr = reg["frontier"]
+        problem = make_problem(name, **SMALL.problem_kwargs())
+        for m, pts in fr["methods"].items():
+            assert [p["c"] for p in pts] == sorted(SMALL.l2_grid, reverse=True)
+            assert all(p["kl_to_ref"]["n"][j] == S for p in pts)
+            for p in pts:
+                kl, v = p["kl_to_ref"]["mean"][j], p["expected_r_star"]["mean"][j]
+                assert kl >= 0 and v <= oracle_best_within(problem.ref_log_probs, problem.r_star, kl)["expected_r_star"] + 1e-9
+            for B, row in zip(fr["budgets"]["kl_budgets"], fr["budgets"]["methods"][m]):
+                ok = [p for p in pts if p["kl_to_ref"]["mean"][j] <= B]
+                if not ok:
+                    assert row is None
+                    continue
+                best = max(ok, key=lambda p: p["expected_r_star"]["mean"][j])
+                assert row["c"] == best["c"] and row["expected_r_star"]["mean"] == best["expected_r_star"]["mean"][j]
+        assert fr["budgets"]["kl_budgets"] == list(SMALL.kl_budgets)
+        unit = fr["oracle"]["kl_unit"]
+        assert fr["budgets_scaled"]["kl_budgets"] == pytest.approx([s * unit for s in SMALL.kl_budget_scales], abs=1e-12)
+        assert len(fr["per_n"]) == len(SMALL.n_pairs) and fr["per_n"][str(SMALL.n_pairs[-1])]["pareto"]
+
+
+def test_online_population_block(small_run):
+    """results.json ``online_population``: the soft-label N = ∞ point of online DPO (sampler π_ref) is RLHF's policy for
+    the same r̂ (closed form of Lemma A.1: identical metrics, 1e-12), as is RLHF's β′ = 1 point; with r̂ = r* it is P*;
+    the hard-label limit takes E[r*] at the argmax of r̂; the exact hard-label fits move toward it as λ falls."""
+    for name, reg in small_run["regimes"].items():
+        op, rl = reg["online_population"], reg["methods"]["rlhf"]
+        beta1 = next(d for d in op["rlhf_beta_path"] if d["beta"] == 1.0)
+        for k in ("kl_to_ref", "expected_r_star", "rkl_to_optimum"):
+            assert op["limits"]["online_dpo_soft"][k]["mean"] == pytest.approx(rl[k]["mean"], abs=1e-12)
+            assert beta1[k]["mean"] == pytest.approx(rl[k]["mean"], abs=1e-12)
+        assert op["rm_at_infinity"]["online_dpo_soft"]["rkl_to_optimum"] < 1e-12
+        star = make_problem(name, **SMALL.problem_kwargs()).r_star
+        assert op["rm_at_infinity"]["online_dpo"]["expected_r_star"] == pytest.approx(float(star.max(-1).values.mean()), abs=1e-12)
+        mass = [h["mass_on_argmax"] for h in op["hard_l2_path"]]
+        assert len(mass) == len(SMALL.online_limit_l2) and mass[-1] > mass[0]

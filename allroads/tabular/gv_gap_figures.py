@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot", "plot_designs"]
+__all__ = ["plot", "plot_designs", "plot_frontier"]
 
 _STYLE = {"rlhf": ("C0", "o"), "dpo": ("C1", "s"), "local_rm": ("C2", "^"), "online_dpo": ("C3", "v"),
           "online_dpo_soft": ("C4", "D"), "online_dpo_from_dpo": ("C5", "P"), "online_dpo_soft_from_dpo": ("C6", "X")}
@@ -111,6 +111,7 @@ def plot(results: dict, out: Path) -> None:
         ax.set_ylabel("win rate vs π_ref under BT(r*)  (higher is better)")
 
     _panels(results, out, "fig8_bon.png", "Best-of-n with each RM (Fig. 8)", fig8)
+    plot_frontier(results, out)
 
 
 def plot_designs(designs: dict, out: Path) -> None:
@@ -131,4 +132,59 @@ def plot_designs(designs: dict, out: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "designs.png", dpi=120)
+    plt.close(fig)
+
+
+def _frontier_panel(ax, reg: dict) -> None:
+    """One regime at its largest N: every method's c path in (KL to π_ref, E[r*]), ± s.e. both ways."""
+    fr, j, S = reg["frontier"], len(reg["n_pairs"]) - 1, len(reg["seeds"])
+    N, orc = reg["n_pairs"][-1], fr["oracle"]
+    curve = orc["curve"]
+    ax.plot([p["kl_to_ref"] for p in curve], [p["expected_r_star"] for p in curve], color="0.6", ls="--", lw=1.2,
+            label="π_ref·exp(r*/β′): the best any policy reaches")
+    for m, pts in fr["methods"].items():
+        color, marker = _STYLE.get(m, ("k", "o"))
+        pts = [p for p in pts if p["kl_to_ref"]["n"][j] == S]
+        x = [p["kl_to_ref"]["mean"][j] for p in pts]
+        y = [p["expected_r_star"]["mean"][j] for p in pts]
+        ax.errorbar(x, y, xerr=[p["kl_to_ref"]["sem"][j] or 0 for p in pts], yerr=[p["expected_r_star"]["sem"][j] or 0 for p in pts],
+                    color=color, marker=marker, ms=4, lw=1.2, capsize=2, alpha=0.85, label=f"{m} (c = {pts[0]['c']:g} → {pts[-1]['c']:g})")
+        sel = reg["methods"][m]
+        ax.plot(sel["kl_to_ref"]["mean"][j], sel["expected_r_star"]["mean"][j], marker=marker, ms=11, mfc="none", mec=color, mew=1.8)
+    on = {(m, c) for m, c in fr["per_n"][str(N)]["pareto"]}
+    px = [p["kl_to_ref"]["mean"][j] for m, pts in fr["methods"].items() for p in pts if (m, p["c"]) in on]
+    py = [p["expected_r_star"]["mean"][j] for m, pts in fr["methods"].items() for p in pts if (m, p["c"]) in on]
+    order = sorted(range(len(px)), key=lambda i: px[i])
+    ax.plot([px[i] for i in order], [py[i] for i in order], color="k", lw=2.5, alpha=0.25, zorder=0, label="Pareto frontier of the fits")
+    bp = reg["online_population"]["rlhf_beta_path"]
+    ax.plot([d["kl_to_ref"]["mean"][j] for d in bp], [d["expected_r_star"]["mean"][j] for d in bp], color="C0", ls=":", lw=1.5,
+            marker=".", label=f"rlhf's r̂ at β′ = {bp[0]['beta']:g} → {bp[-1]['beta']:g} (stage 2 only; selected c)")
+    lim = reg["online_population"]["limits"].get("online_dpo")
+    if lim is not None:
+        ax.plot(lim["kl_to_ref"]["mean"][j], lim["expected_r_star"]["mean"][j], "*", color="C3", ms=13, mec="k",
+                label="online_dpo at N = ∞ (hard labels → argmax r̂)")
+    ax.plot(0, orc["ref_policy"]["expected_r_star"], "kP", ms=9, label="π_ref")
+    ax.plot(orc["optimum"]["kl_to_ref"], orc["optimum"]["expected_r_star"], "k*", ms=12, label="P* (β = 1 optimum)")
+    ax.set_xlabel("KL(π ‖ π_ref)  (exact; left is closer to the reference)")
+    ax.set_ylabel("E_π[r*]  (exact; higher is better)")
+    ax.grid(alpha=0.3)
+
+
+def plot_frontier(results: dict, out: Path) -> None:
+    """frontier.png: value against KL to π_ref along every method's L2 path, one panel per regime (largest N)."""
+    regs = {k: v for k, v in results["regimes"].items() if "frontier" in v}
+    if not regs:
+        return
+    fig, axes = plt.subplots(1, len(regs), figsize=(6.0 * len(regs), 6.4), squeeze=False)
+    for ax, (name, reg) in zip(axes[0], regs.items()):
+        _frontier_panel(ax, reg)
+        ax.set_title("\n".join(textwrap.wrap(f"{name} at N = {reg['n_pairs'][-1]}: {reg['title']}", 52)), fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    S = len(next(iter(regs.values()))["seeds"])
+    fig.suptitle("Reward–KL frontier: each method's policy at every L2 strength c of its path (fits on the selection "
+                 f"split), mean ± s.e.m. over {S} seeds;\nlarge open marker: the c the method's own validation picked "
+                 "(refit on all data); grey band: Pareto frontier of all fits; dashed: the exact ceiling", fontsize=9)
+    fig.tight_layout(rect=(0, 0.17, 1, 0.92))
+    fig.savefig(out / "frontier.png", dpi=120)
     plt.close(fig)

@@ -11,11 +11,13 @@ import time
 import torch
 from tqdm import tqdm
 
+from .frontier import FRONTIER_METRICS, best_within_budgets
 from .gv_gap import REGIME_TITLES, make_problem
 from .gv_gap_run import GVGapConfig, RegimeResult, bandit_rm_from_tree, run_regime
-from .metrics import n_to_match
+from .metrics import n_to_match, pareto_mask
 
-__all__ = ["run", "run_designs", "DESIGNS", "regime_to_json", "summarize", "table", "sample_efficiency", "PROTOCOLS"]
+__all__ = ["run", "run_designs", "DESIGNS", "regime_to_json", "frontier_json", "online_population_json", "summarize", "table",
+           "frontier_table", "sample_efficiency", "PROTOCOLS"]
 
 #: (A, H) designs of the ``--designs`` sweep: from long generations over few tokens to short ones over many.
 DESIGNS = ((3, 5), (4, 4), (6, 3), (8, 3), (16, 2))
@@ -90,7 +92,53 @@ def regime_to_json(res: RegimeResult, cfg: GVGapConfig) -> dict:
         "sensitivity_rkl_to_optimum": sens,
         "fits": fits,
         "reused_fits": ex.get("reused", {}),
+        "frontier": frontier_json(res, cfg),
+        "online_population": online_population_json(res),
     }
+
+
+def frontier_json(res: RegimeResult, cfg: GVGapConfig) -> dict:
+    """The ``frontier`` block: per method, per c of its path (largest first), KL to π_ref, E[r*] and KL to P*
+    (mean ± s.e. over the seeds that have the point, per N); per N the best mean E[r*] within each KL budget
+    (points every seed has) and the Pareto-optimal (method, c); ``budgets`` repeats the largest N's table."""
+    S, grid, orc = len(res.seeds), list(cfg.l2_grid), res.extra["oracle"]
+    order = sorted(range(len(grid)), key=lambda i: -grid[i])
+    methods = {m: [{"c": grid[i], **{k: summarize_visited(v[k][i]) for k in FRONTIER_METRICS}} for i in order]
+               for m, v in res.extra["frontier"].items()}
+    per_n = {}
+    for j, N in enumerate(res.n_pairs):
+        pts = {m: [{"c": p["c"], "n": p["kl_to_ref"]["n"][j], **{k: {"mean": p[k]["mean"][j], "sem": p[k]["sem"][j]}
+                                                                  for k in FRONTIER_METRICS}} for p in lst]
+               for m, lst in methods.items()}
+        flat = [(m, p) for m, lst in pts.items() for p in lst if p["n"] == S]
+        pts["rlhf_beta"] = [{"beta": d["beta"], "n": S, **{k: {"mean": v["mean"][j], "sem": v["sem"][j]}
+                                                            for k, v in ((k, summarize(d[k])) for k in FRONTIER_METRICS)}}
+                            for d in res.extra["online_population"]["rlhf_beta_path"]]
+        on = pareto_mask([p["kl_to_ref"]["mean"] for _, p in flat], [p["expected_r_star"]["mean"] for _, p in flat])
+        per_n[str(N)] = {"budgets": best_within_budgets(pts, orc["budgets"], S),
+                         "budgets_scaled": best_within_budgets(pts, orc["scaled_budgets"], S),
+                         "pareto": [[m, p["c"]] for (m, p), k in zip(flat, on) if k]}
+    last = per_n[str(res.n_pairs[-1])]
+    return {"description": "each method's policy at every c of its L2 path (fits on the selection split's training rows, "
+                           "as in sensitivity_rkl_to_optimum); 'n' counts the seeds with a point there; the selected "
+                           "refits are methods[m].kl_to_ref / expected_r_star; budget rows 'rlhf_beta': RLHF's selected "
+                           "r̂ at other β′ (stage 2 only, online_population.rlhf_beta_path), not on the Pareto list",
+            "completed_paths": cfg.frontier_paths, "n_pairs": res.n_pairs, "methods": methods, "oracle": orc,
+            "budgets": {"n_pairs": res.n_pairs[-1], "kl_budgets": orc["budgets"], "methods": last["budgets"],
+                        "oracle": orc["best_within"]},
+            "budgets_scaled": {"n_pairs": res.n_pairs[-1], "kl_unit": orc["kl_unit"], "scales": orc["budget_scales"],
+                               "kl_budgets": orc["scaled_budgets"], "methods": last["budgets_scaled"],
+                               "oracle": orc["best_within_scaled"]},
+            "per_n": per_n}
+
+
+def online_population_json(res: RegimeResult) -> dict:
+    """The N = ∞ points of the online variants (per N: mean ± s.e. over seeds of each block's r̂'s limit)."""
+    op = dict(res.extra["online_population"])
+    op["limits"] = {m: {k: summarize(v) for k, v in d.items()} for m, d in op["limits"].items()}
+    op["rlhf_beta_path"] = [{"beta": d["beta"], **{k: summarize(v) for k, v in d.items() if k != "beta"}}
+                            for d in op["rlhf_beta_path"]]
+    return op
 
 
 def _tolist(x):
@@ -176,6 +224,25 @@ def table(name: str, reg: dict) -> str:
     lines.append(f"held-out BT NLL (Fig. 7; Bayes floor {reg['fig7_bayes_floor']:.4f}):")
     for k, v in f7.items():
         lines.append(f"  {k + ' RM':<24}" + "".join(f"{v['mean'][i]:>15.4f}±{v['sem'][i]:.4f}" for i in range(len(ns))))
+    return "\n".join(lines)
+
+
+def frontier_table(name: str, reg: dict) -> str:
+    """Plain text: best mean E[r*] within each KL budget per method at the largest N, then the online N = ∞ points."""
+    fr, lines = reg["frontier"], []
+    for key, what in (("budgets", "KL(pi || pi_ref) <="), ("budgets_scaled", "scaled budgets: KL <=")):
+        b = fr[key]
+        lines.append(f"== {name} frontier at N = {b['n_pairs']}: best E[r*] (mean ± s.e.m.) @ its KL, {what}")
+        lines.append(f"{'method':<26}" + "".join(f"{B:>22.3g}" for B in b["kl_budgets"]))
+        cell = lambda x: "—" if x is None else f"{x['expected_r_star']['mean']:.3f}±{x['expected_r_star']['sem'] or 0:.3f}@{x['kl_to_ref']['mean']:.2f}"  # noqa: E731
+        for m, rows in b["methods"].items():
+            lines.append(f"{m:<26}" + "".join(f"{cell(x):>22}" for x in rows))
+        lines.append(f"{'ceiling (pi_ref·e^(r*/b))':<26}" + "".join(f"{x['expected_r_star']:>17.3f}@{x['kl_to_ref']:.2f}" for x in b["oracle"]))
+    op, j = reg["online_population"], -1
+    lines.append(f"online DPO at N = inf for each (seed, N)'s r_hat, best/worst-of-{op['n_online']} pairs, at N = {reg['n_pairs'][j]}:")
+    for m, d in list(op["limits"].items()) + [("rlhf (selected)", reg["methods"]["rlhf"]), ("dpo (selected)", reg["methods"]["dpo"])]:
+        lines.append(f"  {m:<24} KL to P* {d['rkl_to_optimum']['mean'][j]:.3f}  E[r*] {d['expected_r_star']['mean'][j]:.3f}  "
+                     f"KL to pi_ref {d['kl_to_ref']['mean'][j]:.3f}")
     return "\n".join(lines)
 
 

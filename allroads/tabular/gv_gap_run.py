@@ -15,12 +15,15 @@ Per regime and for every (seed, N) — all blocks of one method are one batched 
 ``l2_grid`` on held-out comparisons of its own kind, by its own objective, per (seed, N) — the RM by BT NLL
 of held-out pairs, DPO by the DPO loss of the same held-out pairs, the local RM likewise, each online DPO
 by its loss on a held-out quarter of its own on-policy prompts — then is refitted on all its data.
-**N = ∞**: population fits (every pair, soft labels BT(r*), no L2) of the RM, DPO and the local RM.
+**N = ∞**: population fits (every pair, soft labels BT(r*), no L2) of the RM, DPO and the local RM; for the
+online variants, the N = ∞ point for each block's r̂ under the best/worst-of-``n_online`` pair law
+(:mod:`allroads.tabular.online_limit`). **Frontier** (:mod:`allroads.tabular.frontier`): every method's policy at
+every c of its path, at (KL to π_ref, E[r*], KL to P*).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -28,8 +31,10 @@ from ..online import best_worst_pairs, best_worst_soft_pairs, sample_and_score
 from .backend import TabularBackend
 from .data import PreferenceData, bt_nll, sample_preferences
 from .fit import bt_objective, dpo_objective, minimize_lbfgs, policy_mle_loss, population_bt_objective
+from .frontier import complete_path, oracle_summary, path_metrics
 from .gv_gap import GVGapProblem, design_statistics
 from .metrics import best_of_n_log_probs, exact_win_rate, heldout_bt_nll, kl_to_optimum
+from .online_limit import frontier_metrics, online_population_summary
 from .policy import TabularPolicy
 from .selection import fresh_split, holdout_splits, select_and_refit
 
@@ -110,6 +115,17 @@ class GVGapConfig:
     patience: int = 1
     """Each (seed, N) leaves the c path (largest c first) once its validation loss has been above its best for
     this many candidates in a row (0 or less: every (seed, N) visits the whole grid)."""
+    frontier_paths: str = "largest"
+    """Reward–KL frontier (results.json 'frontier', frontier.png): 'largest' fits, at the largest N, the c that a
+    seed skipped after leaving its selection path, so every seed has a point at every c; 'all' does so at every N;
+    'none' keeps the visited c only."""
+    kl_budgets: tuple = (0.5, 1.5, 3.0, 5.0, 10.0)
+    """KL(π‖π_ref) budgets of the frontier's best-value table (issue 23's; the toy's policies span KL ≈ 0–5)."""
+    kl_budget_scales: tuple = (0.25, 0.5, 1.0, 2.0, 4.0)
+    """Budgets scaled to each problem: these multiples of KL(P*‖P_ref), the KL to π_ref of the β = 1 optimum."""
+    online_limit_l2: tuple = (1e-2, 1e-4, 1e-6)
+    """L2 path of the exact N = ∞ hard-label online-DPO fits (seed 0, largest N; no λ = 0 minimiser exists);
+    an empty --online-limit-l2 skips them."""
 
     def problem_kwargs(self) -> dict:
         """Keyword arguments of :func:`make_problem`."""
@@ -118,6 +134,8 @@ class GVGapConfig:
             "seed": self.problem_seed}
 
     def __post_init__(self):
+        if self.frontier_paths not in ("largest", "all", "none"):
+            raise ValueError(f"frontier_paths must be 'largest', 'all' or 'none', got {self.frontier_paths!r}")
         if self.selection not in ("split", "kfold", "fresh"):
             raise ValueError(f"selection must be 'split', 'kfold' or 'fresh', got {self.selection!r}")
         bad = set(self.online_methods) - set(ONLINE_METHODS)
@@ -209,12 +227,17 @@ def run_regime(problem: GVGapProblem, cfg: GVGapConfig, progress=None, rm: tuple
     splits = _splits(cfg, data, seed=31, fresh=fresh)
     sel, policies = out.selections, {}
     scale = rm_cls.param_scale()
+    frontier_blocks = torch.tensor([s * K + k for s in seeds for k in {"largest": [K - 1], "all": range(K), "none": []}[
+        cfg.frontier_paths]], dtype=torch.int64)
 
     def select(name, builder, val_loss, d, sp, theta0=zeros):
         precondition = name in ("rm", "dpo", "local_rm") or "soft" in name  # measured: it slows the hard-label fits
-        sel[name] = select_and_refit(builder, val_loss, d, sp, cfg.l2_grid, theta0=theta0, tol=cfg.tol, grid_tol=cfg.grid_tol,
-                                     history=cfg.history, patience=cfg.patience if cfg.patience > 0 else None,
-                                     scale_at=lambda c: scale if precondition and c < cfg.precondition_below else None)
+        scale_at = lambda c: scale if precondition and c < cfg.precondition_below else None  # noqa: E731
+        s = select_and_refit(builder, val_loss, d, sp, cfg.l2_grid, theta0=theta0, tol=cfg.tol, grid_tol=cfg.grid_tol,
+                             history=cfg.history, patience=cfg.patience if cfg.patience > 0 else None, scale_at=scale_at)
+        path = complete_path(builder, sp[0], s.grid_theta, cfg.l2_grid, frontier_blocks, tol=cfg.grid_tol,
+                             history=cfg.history, scale_at=scale_at)
+        sel[name] = replace(s, path_theta=path)
         if progress is not None:
             progress.set_postfix_str(f"{problem.name}:{name}")
             progress.update(1)
@@ -246,6 +269,7 @@ def run_regime(problem: GVGapProblem, cfg: GVGapConfig, progress=None, rm: tuple
         policies[name] = cls.traj_log_probs
     _online(problem, cfg, data, r_hat, sel["dpo"].theta, select, policies, out)
     _metrics(problem, cfg, policies, r_hat, loc_cls, out)
+    _limits(problem, cfg, policies["dpo"](sel["dpo"].theta).detach(), r_hat, out)
     if cfg.population:
         _population(problem, cfg, {"rm": rm_cls, "dpo": pol_cls, **({"local_rm": loc_cls} if cfg.local_rm else {})}, out)
     return out
@@ -281,6 +305,16 @@ def _online(problem, cfg, data, r_hat, th_dpo, select, policies, out):
                 policies[name] = cls.traj_log_probs
 
 
+def _limits(problem, cfg, dpo_log_probs, r_hat, out):
+    """The frontier's exact ceiling and the online variants' N = ∞ points (samplers π_ref and the offline DPO policy)."""
+    ref_lp, K = problem.ref_log_probs, len(cfg.n_pairs)
+    out.extra["oracle"] = oracle_summary(ref_lp, problem.r_star, problem.optimum_log_probs, cfg.kl_budgets, cfg.kl_budget_scales)
+    with torch.no_grad():
+        out.extra["online_population"] = online_population_summary(
+            problem, r_hat, {"": ref_lp, "_from_dpo": dpo_log_probs}, n=cfg.n_online, shape=(cfg.seeds, K),
+            fit_block=(K - 1, problem.ref_policy_class), hard_l2=cfg.online_limit_l2)
+
+
 def _metrics(problem, cfg, policies, r_hat, loc_cls, out):
     """KL to P* and win rate of every method's policy, its choices, its KL at every candidate c; Figs. 7/8."""
     S, K, beta, sel = cfg.seeds, len(cfg.n_pairs), problem.beta, out.selections
@@ -290,8 +324,12 @@ def _metrics(problem, cfg, policies, r_hat, loc_cls, out):
             s = sel["rm" if name == "rlhf" else name]
             lp = pol(s.theta)
             out.metrics[name] = {"rkl_to_optimum": kl_to_optimum(lp, log_star).reshape(S, K),
-                                 "winrate": exact_win_rate(lp, ref_lp, problem.r_star).reshape(S, K)}
+                                 "winrate": exact_win_rate(lp, ref_lp, problem.r_star).reshape(S, K),
+                                 **{k: v.reshape(S, K) for k, v in frontier_metrics(lp, ref_lp, problem.r_star, log_star).items()
+                                    if k != "rkl_to_optimum"}}
             out.selected_c[name] = s.c.reshape(S, K)
+            out.extra.setdefault("frontier", {})[name] = path_metrics(pol, s.frontier_theta, ref_lp, problem.r_star,
+                                                                      log_star, (S, K))
             out.extra.setdefault("sensitivity", {})[name] = [  # NaN where the block had left the path
                 torch.where(torch.isfinite(th).all(-1), kl_to_optimum(pol(th), log_star), torch.nan).reshape(S, K)
                 for th in s.grid_theta]
@@ -345,10 +383,10 @@ def _population(problem, cfg, classes, out):
 def bandit_rm_from_tree(tree: RegimeResult, tree_problem: GVGapProblem) -> tuple:
     r"""``gv_gap``'s RM selection expressed in ``bandit_h1``'s parameters θ = (w, u_leaf): the tree's θ without its
     inner-node table entries (which no reward depends on, so the L2 keeps them at 0)."""
-    from dataclasses import replace
-
     d = tree_problem.node_features[0].shape[-1]
     n_leaf = tree_problem.mdp.n_prompts * tree_problem.mdp.n_traj
     cut = lambda th: torch.cat([th[..., :d], th[..., -n_leaf:]], -1)  # noqa: E731
     s = tree.selections["rm"]
-    return replace(s, theta=cut(s.theta), grid_theta=[cut(t) for t in s.grid_theta]), tree.population.get("rlhf", {})
+    path = None if s.path_theta is None else [cut(t) for t in s.path_theta]
+    return (replace(s, theta=cut(s.theta), grid_theta=[cut(t) for t in s.grid_theta], path_theta=path),
+            tree.population.get("rlhf", {}))

@@ -94,6 +94,14 @@ class Selection:
     for blocks that had left the path before that candidate)."""
     fits: dict = field(default_factory=dict)
     """Seconds, L-BFGS iterations and convergence of the grid fits and of the refit."""
+    path_theta: list | None = None
+    """``grid_theta`` with the candidates some blocks skipped fitted too (:func:`allroads.tabular.frontier.complete_path`),
+    for the reward–KL frontier; None: not completed (the frontier then uses ``grid_theta``)."""
+
+    @property
+    def frontier_theta(self) -> list:
+        """The θ of every candidate for the frontier: ``path_theta`` if completed, else ``grid_theta``."""
+        return self.grid_theta if self.path_theta is None else self.path_theta
 
     @property
     def at_grid_edge(self) -> float:
