@@ -22,9 +22,14 @@ def draw_frontier(result: dict):
     import matplotlib.pyplot as plt
 
     panels = list(result["value_keys"]) + ["implicit_loglik", "rm_score"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    cols = 2
+    rows = -(-len(panels) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(7 * cols, 5 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
     colours = plt.get_cmap("tab10")
-    for ax, key in zip(axes[0], panels):
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes, panels):
         for i, (name, block) in enumerate(result["methods"].items()):
             curve = [p for p in block["curve"] if key in p]
             if not curve:
@@ -43,11 +48,12 @@ def draw_frontier(result: dict):
         for b in result["protocol"]["kl_budgets"]:
             ax.axvline(b, color="grey", ls=":", lw=0.8)
         ax.set_xscale("symlog", linthresh=0.5)
+        ax.set_xlim(left=-0.1)  # a KL estimate of a policy at SFT can come out a hair below 0
         ax.set_xlabel("KL(π‖π_sft), on-policy (nats)")
         ax.set_ylabel(f"{_LABELS.get(key, key)}\n(higher is better)" if key in result["value_keys"] else
                       _LABELS.get(key, key), fontsize=8)
         ax.set_title(_LABELS.get(key, key), fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
     seeds = len(result.get("config", {}).get("seeds", ()))
     fig.suptitle(f"frontier: value against KL to SFT, each method swept over lr × epochs (lines: Pareto frontier; "
                  f"dotted: KL budgets)\npreset {result.get('preset') or '?'}, {seeds} seed{'s' * (seeds != 1)} "

@@ -191,3 +191,30 @@ def test_patience_stops_after_the_best_epoch():
     assert not patience_spent([3.0, 2.0, 1.0], 2)
     assert not patience_spent([3.0, 1.0, 1.5], 2) and patience_spent([3.0, 1.0, 1.5, 1.2], 2)
     assert not patience_spent([3.0, 1.0, 1.5, 1.2], 0)
+
+
+def test_frontier_figure_writes_every_method_budgets_rules_and_a_png(tmp_path):
+    """The whole figure on the smallest tiny settings (2 lrs × 1 epoch): the JSON has the issue's schema, every KL
+    is to π_sft (SFT's is 0), Online DPO (DPO) starts from the DPO point the rule names, and the PNG is drawn."""
+    from allroads.llm.figures import FigureConfig, run_figure
+
+    pipe = _pipe(tmp_path)
+    fig = FigureConfig("frontier", seeds=(0,), frontier_lrs=(1e-4, 3e-3), frontier_max_epochs=1)
+    r = run_figure(pipe, fig, tmp_path / "out", preset="tiny")
+    assert set(r["methods"]) == {"DPO", "Online DPO (SFT)", "Online DPO (SFT), soft labels",
+                                 "Online DPO (SFT), oracle labels", "Online DPO (DPO)"}
+    for m in r["methods"].values():
+        for p in m["points"]:
+            assert {"lr", "epochs", "seed", "known_score", "known_score_se", "on_policy_r_star", "kl", "kl_se",
+                    "objective"} <= set(p)
+    assert r["sft"]["kl"] == 0.0
+    assert set(r["budgets"]["known_score"]) == {"0.5", "1.5", "3", "5", "10"}
+    dpo = r["methods"]["DPO"]["curve"]
+    picked = max(dpo, key=lambda p: p["implicit_loglik"])
+    assert (r["online_dpo_start"]["lr"], r["online_dpo_start"]["epochs"]) == (picked["lr"], picked["epochs"])
+    assert r["premise"]["verifier_easier"] == (r["premise"]["global_rm"]["loglik"] >
+                                               r["premise"]["dpo_implicit_best"]["loglik"])
+    assert {"mean_distinct", "prefix_pair_share", "tied_share"} <= set(r["online_data"]["Online DPO (SFT)"][0])
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="distinct"):
+        FigureConfig("frontier", seeds=(0, 0)).validate()
