@@ -110,17 +110,17 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
                    max_epochs: int, pairs: Artifact | None = None, label: str = "hard") -> Artifact:
     """One sweep run (cached stage ``frontier_<kind>``): ``kind`` (``dpo`` or ``online_dpo``) from ``start`` at
     ``lr`` for ``max_epochs`` epochs, evaluated (:func:`evaluate_point`) after every epoch; writes ``points.json``
-    (one dict per epoch). The model after e epochs equals an e-epoch run of the same config (constant schedule,
-    the data order of an epoch depends on (seed, epoch) only), so each point is that stage's policy."""
+    (one dict per epoch). The lr is constant whatever the stage config's schedule; the model after e epochs then
+    equals an e-epoch run of the same config (the data order of an epoch depends on (seed, epoch) only), so each
+    point is that stage's policy."""
     n = len(pipe.human_pairs()) if kind == "dpo" else len(read_pairs(pairs))
     cfg = stage_config(kind, pipe.s, seed=seed, lr=lr, epochs=max_epochs, progress=False)
     per_epoch = n // cfg.batch_size
     if per_epoch == 0:
         raise ValueError(f"frontier_curve: {n} pairs are fewer than one batch of {cfg.batch_size}")
-    cfg = dataclasses.replace(cfg, save_every=per_epoch)  # a checkpoint at every epoch's end: the next call resumes
-    if cfg.schedule != "constant":
-        raise ValueError(f"frontier_curve: schedule {cfg.schedule!r}: a sweep run gives every epoch count only with a "
-                         "constant schedule; set it in the stage config")
+    # a checkpoint at every epoch's end (the next call resumes from it); a constant lr, so that the model after e
+    # epochs is the e-epoch model (the paper's linear decay would tie every point to the sweep's length)
+    cfg = dataclasses.replace(cfg, save_every=per_epoch, schedule="constant")
 
     def build(out: Path):
         run = dataclasses.replace(cfg, output_dir=str(out / "run"))

@@ -34,7 +34,8 @@ from .config import DPOConfig
 from .data import TokenizedPair
 from .sample import Completion
 
-__all__ = ["OnlineDataConfig", "OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair", "build_online_pairs", "save_scored", "load_scored",
+__all__ = ["OnlineDataConfig", "OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair",
+           "build_online_pairs", "save_scored", "load_scored",
            "to_tokenized_pairs", "train_online_dpo"]
 
 

@@ -72,7 +72,7 @@ def _objective(pipe: Pipeline, kind: str, model, ref, rows) -> float:
         model.train()
 
 
-def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None, pairs: tuple | None):
+def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None, pairs: Artifact | None):
     """(train(stop_after), model, ref, held-out rows) of one grid run."""
     s, run = pipe.s, cfg
     if kind == "sft":

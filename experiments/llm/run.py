@@ -17,8 +17,9 @@ of its config, inputs and code, so rerunning (or adding a seed or a figure) only
 The small preset (a 1.8M-parameter GPT-NeoX on synthetic TL;DR with a known score) first chooses each training
 stage's learning rate and epochs on held-out data (recorded in every figure JSON under ``selection``), then runs
 the figures with a ground-truth block beside the judge's numbers: the known score, its win rate against the
-references, KL to SFT and E[r*] − β·KL. Measured on a 2-core CPU, 3 seeds, from an empty cache: fig3 + fig7 in
-27 min 27 s, fig8 + fig12 in 18 min 25 s.
+references, KL to SFT and E[r*] − β·KL. ``--figure frontier`` sweeps every DPO-family method over lr × epochs
+instead of using one chosen point (the primary comparison; one seed of the facts task took 69.6 min from an empty
+cache on a loaded 2-core CPU; experiments/llm/README.md).
 """
 from __future__ import annotations
 
