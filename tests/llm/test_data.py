@@ -3,11 +3,14 @@ import json
 import time
 
 import pytest
+from pathlib import Path
 
 from allroads.llm import data as D
 from allroads.llm import synthetic as S
 
-TOKENIZER_FILE = "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json"
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
+PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+TOKENIZER_FILE = str(PYTHIA_TOKENIZER)
 
 
 @pytest.fixture(scope="module")

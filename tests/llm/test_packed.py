@@ -14,7 +14,9 @@ from allroads.llm import models as M
 from allroads.llm import packed as P
 
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER_FILE = "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json"
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
+PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+TOKENIZER_FILE = str(PYTHIA_TOKENIZER)
 
 
 def _bench():

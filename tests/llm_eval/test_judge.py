@@ -16,7 +16,8 @@ from allroads.llm.judge import (  # noqa: E402
 from allroads.llm.judge_client import make_client  # noqa: E402
 from allroads.llm.judge_server import RuleJudgeServer, split_judge_prompt  # noqa: E402
 
-PAPER = Path("/work/shared/paper/all_roads_lead_to_likelihood.txt")
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
+PAPER = SHARED / "paper" / "all_roads_lead_to_likelihood.txt"
 SECRET = "sk-test-DO-NOT-WRITE-0123456789"
 
 

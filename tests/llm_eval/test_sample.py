@@ -8,7 +8,9 @@ transformers = pytest.importorskip("transformers")
 
 from allroads.llm.sample import SamplingConfig, sample  # noqa: E402
 
-TOKENIZER_JSON = Path("/work/shared/tokenizers/gpt-neox-20b/tokenizer.json")
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
+PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+TOKENIZER_JSON = PYTHIA_TOKENIZER
 EOS = 0  # <|endoftext|> in the GPT-NeoX tokenizer
 PROMPTS = ["The cat sat on the mat and then", "Hello"]
 
