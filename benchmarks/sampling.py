@@ -18,7 +18,8 @@ import torch
 
 from allroads.llm.sample import SamplingConfig, sample, vllm_available
 
-TOKENIZER_JSON = "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json"
+TOKENIZER_JSON = str(Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt-neox-20b" / "tokenizer.json")
+"""The Pythia tokenizer in the project's shared/ folder beside the repository (``--tokenizer`` for another)."""
 
 
 def tiny_model(hidden: int, layers: int):
