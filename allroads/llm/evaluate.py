@@ -27,7 +27,7 @@ from ..losses import bt_logits, select_best_of_n
 from .backend import DPORM, LLMBackend
 
 __all__ = ["BTValidation", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
-           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective"]
+           "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "on_policy_log_ratio"]
 
 
 def _sem(x: torch.Tensor) -> float:
@@ -80,6 +80,15 @@ def policy_samples(backend: LLMBackend, policy, prompts: Sequence[str], *, n: in
     b = dataclasses.replace(backend, sampling=sampling)
     comps = b.sample(policy, list(prompts), n, torch.Generator().manual_seed(seed), temperature)
     return comps, sum(not c.finished for row in comps for c in row)
+
+
+def on_policy_log_ratio(backend: LLMBackend, policy, ref, prompts: Sequence[str], *, n: int, seed: int):
+    """log π(ξ) − log π_ref(ξ) of ``n`` samples of π per prompt at T = 1, shape (B, n) — each entry an exact sequence
+    log-probability difference, so its mean is an unbiased estimate of KL(π‖π_ref) (Eq. 2's reverse KL); with the
+    (B, n) samples and the number of them cut at the budget."""
+    comps, unfinished = policy_samples(backend, policy, prompts, n=n, temperature=1.0, seed=seed)
+    ratio = backend.seq_logp(policy, list(prompts), comps) - backend.seq_logp(ref, list(prompts), comps)
+    return ratio, comps, unfinished
 
 
 def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], posts: Sequence[str],
@@ -190,7 +199,6 @@ def eq2_objective(backend: LLMBackend, policy, ref, *, beta: float, pair_prompts
     if beta <= 0 or n_samples < 1:
         raise ValueError(f"beta ({beta}) must be > 0 and n_samples ({n_samples}) >= 1")
     val = validation_likelihood(backend, DPORM(policy, ref, beta), pair_prompts, chosen, rejected)
-    comps, unfinished = policy_samples(backend, policy, kl_prompts, n=n_samples, temperature=1.0, seed=seed)
-    ratio = backend.seq_logp(policy, list(kl_prompts), comps) - backend.seq_logp(ref, list(kl_prompts), comps)  # (B, n)
+    ratio, _, unfinished = on_policy_log_ratio(backend, policy, ref, kl_prompts, n=n_samples, seed=seed)  # (B, n)
     flat = ratio.reshape(-1)
     return Eq2Estimate(-val.loglik, float(flat.mean()), _sem(flat), beta, int(flat.numel()), unfinished)

@@ -33,10 +33,10 @@ from . import eval_stages as E
 from . import train_stages as T
 from .atomic import write_json
 from .backend import DPORM, GlobalRM
-from .evaluate import policy_samples, policy_win_rate, validation_likelihood
+from .evaluate import on_policy_log_ratio, policy_samples, policy_win_rate, validation_likelihood
 from .frontier_rules import aggregate, budget_table, pareto, pick, rule_report
 from .ground_truth import ground_truth_eval, rm_score_eval
-from .online_data import train_online_dpo
+from .online_data import is_prefix_pair, train_online_dpo
 from .pipeline import Artifact, Pipeline, read_pairs
 from .settings import stage_config
 from .train import train_dpo
@@ -82,8 +82,7 @@ def evaluate_point(pipe: Pipeline, model, sft_model, rm_model, seed: int) -> dic
 
 def _kl(be, model, sft_model, prompts, n: int, seed: int) -> dict:
     """On-policy KL(π‖π_sft) from ``n`` T = 1 samples per prompt (mean and s.e. over prompts)."""
-    comps, _ = policy_samples(be, model, prompts, n=n, temperature=1.0, seed=seed)
-    per_prompt = (be.seq_logp(model, prompts, comps) - be.seq_logp(sft_model, prompts, comps)).double().mean(1)
+    per_prompt = on_policy_log_ratio(be, model, sft_model, prompts, n=n, seed=seed)[0].double().mean(1)
     se = float(per_prompt.std() / len(per_prompt) ** 0.5) if len(per_prompt) > 1 else float("nan")
     return {"kl": float(per_prompt.mean()), "kl_se": se}
 
@@ -269,8 +268,6 @@ def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dic
 
 def _offline_diversity(pipe: Pipeline) -> dict:
     """The preference data's share of prefix pairs (the yardstick of the online pairs' ``prefix_pair_share``)."""
-    from .online_data import is_prefix_pair
-
     rows = pipe.pft_train_rows()
     share = sum(is_prefix_pair(r.chosen, r.rejected) for r in rows) / max(len(rows), 1)
     return {"n_pairs": len(rows), "prefix_pair_share": share}

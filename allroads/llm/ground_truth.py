@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .evaluate import _sem, policy_samples
+from .evaluate import _sem, on_policy_log_ratio, policy_samples
 
 __all__ = ["ground_truth_eval", "known_win_counts", "rm_score_eval"]
 
@@ -59,8 +59,7 @@ def ground_truth_eval(backend, policy, sft, score: Callable[[str, str], float], 
     known, known_se = _mean_se(r)
     out = {"known_score": known, "known_score_se": known_se, "reference_known_score": sum(r_ref) / len(r_ref),
            **known_win_counts(r.tolist(), r_ref), "unfinished": unfinished, "samples": texts}
-    on, on_unfinished = policy_samples(backend, policy, prompts, n=n_kl_samples, temperature=1.0, seed=seed + 1)
-    ratio = backend.seq_logp(policy, prompts, on) - backend.seq_logp(sft, prompts, on)  # (B, n)
+    ratio, on, on_unfinished = on_policy_log_ratio(backend, policy, sft, prompts, n=n_kl_samples, seed=seed + 1)
     r_on = torch.tensor([[score(p, c.text) for c in row] for p, row in zip(prompts, on)], dtype=torch.float64)
     kl, kl_se = _mean_se(ratio.double().mean(1))
     on_score, on_score_se = _mean_se(r_on.mean(1))

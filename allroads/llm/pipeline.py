@@ -47,7 +47,7 @@ class Pipeline:
         self.judge_factory = judge_factory
         self.log = log
         self._tok = None
-        self._rows: dict[tuple, Any] = {}
+        self._rows: dict[tuple, Any] = {}  # data rows and tokenized pairs, loaded once per run
         self._judges: dict[str, Any] = {}
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         M.quiet_progress_bars()
@@ -106,9 +106,16 @@ class Pipeline:
         return rows if fraction >= 1.0 else [rows[i] for i in D.nested_subset(len(rows), fraction, self.s.subset_seed)]
 
     def human_pairs(self, fraction: float = 1.0) -> PackedPairs:
-        """The tokenized PFT training pairs (int32 arrays; indexing gives :class:`~allroads.llm.data.TokenizedPair`)."""
-        return pack_pairs(self.pft_train_rows(fraction), self.tokenizer, max_prompt_tokens=self.s.max_prompt_tokens,
-                          max_response_tokens=self.s.max_response_tokens)
+        """The tokenized PFT training pairs (int32 arrays; indexing gives :class:`~allroads.llm.data.TokenizedPair`),
+        tokenized once per run for each set of settings they depend on (92.9K pairs take minutes at paper scale, and
+        every training stage, sweep run and cache lookup that counts them asks again)."""
+        s = self.s
+        key = ("pairs", s.pft_data, s.pft_limit, fraction, s.subset_seed if fraction < 1.0 else None, s.tokenizer_name,
+               s.max_prompt_tokens, s.max_response_tokens)
+        if key not in self._rows:
+            self._rows[key] = pack_pairs(self.pft_train_rows(fraction), self.tokenizer,
+                                         max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens)
+        return self._rows[key]
 
     def prompt_text(self, r, two_word: bool = False) -> str:
         """The paper's prompt of row ``r`` (Table 1); ``two_word``: ending in "Two-Word TL;DR:" (Fig. 10)."""

@@ -61,12 +61,17 @@ def path_metrics(policy, path: list, ref_logp, r_star, log_star, shape) -> dict:
     return {k: torch.stack(v) for k, v in out.items()}
 
 
+def _tilted(ref_logp: torch.Tensor, r_star: torch.Tensor, beta: float) -> torch.Tensor:
+    """log π_β′ ∝ log π_ref + r*/β′ (Lemma A.1 on one step), and its β′ → 0 limit at ``beta`` = 0."""
+    return greedy_log_probs(r_star, ref_logp) if beta == 0 else torch.log_softmax(ref_logp + r_star / beta, -1)
+
+
 def oracle_frontier(ref_logp: torch.Tensor, r_star: torch.Tensor, betas=None) -> list:
     r"""(β', KL(π_β' ‖ π_ref), E_{π_β'}[r*]) for π_β' ∝ π_ref·exp(r*/β') (Lemma A.1), β' from 10 down to 0.01, and
     the β' → 0 end (:func:`allroads.tabular.metrics.greedy_log_probs`): the upper envelope of every policy's
     (KL, value) — the maximiser of E[r*] − β'·KL has the largest value at its own KL."""
     betas = [10 ** (1 - 3 * k / 40) for k in range(41)] if betas is None else betas
-    lp = torch.stack([torch.log_softmax(ref_logp + r_star / b, -1) for b in betas] + [greedy_log_probs(r_star, ref_logp)])
+    lp = torch.stack([_tilted(ref_logp, r_star, b) for b in list(betas) + [0.0]])
     kl, v = kl_to_reference(lp, ref_logp).tolist(), expected_reward(lp, r_star).tolist()
     return [{"beta": b, "kl_to_ref": k, "expected_r_star": x} for b, k, x in zip(list(betas) + [0.0], kl, v)]
 
@@ -76,7 +81,7 @@ def oracle_best_within(ref_logp: torch.Tensor, r_star: torch.Tensor, budget: flo
     the KL equals the budget (bisection in log β'; the KL falls as β' grows), or the β' → 0 end if even that
     is within budget."""
     def at(b):
-        lp = (greedy_log_probs(r_star, ref_logp) if b == 0 else torch.log_softmax(ref_logp + r_star / b, -1)).unsqueeze(0)
+        lp = _tilted(ref_logp, r_star, b).unsqueeze(0)
         return float(kl_to_reference(lp, ref_logp)[0]), float(expected_reward(lp, r_star)[0])
 
     kl0, v0 = at(0)
