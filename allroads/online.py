@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .backend import Backend
-from .losses import bt_logits, select_best_of_n, select_best_worst
+from allroads.backend import Backend
+from allroads.losses import bt_logits, select_best_of_n, select_best_worst
 
 __all__ = ["Scored", "sample_and_score", "rescore", "OnlinePairs", "best_worst_pairs", "best_worst_soft_pairs",
            "best_of_n", "bt_win_rate"]

@@ -10,7 +10,7 @@ split + the chosen / rejected strings and ≈ 3.5K token ids per row in the toke
 realistic length (≈ 250–500 words in paragraphs; some over the 512-token prompt budget). Then, each in a fresh
 process pinned to one CPU core:
 
-* ``packed``: :func:`allroads.llm.packed.load_packed_sft` / ``load_packed_pairs`` on all rows;
+* ``packed``: :func:`allroads.llm.data.packed.load_packed_sft` / ``load_packed_pairs`` on all rows;
 * ``rows``: ``tokenize_*(load_*_rows(...))``, the per-row path, on ``--row-subset`` rows (extrapolated).
 
 Printed: rows, seconds, rows/s, tokens kept, peak RSS (``ru_maxrss`` of the measuring process, which includes
@@ -122,8 +122,8 @@ def load_tokenizer(path: str):
 
 def measure(kind: str, path: str, tokenizer: str, method: str, limit: int) -> dict:
     """Load + tokenize in this process; returns the numbers (called in a fresh process pinned to one core)."""
-    from allroads.llm import data as D
-    from allroads.llm import packed as P
+    from allroads.llm.data import rows as D
+    from allroads.llm.data import packed as P
 
     tok = load_tokenizer(tokenizer)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

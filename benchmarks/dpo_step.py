@@ -19,8 +19,8 @@ import time
 import torch
 
 from allroads.losses import dpo_loss
-from allroads.llm.data import TokenizedPair, collate_pairs
-from allroads.llm.models import sequence_logps
+from allroads.llm.data.rows import TokenizedPair, collate_pairs
+from allroads.llm.model.models import sequence_logps
 
 
 def make_model(vocab, hidden, layers, heads, intermediate, dtype, device, seed=0):

@@ -1,4 +1,4 @@
-r"""Time DPO training steps of ``allroads.llm.train.train_dpo`` against TRL's ``DPOTrainer``, in one process.
+r"""Time DPO training steps of ``allroads.llm.train.methods.train_dpo`` against TRL's ``DPOTrainer``, in one process.
 
     pip install trl                                        # optional, only for this benchmark
     python benchmarks/dpo_vs_trl.py                        # CPU, ~29M-parameter GPT-NeoX, Pythia tokenizer (hub)
@@ -55,9 +55,9 @@ def make_text_pairs(n: int, prompt_words: int, resp_words: int, seed: int) -> li
 
 
 def run_ours(rows, tok, args, dtype) -> tuple[list[float], list[float]]:
-    from allroads.llm.config import DPOConfig
-    from allroads.llm.data import TokenizedPair
-    from allroads.llm.train import train_dpo
+    from allroads.llm.core.config import DPOConfig
+    from allroads.llm.data.rows import TokenizedPair
+    from allroads.llm.train.methods import train_dpo
 
     pairs = [TokenizedPair(tok(r["prompt"])["input_ids"], tok(r["chosen"])["input_ids"] + [tok.eos_token_id],
                            tok(r["rejected"])["input_ids"] + [tok.eos_token_id]) for r in rows]

@@ -71,8 +71,8 @@ def section_gpu_tests(args) -> dict:
 def section_dpo_step(args) -> dict:
     from dpo_step import make_model, make_pairs, ours_step
 
-    from allroads.llm.data import collate_pairs
-    from allroads.llm.models import sequence_logps
+    from allroads.llm.data.rows import collate_pairs
+    from allroads.llm.model.models import sequence_logps
 
     dev = args.device
     shape, n_pairs, prompt_len, resp_len = (TINY, 4, 48, 16) if args.tiny else (PYTHIA_1B4, 8, 512, 53)
@@ -129,10 +129,10 @@ def section_fsdp_torchrun(args) -> dict:
 def fsdp_worker(work: Path, device: str) -> None:
     """Under torchrun: DPO with FSDP2 for 3 steps (checkpoint at 2, stop after 2, resume, export) vs a plain run;
     2 steps with bf16 compute (``MixedPrecisionPolicy`` on CUDA)."""
-    from allroads.llm import data as D
-    from allroads.llm import models as M
-    from allroads.llm.config import DPOConfig
-    from allroads.llm.train import train_dpo
+    from allroads.llm.data import rows as D
+    from allroads.llm.model import models as M
+    from allroads.llm.core.config import DPOConfig
+    from allroads.llm.train.methods import train_dpo
 
     tok = M.build_tiny_tokenizer()
     rows, _ = D.load_comparison_rows("synthetic:48:3")

@@ -1,4 +1,4 @@
-"""Sampling throughput (generated tokens / s) of allroads.llm.sample: HF ``generate`` and, when vLLM imports
+"""Sampling throughput (generated tokens / s) of allroads.llm.model.sample: HF ``generate`` and, when vLLM imports
 and a GPU exists, vLLM, on the same model and prompts.
 
     python benchmarks/sampling.py                       # tiny random GPT-NeoX, CPU-friendly
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from allroads.llm.sample import SamplingConfig, sample, vllm_available
+from allroads.llm.model.sample import SamplingConfig, sample, vllm_available
 
 TOKENIZER_JSON = str(Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt-neox-20b" / "tokenizer.json")
 """The Pythia tokenizer in the project's shared/ folder beside the repository (``--tokenizer`` for another)."""

@@ -1,9 +1,9 @@
 r"""CLI: ``python -m allroads.llm {sft,rm,local-rm,dpo} [--config FILE.json] [--preset tiny] [--key value ...]``.
 
-Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads.llm.config`);
-``--preset tiny`` starts from the project's one CPU preset, :func:`allroads.llm.settings.tiny_settings`
+Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads.llm.core.config`);
+``--preset tiny`` starts from the project's one CPU preset, :func:`allroads.llm.pipeline.settings.tiny_settings`
 (tiny GPT-NeoX, word-level tokenizer, synthetic data, small batches; the stage's config derived by
-:func:`allroads.llm.settings.stage_config`), before the config file and the overrides are applied. Under ``torchrun`` the same command
+:func:`allroads.llm.pipeline.settings.stage_config`), before the config file and the overrides are applied. Under ``torchrun`` the same command
 runs data-parallel (DDP, or FSDP with ``--fsdp true``).
 
 An ``--output_dir`` that holds a run of another config is refused (exit status 2) before anything is loaded,
@@ -26,10 +26,10 @@ from pathlib import Path
 
 
 def tiny_preset(stage: str) -> dict:
-    """The fields of ``stage``'s config in the tiny preset (:func:`allroads.llm.settings.tiny_settings`)."""
+    """The fields of ``stage``'s config in the tiny preset (:func:`allroads.llm.pipeline.settings.tiny_settings`)."""
     import dataclasses
 
-    from .settings import stage_config, tiny_settings
+    from allroads.llm.pipeline.settings import stage_config, tiny_settings
 
     cfg = stage_config(stage.replace("-", "_"), tiny_settings())
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -38,7 +38,7 @@ def tiny_preset(stage: str) -> dict:
 def _parse(argv: list[str]):
     """The stage, ``--config``, ``--preset`` and the ``--key value`` overrides; ``STAGE --help`` lists every field of
     the stage's config with its docstring and default (``--max_steps`` and ``--max-steps`` are the same option)."""
-    from .config import CONFIGS
+    from allroads.llm.core.config import CONFIGS
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("stage", nargs="?", choices=sorted(CONFIGS))
@@ -55,7 +55,7 @@ def _parse(argv: list[str]):
 
 def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
     """One ``--field`` option per config field (value kept as text, typed by :func:`load_config`)."""
-    from .field_docs import field_docs
+    from allroads.llm.core.field_docs import field_docs
 
     defaults = cls()
     group = p.add_argument_group(f"{cls.__name__} fields (--key value; true/false for yes/no fields; JSON list for "
@@ -72,8 +72,8 @@ def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
 def _output_dir_status(cfg, stage: str) -> int | None:
     """Exit status when the output directory settles the run before any loading: 0 for a finished run of this
     config, 2 for a run of another config (the differing fields printed); None to go on (new or resumed run)."""
-    from .loop import output_dir
-    from .resume import RunMismatchError, check_output_dir
+    from allroads.llm.train.loop import output_dir
+    from allroads.llm.train.resume import RunMismatchError, check_output_dir
 
     out = output_dir(cfg)
     try:
@@ -90,10 +90,10 @@ def _output_dir_status(cfg, stage: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from . import models as M
-    from . import packed as P
-    from . import train as T
-    from .config import CONFIGS, load_config
+    from allroads.llm.model import models as M
+    from allroads.llm.data import packed as P
+    from allroads.llm.train import methods as T
+    from allroads.llm.core.config import CONFIGS, load_config
 
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     M.quiet_progress_bars()

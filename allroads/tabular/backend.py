@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .policy import TabularPolicy, sample_from_log_probs
+from allroads.tabular.policy import TabularPolicy, sample_from_log_probs
 
 __all__ = ["TabularBackend"]
 

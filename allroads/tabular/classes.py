@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .mdp import TreeMDP, as_float64
-from .policy import TabularPolicy, traj_log_probs_from_levels
-from .soft_rl import soft_value_iteration
+from allroads.tabular.mdp import TreeMDP, as_float64
+from allroads.tabular.policy import TabularPolicy, traj_log_probs_from_levels
+from allroads.tabular.soft_rl import soft_value_iteration
 
 __all__ = [
     "TabularReward",

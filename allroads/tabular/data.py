@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import bt_loss, bt_soft_loss
-from .mdp import TreeMDP
+from allroads.losses import bt_loss, bt_soft_loss
+from allroads.tabular.mdp import TreeMDP
 
 __all__ = [
     "PreferenceData",

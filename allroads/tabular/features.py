@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .mdp import TreeMDP
+from allroads.tabular.mdp import TreeMDP
 
 __all__ = ["token_presence", "token_counts", "depth_one_hot", "concat_features", "per_prompt_blocks", "scale_features"]
 

@@ -26,12 +26,12 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from ..losses import dpo_loss, dpo_soft_loss
-from .data import PreferenceData, bt_nll
-from .divergence import reverse_kl
-from .mdp import TreeMDP
-from .policy import TabularPolicy
-from .soft_rl import soft_rl_objective, soft_rl_value
+from allroads.losses import dpo_loss, dpo_soft_loss
+from allroads.tabular.data import PreferenceData, bt_nll
+from allroads.tabular.divergence import reverse_kl
+from allroads.tabular.mdp import TreeMDP
+from allroads.tabular.policy import TabularPolicy
+from allroads.tabular.soft_rl import soft_rl_objective, soft_rl_value
 
 __all__ = [
     "FitResult",
@@ -239,7 +239,7 @@ def population_bt_objective(reward_fn, log_q: torch.Tensor, r_star: torch.Tensor
     = β(log π_θ − log π_ref) it is DPO's population loss (Eq. 9: DPO is BT on the implicit reward), with
     β·log π_θ the local RM's. ρ_0 uniform.
     """
-    from .metrics import pairwise_bt_nll
+    from allroads.tabular.metrics import pairwise_bt_nll
 
     q = torch.exp(log_q.detach())
     W = q[:, :, None] * q[:, None, :] * (1 - torch.eye(q.shape[-1], dtype=q.dtype))

@@ -16,9 +16,9 @@ import math
 
 import torch
 
-from .fit import minimize_lbfgs
-from .metrics import expected_reward, greedy_log_probs, kl_to_reference
-from .online_limit import frontier_metrics
+from allroads.tabular.fit import minimize_lbfgs
+from allroads.tabular.metrics import expected_reward, greedy_log_probs, kl_to_reference
+from allroads.tabular.online_limit import frontier_metrics
 
 __all__ = ["complete_path", "path_metrics", "oracle_frontier", "oracle_best_within", "oracle_summary",
            "best_within_budgets", "FRONTIER_METRICS"]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .classes import SharedScorer
-from .features import concat_features, depth_one_hot, scale_features, token_counts, token_presence
-from .mdp import TreeMDP
-from .metrics import heldout_bt_nll, kl_to_optimum, mean_token_presence, min_norm_sq, tie_fraction
-from .policy import TabularPolicy
+from allroads.tabular.classes import SharedScorer
+from allroads.tabular.features import concat_features, depth_one_hot, scale_features, token_counts, token_presence
+from allroads.tabular.mdp import TreeMDP
+from allroads.tabular.metrics import heldout_bt_nll, kl_to_optimum, mean_token_presence, min_norm_sq, tie_fraction
+from allroads.tabular.policy import TabularPolicy
 
 __all__ = ["REGIMES", "REGIME_TITLES", "GVGapProblem", "make_problem", "design_statistics", "soft_values"]
 

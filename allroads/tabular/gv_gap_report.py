@@ -11,10 +11,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from .frontier import FRONTIER_METRICS, best_within_budgets
-from .gv_gap import REGIME_TITLES, make_problem
-from .gv_gap_run import GVGapConfig, RegimeResult, bandit_rm_from_tree, run_regime
-from .metrics import n_to_match, pareto_mask
+from allroads.tabular.frontier import FRONTIER_METRICS, best_within_budgets
+from allroads.tabular.gv_gap import REGIME_TITLES, make_problem
+from allroads.tabular.gv_gap_run import GVGapConfig, RegimeResult, bandit_rm_from_tree, run_regime
+from allroads.tabular.metrics import n_to_match, pareto_mask
 
 __all__ = ["run", "run_designs", "DESIGNS", "regime_to_json", "frontier_json", "online_population_json", "summarize", "table",
            "frontier_table", "sample_efficiency", "PROTOCOLS"]

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..online import best_worst_pairs, best_worst_soft_pairs, sample_and_score
-from .backend import TabularBackend
-from .data import PreferenceData, bt_nll, sample_preferences
-from .fit import bt_objective, dpo_objective, minimize_lbfgs, policy_mle_loss, population_bt_objective
-from .frontier import complete_path, oracle_summary, path_metrics
-from .gv_gap import GVGapProblem, design_statistics
-from .metrics import best_of_n_log_probs, exact_win_rate, heldout_bt_nll, kl_to_optimum
-from .online_limit import frontier_metrics, online_population_summary
-from .policy import TabularPolicy
-from .selection import fresh_split, holdout_splits, select_and_refit
+from allroads.online import best_worst_pairs, best_worst_soft_pairs, sample_and_score
+from allroads.tabular.backend import TabularBackend
+from allroads.tabular.data import PreferenceData, bt_nll, sample_preferences
+from allroads.tabular.fit import bt_objective, dpo_objective, minimize_lbfgs, policy_mle_loss, population_bt_objective
+from allroads.tabular.frontier import complete_path, oracle_summary, path_metrics
+from allroads.tabular.gv_gap import GVGapProblem, design_statistics
+from allroads.tabular.metrics import best_of_n_log_probs, exact_win_rate, heldout_bt_nll, kl_to_optimum
+from allroads.tabular.online_limit import frontier_metrics, online_population_summary
+from allroads.tabular.policy import TabularPolicy
+from allroads.tabular.selection import fresh_split, holdout_splits, select_and_refit
 
 __all__ = ["GVGapConfig", "ONLINE_METHODS", "RegimeResult", "run_regime", "nested_datasets", "bandit_rm_from_tree"]
 

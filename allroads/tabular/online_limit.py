@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from ..losses import dpo_loss, dpo_soft_loss
-from .fit import l2_penalty, minimize_lbfgs
-from .metrics import best_worst_pair_law, expected_reward, greedy_log_probs, kl_to_optimum, kl_to_reference
+from allroads.losses import dpo_loss, dpo_soft_loss
+from allroads.tabular.fit import l2_penalty, minimize_lbfgs
+from allroads.tabular.metrics import (best_worst_pair_law, expected_reward, greedy_log_probs, kl_to_optimum, kl_to_reference)
 
 #: β′ of ``rlhf_beta_path``: RLHF's soft VI of the same r̂ at other temperatures.
 RLHF_BETAS = (2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .mdp import TreeMDP, as_float64
+from allroads.tabular.mdp import TreeMDP, as_float64
 
 __all__ = [
     "TabularPolicy",

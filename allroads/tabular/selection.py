@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import PreferenceData
-from .fit import minimize_lbfgs
+from allroads.tabular.data import PreferenceData
+from allroads.tabular.fit import minimize_lbfgs
 
 __all__ = ["Split", "holdout_splits", "fresh_split", "Selection", "select_and_refit"]
 

@@ -23,8 +23,8 @@ from functools import cached_property
 
 import torch
 
-from .mdp import TreeMDP
-from .policy import TabularPolicy
+from allroads.tabular.mdp import TreeMDP
+from allroads.tabular.policy import TabularPolicy
 
 __all__ = ["SoftVIResult", "soft_value_iteration", "logsumexp_children", "gibbs_log_probs", "soft_rl_objective",
            "soft_rl_value"]

@@ -30,14 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-from allroads.llm.config import DEFAULT_JUDGE_MODEL
-from allroads.llm.figure_summary import summary_lines
-from allroads.llm.figures import load_figure_config, run_figure
-from allroads.llm.judges import JudgeFactory
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.preflight import PreflightError, check_inputs
-from allroads.llm.selection import STAGES, select_hyperparameters
-from allroads.llm.settings import paper_settings, small_settings, tiny_settings
+from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
+from allroads.llm.figures.summary import summary_lines
+from allroads.llm.figures.paper import load_figure_config, run_figure
+from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.figures.preflight import PreflightError, check_inputs
+from allroads.llm.pipeline.selection import STAGES, select_hyperparameters
+from allroads.llm.pipeline.settings import paper_settings, small_settings, tiny_settings
 
 CONFIGS = Path(__file__).parent / "configs"
 

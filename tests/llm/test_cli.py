@@ -4,7 +4,7 @@ import json
 import pytest
 
 from allroads.llm.__main__ import main
-from allroads.llm.config import DPOConfig, load_config
+from allroads.llm.core.config import DPOConfig, load_config
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "local-rm", "dpo"])
@@ -31,7 +31,7 @@ def test_config_defaults_are_the_papers():
     cfg = DPOConfig()
     assert (cfg.batch_size, cfg.lr, cfg.adam_eps, cfg.beta, cfg.schedule) == (128, 3e-7, 1e-5, 0.05, "linear")
     assert cfg.weight_decay == 0.01 and cfg.max_prompt_tokens == 512  # REBEL's AdamW default and query_length
-    from allroads.llm.config import LocalRMConfig, RMConfig
+    from allroads.llm.core.config import LocalRMConfig, RMConfig
 
     assert LocalRMConfig().beta == pytest.approx(1 / 53)
     assert (RMConfig().batch_size, RMConfig().lr, RMConfig().schedule) == (64, 3e-6, "cosine")
@@ -50,8 +50,8 @@ def test_bad_config_fails_with_clear_error(tmp_path):
 def test_help_lists_every_config_field_with_its_docstring(stage, capsys):
     import dataclasses
 
-    from allroads.llm.config import CONFIGS
-    from allroads.llm.field_docs import field_docs
+    from allroads.llm.core.config import CONFIGS
+    from allroads.llm.core.field_docs import field_docs
 
     with pytest.raises(SystemExit) as e:
         main([stage, "--help"])

@@ -5,8 +5,8 @@ import time
 import pytest
 from pathlib import Path
 
-from allroads.llm import data as D
-from allroads.llm import synthetic as S
+from allroads.llm.data import rows as D
+from allroads.llm.data import synthetic as S
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
 PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
@@ -136,7 +136,7 @@ def test_unreachable_hub_raises_clear_error_quickly():
 
 
 def test_unreachable_hub_model_raises_clear_error():
-    from allroads.llm import models as M
+    from allroads.llm.model import models as M
 
     with pytest.raises(M.HubUnreachableError, match="--model DIR"):
         M.load_policy("EleutherAI/pythia-1.4b-deduped")

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from allroads.llm import data as D
-from allroads.llm.config import SFTConfig, load_config
-from allroads.llm.synthetic import make_synthetic_comparisons, make_synthetic_sft
+from allroads.llm.data import rows as D
+from allroads.llm.core.config import SFTConfig, load_config
+from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
 
 
 def _jsonl(path, rows):

@@ -20,10 +20,10 @@ STEPS = 3
 
 
 def _run(out_dir: str, micro: int):
-    from allroads.llm import data as D
-    from allroads.llm import models as M
-    from allroads.llm import train as T
-    from allroads.llm.config import DPOConfig, RMConfig
+    from allroads.llm.data import rows as D
+    from allroads.llm.model import models as M
+    from allroads.llm.train import methods as T
+    from allroads.llm.core.config import DPOConfig, RMConfig
 
     tok = M.build_tiny_tokenizer()
     rows, _ = D.load_comparison_rows("synthetic:32:11")
@@ -52,7 +52,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
     ddp_pol, ddp_rm = torch.load(tmp_path / "ddp" / "weights.pt")
     # one process, same global batch (8), micro-batch 4 ⇒ two accumulation steps
     one_pol, one_rm = _run(str(tmp_path / "one"), micro=4)
-    from allroads.llm import models as M
+    from allroads.llm.model import models as M
 
     init = M.load_policy("tiny", tokenizer=M.build_tiny_tokenizer(), seed=0, dtype="float64").state_dict()
     moved = 0

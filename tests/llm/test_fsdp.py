@@ -35,11 +35,11 @@ def _args(stage: str, out: Path, fsdp: bool, extra=()) -> list[str]:
 
 def _stopped_dpo(out: Path, stop_after: int, fsdp: bool = True) -> None:
     """The CLI's DPO run (same config), stopped after ``stop_after`` steps as if the process were killed."""
-    from allroads.llm import data as D
-    from allroads.llm import models as M
-    from allroads.llm import train as T
+    from allroads.llm.data import rows as D
+    from allroads.llm.model import models as M
+    from allroads.llm.train import methods as T
     from allroads.llm.__main__ import tiny_preset
-    from allroads.llm.config import DPOConfig, load_config
+    from allroads.llm.core.config import DPOConfig, load_config
 
     argv = _args("dpo", out, fsdp, RESUME)[1:]
     overrides = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2) if argv[i] != "--preset"}
@@ -118,7 +118,7 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tmp_path):
 
 
 def _worker(mode: str, out: Path) -> None:
-    from allroads.llm import models as M
+    from allroads.llm.model import models as M
     from allroads.llm.__main__ import main
 
     rank = int(os.environ["RANK"])

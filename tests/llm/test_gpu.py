@@ -12,8 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from allroads.llm import data as D
-from allroads.llm import models as M
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -55,8 +55,8 @@ def test_bf16_autocast_dpo_step_close_to_fp32(tok, pairs):
 
 
 def test_fsdp2_on_one_gpu_equals_plain_model(tmp_path, tok, pairs):
-    from allroads.llm.config import SFTConfig
-    from allroads.llm.train import train_sft
+    from allroads.llm.core.config import SFTConfig
+    from allroads.llm.train.methods import train_sft
 
     torch.backends.cuda.matmul.allow_tf32 = False
     sft = [D.TokenizedSFT(p.prompt_ids, p.chosen_ids) for p in pairs]
@@ -74,7 +74,7 @@ def test_fsdp2_on_one_gpu_equals_plain_model(tmp_path, tok, pairs):
 
 
 def test_cuda_greedy_equals_cpu_greedy(tok):
-    from allroads.llm.sample import SamplingConfig, sample
+    from allroads.llm.model.sample import SamplingConfig, sample
 
     rows, _ = D.load_sft_rows("synthetic:8:9")
     prompts = [D.format_prompt(r.subreddit, r.title, r.post, tok)[0] for r in rows]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from allroads.llm import data as D
-from allroads.llm import models as M
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
 
 
 @pytest.fixture(scope="module")

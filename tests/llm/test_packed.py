@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from allroads.llm import data as D
-from allroads.llm import models as M
-from allroads.llm import packed as P
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
+from allroads.llm.data import packed as P
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from allroads.llm.__main__ import main
-from allroads.llm.config import DPOConfig, SFTConfig
-from allroads.llm.resume import RunMismatchError, check_output_dir, differing_fields
+from allroads.llm.core.config import DPOConfig, SFTConfig
+from allroads.llm.train.resume import RunMismatchError, check_output_dir, differing_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,9 +102,9 @@ def test_resuming_into_the_same_module_keeps_the_optimizer_state(tmp_path):
     uninterrupted one bitwise on CPU; stopping with save_every but without reuse is the control that always held."""
     import torch
 
-    from allroads.llm import models as M
-    from allroads.llm.data import TokenizedPair
-    from allroads.llm.train import train_dpo
+    from allroads.llm.model import models as M
+    from allroads.llm.data.rows import TokenizedPair
+    from allroads.llm.train.methods import train_dpo
 
     tk = M.build_tiny_tokenizer()
     words = ["sister", "brother", "boss", "friend", "mother", "car", "bike", "sad"]

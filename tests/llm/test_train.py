@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from allroads import losses
-from allroads.llm import data as D
-from allroads.llm import models as M
-from allroads.llm import synthetic as S
-from allroads.llm import train as T
-from allroads.llm.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
+from allroads.llm.data import synthetic as S
+from allroads.llm.train import methods as T
+from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
 
 COMMON = dict(model="tiny", device="cpu", progress=False, resume=False, schedule="constant")
 

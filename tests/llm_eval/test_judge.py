@@ -1,4 +1,4 @@
-"""The pairwise judge (allroads.llm.judge) through the real openai client against the loopback rule server."""
+"""The pairwise judge (allroads.llm.judge.judge) through the real openai client against the loopback rule server."""
 import json
 import re
 import time
@@ -8,13 +8,9 @@ import pytest
 
 pytest.importorskip("openai")
 
-from allroads.llm.judge import (  # noqa: E402
-    STANDARD_JUDGE_TEMPLATE, TWO_WORD_JUDGE_TEMPLATE, TWO_WORD_SUMMARY_TEMPLATE, Judge, JudgeConfig,
-    first_shown_as_a, generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary,
-    render_judge_prompt, two_word_preference_dataset, judge_win_rate,
-)
-from allroads.llm.judge_client import make_client  # noqa: E402
-from allroads.llm.judge_server import RuleJudgeServer, split_judge_prompt  # noqa: E402
+from allroads.llm.judge.judge import (STANDARD_JUDGE_TEMPLATE, TWO_WORD_JUDGE_TEMPLATE, TWO_WORD_SUMMARY_TEMPLATE, Judge, JudgeConfig, first_shown_as_a, generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary, render_judge_prompt, two_word_preference_dataset, judge_win_rate)  # noqa: F401
+from allroads.llm.judge.client import make_client  # noqa: F401
+from allroads.llm.judge.rule_server import RuleJudgeServer, split_judge_prompt  # noqa: F401
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
 PAPER = SHARED / "paper" / "all_roads_lead_to_likelihood.txt"

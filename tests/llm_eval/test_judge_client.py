@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("openai")
 
-from allroads.llm.judge import Judge, JudgeConfig, ResponseCache, render_judge_prompt  # noqa: E402
-from allroads.llm.judge_client import OPENAI_BASE_URL, endpoint_id, make_client  # noqa: E402
-from allroads.llm.judge_server import RuleJudgeServer  # noqa: E402
-from allroads.llm.settings import paper_settings  # noqa: E402
+from allroads.llm.judge.judge import Judge, JudgeConfig, ResponseCache, render_judge_prompt  # noqa: F401
+from allroads.llm.judge.client import OPENAI_BASE_URL, endpoint_id, make_client  # noqa: F401
+from allroads.llm.judge.rule_server import RuleJudgeServer  # noqa: F401
+from allroads.llm.pipeline.settings import paper_settings  # noqa: F401
 
 from .test_judge import make_pairs, quality  # noqa: E402
 

@@ -1,10 +1,10 @@
-"""ROUGE-L F1 (allroads.llm.rouge) against an independent LCS implementation."""
+"""ROUGE-L F1 (allroads.llm.data.rouge) against an independent LCS implementation."""
 
 import pytest
 
 pytest.importorskip("rouge_score")
 
-from allroads.llm.rouge import rouge_l_f1, rouge_l_f1_batch  # noqa: E402
+from allroads.llm.data.rouge import rouge_l_f1, rouge_l_f1_batch  # noqa: F401
 
 from ._rouge_reference import f1_reference  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Sampling (allroads.llm.sample) with a tiny random GPT-NeoX and the real Pythia tokenizer, on CPU."""
+"""Sampling (allroads.llm.model.sample) with a tiny random GPT-NeoX and the real Pythia tokenizer, on CPU."""
 from pathlib import Path
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from allroads.llm.sample import SamplingConfig, sample  # noqa: E402
+from allroads.llm.model.sample import SamplingConfig, sample  # noqa: F401
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
 PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
@@ -179,7 +179,7 @@ def test_shared_prefill_gives_the_samples_of_plain_generate(model, tok):
     seed, token for token, and the per-step log-probs agree to 1e-5."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from allroads.llm.sample import _TemperatureLogp, _left_pad
+    from allroads.llm.model.sample import _TemperatureLogp, _left_pad
 
     cfg = SamplingConfig(n=5, temperature=0.7, max_new_tokens=6, seed=11, batch_size=2, backend="hf", compute_logp=True)
     ours = sample(model, tok, PROMPTS, cfg)

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from allroads.llm import models as M
-from allroads.llm import sample as S
-from allroads.llm import sample_vllm as V
-from allroads.llm.sample import SamplingConfig, sample
+from allroads.llm.model import models as M
+from allroads.llm.model import sample as S
+from allroads.llm.model import sample_vllm as V
+from allroads.llm.model.sample import SamplingConfig, sample
 
 EOS = 0
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from allroads.llm import data as D
-from allroads.llm import models as M
-from allroads.llm.backend import LLMBackend
-from allroads.llm.pipeline import tiny_settings
-from allroads.llm.sample import SamplingConfig
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
+from allroads.llm.model.backend import LLMBackend
+from allroads.llm.pipeline.context import tiny_settings
+from allroads.llm.model.sample import SamplingConfig
 
 
 def tok():

@@ -3,7 +3,7 @@ direction; no bars hanging from zero for (negative) log-likelihoods."""
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from allroads.llm.figure_plot import draw_figure
+from allroads.llm.figures.plot import draw_figure
 
 
 def _point(mean, se=0.01):

@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from allroads.llm import models as M
-from allroads.llm.data import TokenizedPair
-from allroads.llm.figures import FigureConfig, run_figure
-from allroads.llm.judges import JudgeFactory
-from allroads.llm.pipeline import Artifact, Pipeline
-from allroads.llm.synthetic import synthetic_score
+from allroads.llm.model import models as M
+from allroads.llm.data.rows import TokenizedPair
+from allroads.llm.figures.paper import FigureConfig, run_figure
+from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.pipeline.context import Artifact, Pipeline
+from allroads.llm.data.synthetic import synthetic_score
 
 from llm_eval._rouge_reference import f1_reference
 
@@ -130,7 +130,7 @@ def test_fig11_is_evaluated_by_rouge_on_pft_validation(ran):
 # ---------------------------------------------------------------------------------------------- Fig. 6
 def test_fig6_pairs_are_two_sft_samples_ordered_by_the_judge(ran):
     tmp, pipe, _ = ran
-    from allroads.llm.evaluate import policy_samples
+    from allroads.llm.evaluation.evaluate import policy_samples
 
     (d,) = _stage_dirs(tmp / "root", "gpt_label_data")
     sft = _sft_dirs(tmp / "root")["tiny"]  # the standard SFT (Fig. 9's 2.8b SFT has its own stage)

@@ -1,4 +1,4 @@
-"""The frontier figure's parts (`allroads.llm.frontier`, `frontier_rules`, the soft-label DPO path and the online
+"""The frontier figure's parts (`allroads.llm.figures.frontier`, `frontier_rules`, the soft-label DPO path and the online
 data's diversity): every point is the stage it stands for, oracle pairs rank by r*, soft labels train as their
 closed form says, and each rule picks the point its definition names on constructed curves."""
 from __future__ import annotations
@@ -9,17 +9,17 @@ import json
 import pytest
 import torch
 
-from allroads.llm import data_stages as G
-from allroads.llm import train_stages as T
-from allroads.llm.config import DPOConfig
-from allroads.llm.data import TokenizedPair
-from allroads.llm.frontier import evaluate_point, frontier_curve
-from allroads.llm.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
-from allroads.llm.online_data import is_prefix_pair, online_diversity
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.sample import Completion
-from allroads.llm.selection import patience_spent
-from allroads.llm.train import train_dpo, train_dpo_soft
+from allroads.llm.pipeline import data_stages as G
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.core.config import DPOConfig
+from allroads.llm.data.rows import TokenizedPair
+from allroads.llm.figures.frontier import evaluate_point, frontier_curve
+from allroads.llm.figures.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
+from allroads.llm.train.online_data import is_prefix_pair, online_diversity
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.model.sample import Completion
+from allroads.llm.pipeline.selection import patience_spent
+from allroads.llm.train.methods import train_dpo, train_dpo_soft
 from allroads.online import OnlinePairs, Scored
 
 from . import _tiny
@@ -196,7 +196,7 @@ def test_patience_stops_after_the_best_epoch():
 def test_frontier_figure_writes_every_method_budgets_rules_and_a_png(tmp_path):
     """The whole figure on the smallest tiny settings (2 lrs × 1 epoch): the JSON has the issue's schema, every KL
     is to π_sft (SFT's is 0), Online DPO (DPO) starts from the DPO point the rule names, and the PNG is drawn."""
-    from allroads.llm.figures import FigureConfig, run_figure
+    from allroads.llm.figures.paper import FigureConfig, run_figure
 
     pipe = _pipe(tmp_path)
     fig = FigureConfig("frontier", seeds=(0,), frontier_lrs=(1e-4, 3e-3), frontier_max_epochs=1)

@@ -6,14 +6,14 @@ import dataclasses
 import openai
 import pytest
 
-from allroads.llm import eval_stages as E
-from allroads.llm import train_stages as T
-from allroads.llm.figure_summary import summary_lines
-from allroads.llm.figures import _judged_point
-from allroads.llm.judge import Judge, JudgeConfig
-from allroads.llm.judge_server import RuleJudgeServer
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.synthetic import synthetic_score
+from allroads.llm.pipeline import eval_stages as E
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.figures.summary import summary_lines
+from allroads.llm.figures.paper import _judged_point
+from allroads.llm.judge.judge import Judge, JudgeConfig
+from allroads.llm.judge.rule_server import RuleJudgeServer
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.data.synthetic import synthetic_score
 
 from . import _tiny
 

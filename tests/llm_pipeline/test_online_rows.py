@@ -3,9 +3,9 @@ and what stays tied is counted; evaluation prompts are a seeded random draw of t
 import dataclasses
 import zlib
 
-from allroads.llm.backend import FunctionRM
-from allroads.llm.online_data import OnlineDataConfig, build_online_pairs
-from allroads.llm.pipeline import Pipeline
+from allroads.llm.model.backend import FunctionRM
+from allroads.llm.train.online_data import OnlineDataConfig, build_online_pairs
+from allroads.llm.pipeline.context import Pipeline
 
 from . import _tiny
 
@@ -52,8 +52,8 @@ def test_evaluation_prompts_are_a_seeded_random_draw(tmp_path):
 def test_online_pairs_stage_samples_every_comparison_row(tmp_path):
     import json
 
-    from allroads.llm import data_stages as G
-    from allroads.llm import train_stages as T
+    from allroads.llm.pipeline import data_stages as G
+    from allroads.llm.pipeline import train_stages as T
 
     pipe = Pipeline(tmp_path, _tiny.small_settings(), None, log=lambda m: None)
     art = G.online_pairs(pipe, T.sft(pipe), None, "known", 0)

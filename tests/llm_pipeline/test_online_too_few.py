@@ -6,13 +6,13 @@ import json
 
 import torch
 
-from allroads.llm import models as M
-from allroads.llm import train_stages as T
-from allroads.llm.atomic import write_json, write_jsonl
-from allroads.llm.figure_summary import summary_lines
-from allroads.llm.figures import _summarise_online
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.settings import stage_config
+from allroads.llm.model import models as M
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.core.atomic import write_json, write_jsonl
+from allroads.llm.figures.summary import summary_lines
+from allroads.llm.figures.paper import _summarise_online
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.pipeline.settings import stage_config
 
 from . import _tiny
 

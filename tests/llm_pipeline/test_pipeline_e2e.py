@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from allroads.llm.figures import FigureConfig, load_figure_config, run_figure
-from allroads.llm.judges import JudgeFactory
-from allroads.llm.pipeline import Pipeline, paper_settings, tiny_settings
+from allroads.llm.figures.paper import FigureConfig, load_figure_config, run_figure
+from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.pipeline.context import Pipeline, paper_settings, tiny_settings
 
 from . import _tiny
 
@@ -39,7 +39,7 @@ def test_fig3_small_end_to_end_and_extension_reuses_stages(tmp_path):
     assert set(saved["bars"]) == {"SFT", "DPO", "DPO (2x)", "Online DPO (SFT)", "Online DPO (DPO)"}
     assert (tmp_path / "out" / "fig3.png").is_file()
     assert pipe.executed.count("online_pairs") == 2 and pipe.executed.count("online_dpo") == 2
-    from allroads.llm.figures import GROUND_TRUTH  # the tiny preset has a known score: the ground-truth block
+    from allroads.llm.figures.paper import GROUND_TRUTH
 
     truth = saved["ground_truth"]
     assert set(truth) == {label for _, label in GROUND_TRUTH}
@@ -95,7 +95,7 @@ def test_tiny_preset_fig3_runner(tmp_path):
 def test_every_paper_figure_has_a_config_and_is_wired():
     from pathlib import Path
 
-    from allroads.llm.figures import FIGURES
+    from allroads.llm.figures.paper import FIGURES
 
     configs = Path(__file__).resolve().parents[2] / "experiments" / "llm" / "configs"
     assert sorted(FIGURES) == sorted([f"fig{i}" for i in range(3, 13)] + ["frontier"])

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from allroads.llm.config import DPOConfig
-from allroads.llm.data import TokenizedPair
-from allroads.llm.online_data import train_online_dpo
-from allroads.llm.train import precompute_ref_logps, train_dpo
+from allroads.llm.core.config import DPOConfig
+from allroads.llm.data.rows import TokenizedPair
+from allroads.llm.train.online_data import train_online_dpo
+from allroads.llm.train.methods import precompute_ref_logps, train_dpo
 
 from . import _tiny
 
@@ -123,7 +123,7 @@ def test_online_dpo_tempers_policy_and_reference_so_the_first_loss_is_log_2(tmp_
 
 def _only_the_table(d):
     """Leave only ``ref_logps.pt`` in ``d``: a table left by another run (a directory holding the other run's
-    config is refused before the table is read, :mod:`allroads.llm.resume`)."""
+    config is refused before the table is read, :mod:`allroads.llm.train.resume`)."""
     for f in d.iterdir():
         if f.name != "ref_logps.pt":
             shutil.rmtree(f) if f.is_dir() else f.unlink()

@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
-from allroads.llm import data as D
-from allroads.llm import synthetic as S
-from allroads.llm.ground_truth import ground_truth_eval, known_win_counts, rm_score_eval
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.sample import Completion
-from allroads.llm.selection import heldout_loss_curve, select_hyperparameters
-from allroads.llm.settings import SelectionConfig, small_settings, stage_config, tiny_settings
+from allroads.llm.data import rows as D
+from allroads.llm.data import synthetic as S
+from allroads.llm.evaluation.ground_truth import ground_truth_eval, known_win_counts, rm_score_eval
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.model.sample import Completion
+from allroads.llm.pipeline.selection import heldout_loss_curve, select_hyperparameters
+from allroads.llm.pipeline.settings import SelectionConfig, small_settings, stage_config, tiny_settings
 
 from ._tiny import backend, policy, prompts, tok as tiny_tok
 
@@ -104,9 +104,9 @@ def test_ground_truth_kl_matches_exact_enumeration():
 def test_rm_score_eval_scores_the_ground_truth_samples():
     """rm_score_eval draws the samples ground_truth_eval scores (same seed and temperature; at T = 1 a different
     seed draws others), and its rm_score is the scorer's mean over them, computed here by the scorer directly."""
-    from allroads.llm import models as M
-    from allroads.llm.backend import GlobalRM
-    from allroads.llm.evaluate import policy_samples
+    from allroads.llm.model import models as M
+    from allroads.llm.model.backend import GlobalRM
+    from allroads.llm.evaluation.evaluate import policy_samples
 
     tk = tiny_tok()
     pi = policy(tk, seed=0)
@@ -139,11 +139,11 @@ def _tiny_selection_pipe(tmp_path) -> Pipeline:
 def test_an_epoch_of_a_longer_run_is_the_run_of_that_many_epochs(tmp_path):
     """With the constant schedule, the held-out loss after epoch 1 of a 2-epoch selection run (stopped, checkpointed,
     resumed) equals that of a separate 1-epoch run, for SFT and for DPO (bitwise on CPU: tolerance 1e-9)."""
-    from allroads.llm import models as M
-    from allroads.llm import train_stages as T
-    from allroads.llm.packed import pack_sft
-    from allroads.llm.selection import _objective
-    from allroads.llm.train import train_dpo, train_sft
+    from allroads.llm.model import models as M
+    from allroads.llm.pipeline import train_stages as T
+    from allroads.llm.data.packed import pack_sft
+    from allroads.llm.pipeline.selection import _objective
+    from allroads.llm.train.methods import train_dpo, train_sft
 
     pipe = _tiny_selection_pipe(tmp_path)
     sel, s = pipe.s.selection, pipe.s
@@ -204,8 +204,8 @@ def test_reduced_small_preset_sft_and_dpo_raise_the_known_score(tmp_path):
     score of T = 0.01 samples over the untrained model, and DPO raises it over SFT, each by more than 3 standard
     errors (over 256 test prompts, the two s.e. added in quadrature). DPO's gain depends on the seed (seed 1 of the
     3-seed run lowers the score): this checks that the methods learn, not that they always do."""
-    from allroads.llm import eval_stages as E
-    from allroads.llm import train_stages as T
+    from allroads.llm.pipeline import eval_stages as E
+    from allroads.llm.pipeline import train_stages as T
 
     s = small_settings("facts")
     s = dataclasses.replace(
@@ -214,7 +214,7 @@ def test_reduced_small_preset_sft_and_dpo_raise_the_known_score(tmp_path):
     pipe = Pipeline(tmp_path / "runs", s, log=lambda _: None)
     sft = T.sft(pipe)
     dpo = T.dpo(pipe, sft, 0)
-    from allroads.llm import models as M
+    from allroads.llm.model import models as M
 
     base = M.load_policy(s.model, tokenizer=pipe.tokenizer, seed=0)
     texts, _, refs = pipe.test_set()

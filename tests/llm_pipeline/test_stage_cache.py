@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from allroads.llm import eval_stages as E
-from allroads.llm import train_stages as T
-from allroads.llm.judges import JudgeFactory
-from allroads.llm.pipeline import Pipeline
-from allroads.llm.settings import paper_settings, stage_config
-from allroads.llm.stage_cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
+from allroads.llm.pipeline import eval_stages as E
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.pipeline.settings import paper_settings, stage_config
+from allroads.llm.pipeline.cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
 
 from . import _tiny
 
@@ -30,21 +30,21 @@ def _edit(root: Path, module: str) -> None:
 
 
 def test_closure_follows_imports_of_the_stage_modules():
-    train = module_closure(["allroads.llm.train_stages"])
-    evals = module_closure(["allroads.llm.eval_stages"])
-    assert {"allroads.llm.train", "allroads.losses", "allroads.llm.pipeline", "allroads"} <= set(train)
-    assert "allroads.llm.judge" not in train and "allroads.tabular" not in train
-    assert {"allroads.llm.judge", "allroads.llm.evaluate", "allroads.llm.data_stages"} <= set(evals)
+    train = module_closure(["allroads.llm.pipeline.train_stages"])
+    evals = module_closure(["allroads.llm.pipeline.eval_stages"])
+    assert {"allroads.llm.train.methods", "allroads.losses", "allroads.llm.pipeline.context", "allroads"} <= set(train)
+    assert "allroads.llm.judge.judge" not in train and "allroads.tabular" not in train
+    assert {"allroads.llm.judge.judge", "allroads.llm.evaluation.evaluate", "allroads.llm.pipeline.data_stages"} <= set(evals)
 
 
 def test_code_hash_sees_comments_and_only_imported_modules(package_copy):
-    before = {m: code_hash([m], package_copy) for m in ("allroads.llm.train_stages", "allroads.llm.eval_stages")}
+    before = {m: code_hash([m], package_copy) for m in ("allroads.llm.pipeline.train_stages", "allroads.llm.pipeline.eval_stages")}
     assert before == {m: code_hash([m]) for m in before}  # the copy hashes like the package
-    _edit(package_copy, "allroads.llm.judge")
-    assert code_hash(["allroads.llm.train_stages"], package_copy) == before["allroads.llm.train_stages"]
-    assert code_hash(["allroads.llm.eval_stages"], package_copy) != before["allroads.llm.eval_stages"]
+    _edit(package_copy, "allroads.llm.judge.judge")
+    assert code_hash(["allroads.llm.pipeline.train_stages"], package_copy) == before["allroads.llm.pipeline.train_stages"]
+    assert code_hash(["allroads.llm.pipeline.eval_stages"], package_copy) != before["allroads.llm.pipeline.eval_stages"]
     _edit(package_copy, "allroads.losses")
-    assert code_hash(["allroads.llm.train_stages"], package_copy) != before["allroads.llm.train_stages"]
+    assert code_hash(["allroads.llm.pipeline.train_stages"], package_copy) != before["allroads.llm.pipeline.train_stages"]
 
 
 def test_a_failed_stage_is_never_done(tmp_path):
@@ -83,9 +83,9 @@ def test_edits_rerun_exactly_the_stages_whose_code_includes_them(tmp_path, packa
     assert _sft_and_eval(root, package_copy) == ([], res)  # nothing changed: nothing runs
     _edit(package_copy, "allroads.tabular.mdp")  # imported by no stage
     assert _sft_and_eval(root, package_copy)[0] == []
-    _edit(package_copy, "allroads.llm.judge")  # the judge's module: evaluation re-runs, SFT is not retrained
+    _edit(package_copy, "allroads.llm.judge.judge")  # the judge's module: evaluation re-runs, SFT is not retrained
     assert _sft_and_eval(root, package_copy)[0] == ["eval_winrate"]
-    _edit(package_copy, "allroads.llm.train")  # the training loop: SFT re-runs, and so does what consumes it
+    _edit(package_copy, "allroads.llm.train.methods")  # the training loop: SFT re-runs, and so does what consumes it
     assert _sft_and_eval(root, package_copy)[0] == ["sft", "eval_winrate"]
 
 
@@ -103,7 +103,7 @@ def test_paper_settings_model_reaches_every_stage():
 
 
 def test_tiny_model_setting_trains_sft_and_rm_from_it(tmp_path):
-    from allroads.llm import models as M
+    from allroads.llm.model import models as M
 
     s = dataclasses.replace(_tiny.small_settings(), model="tiny:32x1")
     pipe = Pipeline(tmp_path, s, None, log=lambda m: None)
@@ -117,8 +117,8 @@ def test_tiny_model_setting_trains_sft_and_rm_from_it(tmp_path):
 def test_sampling_stages_are_keyed_by_the_resolved_sampler(tmp_path, monkeypatch):
     """``auto`` resolves to HF on CPU; an online-pairs stage drawn by HF and one drawn by vLLM have different
     keys (samples are never reused across samplers), while a training stage's key ignores the sampler."""
-    from allroads.llm import data_stages as D
-    from allroads.llm.stage_cache import Artifact
+    from allroads.llm.pipeline import data_stages as D
+    from allroads.llm.pipeline.cache import Artifact
 
     specs = {}
 

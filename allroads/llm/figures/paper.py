@@ -1,0 +1,426 @@
+r"""The paper's TL;DR figures 3–12 as functions over the cached stage graph (:mod:`allroads.llm.pipeline.context`).
+
+``figure_N(pipe, fig) -> dict`` composes the stage functions it needs (:mod:`allroads.llm.pipeline.train_stages`,
+:mod:`allroads.llm.pipeline.data_stages`, :mod:`allroads.llm.pipeline.eval_stages`; each runs once and is cached by its config,
+inputs and code) and returns the figure's numbers: ``bars`` (mean ± s.e.
+over seeds) or ``curves``. :func:`run_figure` writes ``<figure>.json`` and ``<figure>.png``;
+:class:`FigureConfig` is one figure's experiment (``experiments/llm/configs/fig*.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from allroads.llm.core.atomic import write_json
+from allroads.llm.figures.plot import plot_figure
+from allroads.llm.pipeline import data_stages as G
+from allroads.llm.pipeline import eval_stages as E
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.figures.frontier import figure_frontier
+from allroads.llm.figures.frontier_rules import RULES
+from allroads.llm.pipeline.context import Artifact, Pipeline
+
+__all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """One paper figure's experiment (defaults: the paper's; three training seeds)."""
+
+    figure: str
+    """``fig3`` … ``fig12``, or ``frontier`` (every DPO-family method swept over its strength:
+    :mod:`allroads.llm.figures.frontier`)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds of every PFT stage (the SFT checkpoint is shared; Figs. report 3 seeds)."""
+    bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 25)
+    """N of best-of-N (Fig. 8, 9; N ≤ 25)."""
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    """Fractions of the PFT data (Fig. 12)."""
+    policy_sizes: tuple[str, ...] = ("1.4b", "2.8b")
+    """Policy sizes of Fig. 9 (labels of ``Settings.size_models``): BoN samples come from each size's SFT policy."""
+    rm_sizes: tuple[str, ...] = ("1.4b", "2.8b", "6.9b")
+    """Global-RM sizes of Fig. 9 (labels of ``Settings.size_models``); each RM is trained from its size's SFT."""
+    frontier_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+    """The frontier figure: learning rates each method is swept over (one run per lr, every epoch evaluated)."""
+    frontier_max_epochs: int = 3
+    """The frontier figure: epochs of each sweep run (points at 1 … this)."""
+    kl_budgets: tuple[float, ...] = (0.5, 1.5, 3.0, 5.0, 10.0)
+    """The frontier figure: KL(π‖π_sft) budgets of the best-value table, fixed in advance."""
+    prune_kl: float = 30.0
+    """The frontier figure: a run whose first epoch is beyond this KL ends its method's sweep (larger lrs skipped)."""
+    rule_pick: str = "implicit_loglik"
+    """The frontier figure: the rule (:data:`allroads.llm.figures.frontier_rules.RULES`) that picks the DPO point Online DPO
+    (DPO) starts from, fixed before any run."""
+    rule_kl_budget: float = 3.0
+    """The frontier figure: the budget of the ``kl_budget`` rule (nats of KL(π‖π_sft)), fixed before any run."""
+    notes: str = ""
+    """What the figure shows (copied into its JSON)."""
+
+    def validate(self) -> None:
+        if self.figure not in FIGURES:
+            raise ValueError(f"figure={self.figure!r}; known: {sorted(FIGURES)}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: a seed twice would count one run twice (n doubles, s.e. shrinks); "
+                             "give distinct seeds")
+        if not self.frontier_lrs or min(self.frontier_lrs) <= 0 or self.frontier_max_epochs < 1:
+            raise ValueError(f"frontier_lrs={self.frontier_lrs} must be positive, frontier_max_epochs="
+                             f"{self.frontier_max_epochs} >= 1")
+        if self.rule_pick not in RULES:
+            raise ValueError(f"rule_pick={self.rule_pick!r}; use one of {RULES}")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions={self.fractions}: each must be in (0, 1]")
+        if not self.policy_sizes or not self.rm_sizes:
+            raise ValueError("policy_sizes and rm_sizes: need at least one size each (Fig. 9)")
+        if not self.bon_ns or min(self.bon_ns) < 1:
+            raise ValueError(f"bon_ns={self.bon_ns}: need N >= 1")
+
+
+def _mean_se(xs: list[float]) -> dict:
+    xs = [x for x in xs if x is not None and x == x]  # NaN win rates (no decided pair) are left out, counted in n
+    if not xs:
+        return {"mean": None, "se": None, "n": 0, "values": []}
+    m = sum(xs) / len(xs)
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
+    return {"mean": m, "se": se, "n": len(xs), "values": xs}
+
+
+_JUDGE_COUNTS = (("n", "n_pairs"), ("wins", "wins"), ("losses", "losses"), ("errors", "errors"),
+                 ("unparseable", "unparseable"))
+
+
+def _judged_point(results: list[dict]) -> dict:
+    """Mean ± s.e. over seeds of judged win rates, with the judge's counts summed over the seeds under ``judged``
+    (``n`` pairs, ``wins``, ``losses``, ``errors``, ``unparseable``)."""
+    point = _mean_se([r["win_rate"] for r in results])
+    point["judged"] = {name: sum(r[key] for r in results) for name, key in _JUDGE_COUNTS}
+    return point
+
+
+def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False) -> dict[str, Artifact]:
+    """Fig. 3's policies for one seed: DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO)."""
+    dpo = T.dpo(pipe, sft, seed)
+    rm = T.rm(pipe, sft, seed)
+    out = {"DPO": dpo, "DPO (2x)": T.dpo(pipe, sft, seed, epochs=2)}
+    out["Online DPO (SFT)"] = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, augment=augment), seed)
+    out["Online DPO (DPO)"] = T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed, augment=augment), seed)
+    return out
+
+
+def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifact], dict[str, Artifact]],
+              with_sft: bool = True, rate: Callable[..., dict] | None = None,
+              rm_of: Callable[..., Artifact] | None = None) -> dict:
+    """Win-rate bars (mean ± s.e. over seeds) of SFT (once, seed 0) and of the policies ``per_seed`` returns;
+    ``rate(artifact, seed)`` is the evaluation (default :func:`allroads.llm.pipeline.eval_stages.reference_win_rate`). Known scores (tiny
+    preset) are summarised alongside; ``rm_of(seed, x)``, if given, is the global RM whose score of the samples the
+    ground truth adds."""
+    sft = T.sft(pipe)
+    truth = _GroundTruth(pipe, sft, rm_of) if rate is None else None  # the known score is of the standard task
+    rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
+    vals: dict[str, list[dict]] = {}
+    extra: dict[str, list[float]] = {}
+    online: dict[str, list[dict]] = {}
+
+    def add(name: str, r: dict) -> None:
+        vals.setdefault(name, []).append(r)
+        if "known_score" in r:
+            extra.setdefault(name, []).append(r["known_score"])
+
+    if with_sft:
+        add("SFT", rate(sft))
+        truth and truth.add("SFT", sft)
+    for seed in fig.seeds:
+        for name, art in per_seed(seed, sft).items():
+            add(name, rate(art, seed))
+            truth and truth.add(name, art, seed)
+            _add_online(online, name, art)
+    out = {"metric": "win rate vs reference (judge)", "bars": {k: _judged_point(v) for k, v in vals.items()}}
+    if online:
+        out["online_dpo"] = _summarise_online(online)
+    if extra:
+        out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
+    if truth:
+        out["ground_truth"] = truth.bars()
+    return out
+
+
+GROUND_TRUTH = (("known_score", "known score (T = 0.01)"), ("win_rate", "known-score win rate vs reference"),
+                ("kl", "KL(π‖π_sft) on-policy"), ("objective", "E_π[r*] − β·KL(π‖π_sft)"),
+                ("rm_score", "global RM score of the T = 0.01 samples"))
+"""The ground-truth quantities a synthetic preset reports per policy (:mod:`allroads.llm.evaluation.ground_truth`): result key,
+label. ``rm_score`` (Figs. 3 and 12: the RM that ranks the online pairs, scoring the samples of ``known_score``)
+shows whether a policy climbs the RM while r* falls."""
+
+
+class _GroundTruth:
+    """Collects :func:`allroads.llm.pipeline.eval_stages.ground_truth` per policy (and x, for curves) over seeds, when
+    ``Settings.known_score`` is on; empty (falsy) otherwise."""
+
+    def __init__(self, pipe: Pipeline, sft: Artifact, rm_of: Callable[..., Artifact] | None = None):
+        self.pipe, self.sft, self.rm_of, self.vals = pipe, sft, rm_of, {}
+
+    def __bool__(self) -> bool:
+        return bool(self.pipe.s.known_score)
+
+    def add(self, name: str, art: Artifact, seed: int = 0, x=None) -> None:
+        if self:
+            r = E.ground_truth(self.pipe, art, self.sft, seed)
+            if self.rm_of is not None:
+                r = {**r, "rm_score": E.rm_score(self.pipe, art, self.rm_of(seed, x), seed)["rm_score"]}
+            self.vals.setdefault((name, x), []).append(r)
+
+    def bars(self) -> dict:
+        """``{label: {policy: mean ± s.e. over seeds}}``."""
+        return {label: {name: _mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
+                for key, label in self._quantities()}
+
+    def _quantities(self) -> list[tuple[str, str]]:
+        return [(k, label) for k, label in GROUND_TRUTH if k != "rm_score" or self.rm_of is not None]
+
+    def curves(self) -> dict:
+        """``{label: {policy: {x: mean ± s.e. over seeds}}}``."""
+        out: dict = {}
+        for key, label in self._quantities():
+            for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+                out.setdefault(label, {}).setdefault(name, {})[str(x)] = _mean_se([r[key] for r in rs])
+        return out
+
+
+def _add_online(online: dict, name: str, art: Artifact) -> None:
+    """Append an online DPO stage's record (pairs, optimizer steps) to ``online[name]``; other stages add nothing."""
+    record = T.online_record(art)
+    if record is not None:
+        online.setdefault(name, []).append(record)
+
+
+def _summarise_online(online: dict) -> dict:
+    """``{policy: {"n_pairs": [per seed], "steps": [per seed], "batch_size": b}}``: how much online data each online
+    DPO had; ``steps`` 0 means too few pairs for one batch, so the policy is its start (``train_stages.online_dpo``)."""
+    return {name: {"n_pairs": [r["n_pairs"] for r in rs], "steps": [r["steps"] for r in rs],
+                   "batch_size": rs[0]["batch_size"]} for name, rs in online.items()}
+
+
+def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
+    """Append one seed's BoN win rates (``eval_stages.bon`` output) to ``curves[panel][rm][N]``."""
+    for rm_name, curve in bon_result["curves"].items():
+        for n, summ in curve.items():
+            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ)
+
+
+def _summarise_curves(curves: dict) -> dict:
+    """``{panel: {curve: {x: [judge summaries over seeds]}}}`` → the same with :func:`_judged_point` per point, x
+    sorted."""
+    return {panel: {name: {str(x): _judged_point(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
+            for panel, d in curves.items()}
+
+
+def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 3: SFT, DPO, DPO (2x), Online DPO (SFT), Online DPO (DPO) win rates."""
+    return _winrates(pipe, fig, lambda seed, sft: _methods(pipe, seed, sft),
+                     rm_of=lambda seed, _x: T.rm(pipe, T.sft(pipe), seed))
+
+
+def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 4: Eq. 2 (lower is better) of DPO vs Online DPO (DPO), reverse KL sampled on-policy."""
+    sft = T.sft(pipe)
+    vals: dict[str, list[float]] = {}
+    for seed in fig.seeds:
+        m = _methods(pipe, seed, sft)
+        for name in ("DPO", "Online DPO (DPO)"):
+            vals.setdefault(name, []).append(E.eq2(pipe, m[name], sft, seed)["objective"])
+    return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
+
+
+def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 5: online DPO with and without SFT-prompt augmentation (from SFT and from DPO)."""
+    def per_seed(seed, sft):
+        m = _methods(pipe, seed, sft)
+        a = _methods(pipe, seed, sft, augment=True)
+        return {"Online DPO (SFT)": m["Online DPO (SFT)"], "Online DPO (SFT) + aug": a["Online DPO (SFT)"],
+                "Online DPO (DPO)": m["Online DPO (DPO)"], "Online DPO (DPO) + aug": a["Online DPO (DPO)"]}
+
+    return _winrates(pipe, fig, per_seed, with_sft=False)
+
+
+def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 7: validation BT log-likelihood of global, local and DPO RMs (each with its own scaling)."""
+    sft = T.sft(pipe)
+    vals: dict[str, list[float]] = {}
+    acc: dict[str, list[float]] = {}
+    for seed in fig.seeds:
+        arts = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
+        for kind, art in arts.items():
+            r = E.validation(pipe, kind, art, sft)
+            vals.setdefault(kind, []).append(r["loglik"])
+            acc.setdefault(kind, []).append(r["accuracy"])
+    out = {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
+           "accuracy": {k: _mean_se(v) for k, v in acc.items()}}
+    if pipe.s.known_score:
+        out["labels"] = "known score: the synthetic validation pairs are labelled by the task's score"
+    return out
+
+
+def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
+    sft = T.sft(pipe)
+    curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    known: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for seed in fig.seeds:
+        rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
+        for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
+            res = E.bon(pipe, base, rms, sft, fig.bon_ns, seed)
+            _add_curves(curves, base_name, res)
+            for rm_name, curve in res.get("known_score", {}).items():
+                for n, v in curve.items():
+                    known.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(v)
+    out = {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
+    if known:
+        out["ground_truth"] = {f"known score of the BoN pick, samples from {base}": {
+            rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
+            for base, d in known.items()}
+    return out
+
+
+def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
+    sft = T.sft(pipe)
+    curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
+    truth = _GroundTruth(pipe, sft, rm_of=lambda seed, f: T.rm(pipe, sft, seed, fraction=f))
+    online_data: dict[str, list[dict]] = {}
+    for seed in fig.seeds:
+        for f in fig.fractions:
+            dpo = T.dpo(pipe, sft, seed, fraction=f)
+            rm = T.rm(pipe, sft, seed, fraction=f)
+            online = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, fraction=f), seed)
+            curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed))
+            curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed))
+            truth.add("DPO", dpo, seed, f)
+            truth.add("Online DPO (SFT)", online, seed, f)
+            _add_online(online_data, f"Online DPO (SFT), fraction {f:g}", online)
+    out = {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves}),
+           "online_dpo": _summarise_online(online_data)}
+    if truth:
+        out["ground_truth"] = truth.curves()
+    return out
+
+
+def figure_6(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 6: SFT, DPO, Online DPO (SFT), Online DPO (DPO) when the preference data are two SFT samples per
+    prompt labelled by the judge (:func:`allroads.llm.pipeline.data_stages.gpt_label_data`); the RM is trained on the same data."""
+    sft = T.sft(pipe)
+    data = G.gpt_label_data(pipe, sft)
+
+    def per_seed(seed, sft):
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
+        return {"DPO": dpo,
+                "Online DPO (SFT)": T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed), seed),
+                "Online DPO (DPO)": T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed), seed)}
+
+    out = _winrates(pipe, fig, per_seed)
+    out["data"] = json.loads((data.path / "report.json").read_text())
+    return out
+
+
+def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 9: BoN win rate vs N on samples of each policy size's SFT policy, one curve per global-RM size (each RM
+    trained on the human data from its own size's SFT checkpoint)."""
+    for label in tuple(fig.policy_sizes) + tuple(fig.rm_sizes):
+        pipe.s.size_model(label)  # unknown labels fail before any training
+    sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
+    sfts = {label: T.sft(sub) for label, sub in sized.items()}
+    curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    for seed in fig.seeds:
+        rms = {f"RM {r}": T.rm(sized[r], sfts[r], seed) for r in fig.rm_sizes}
+        for p in fig.policy_sizes:
+            _add_curves(curves, f"policy {p}",
+                        E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
+    return {"metric": "BoN win rate vs reference (global RM per size)",
+            "models": {label: pipe.s.size_model(label) for label in sized}, "curves": _summarise_curves(curves)}
+
+
+def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 10: two-word TL;DR. DPO and a global RM are trained from SFT on judge-written, judge-ranked two-word
+    pairs (:func:`allroads.llm.pipeline.data_stages.two_word_data`); online DPO samples the DPO policy (5 tokens), ranks with the RM.
+    Win rates against judge-written two-word references with the two-word judge prompt."""
+    data = G.two_word_data(pipe)
+
+    def per_seed(seed, sft):
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
+        online = T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed, two_word=True), seed)
+        return {"DPO": dpo, "Online DPO (DPO)": online}
+
+    out = _winrates(pipe, fig, per_seed, rate=lambda art, seed=0: E.two_word_reference_win_rate(pipe, art, seed))
+    out["metric"] = "two-word win rate vs judge-written reference"
+    out["data"] = json.loads((data.path / "report.json").read_text())
+    out["references"] = json.loads((G.two_word_refs(pipe).path / "report.json").read_text())
+    return out
+
+
+def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
+    """Fig. 11: ROUGE-L as the label (:func:`allroads.llm.pipeline.data_stages.rouge_data`) and the metric (:func:`allroads.llm.pipeline.eval_stages.rouge`). DPO and
+    DPO (2x) train on the ROUGE-ranked pairs, a global RM learns from them, and one iteration of online DPO from
+    the DPO policy uses that RM's feedback (Sec. 3.3). SFT is shown for reference."""
+    sft = T.sft(pipe)
+    data = G.rouge_data(pipe, sft)
+    vals: dict[str, list[float]] = {"SFT": [E.rouge(pipe, sft)["rouge_l"]]}
+    for seed in fig.seeds:
+        dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
+        arts = {"DPO": dpo, "DPO (2x)": T.dpo(pipe, sft, seed, epochs=2, pairs=data),
+                "Online DPO (DPO)": T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed), seed)}
+        for name, art in arts.items():
+            vals.setdefault(name, []).append(E.rouge(pipe, art, seed)["rouge_l"])
+    return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
+            "bars": {k: _mean_se(v) for k, v in vals.items()},
+            "data": json.loads((data.path / "report.json").read_text())}
+
+
+FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
+    "fig3": figure_3,
+    "fig4": figure_4,
+    "fig5": figure_5,
+    "fig6": figure_6,
+    "fig7": figure_7,
+    "fig8": figure_8,
+    "fig9": figure_9,
+    "fig10": figure_10,
+    "fig11": figure_11,
+    "fig12": figure_12,
+    "frontier": figure_frontier,
+}
+
+
+def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset: str = "",
+               extra: dict | None = None) -> dict:
+    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers.
+    ``preset`` (``tiny`` / ``small`` / ``paper``) is recorded in the JSON and shown on the figure; ``extra`` (e.g.
+    the hyperparameter selection record) is copied into the JSON."""
+    fig.validate()
+    numbers = FIGURES[fig.figure](pipe, fig)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"figure": fig.figure, "preset": preset, "config": dataclasses.asdict(fig),
+              "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **(extra or {}), **numbers}
+    write_json(out / f"{fig.figure}.json", result)
+    plot_figure(result, out / f"{fig.figure}.png")
+    return result
+
+
+def load_figure_config(path: str | Path, **overrides) -> FigureConfig:
+    """A :class:`FigureConfig` from JSON (lists become tuples); unknown keys raise a ValueError."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"figure config {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                         "fix the file") from e
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(FigureConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown FigureConfig field(s) {unknown}; valid: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return FigureConfig(**values)

@@ -1,0 +1,234 @@
+r"""The LLM implementation of the backend protocol (:class:`allroads.backend.Backend`).
+
+Objects of this backend:
+
+* *policy*: a Hugging Face causal LM (``GPTNeoXForCausalLM`` …);
+* *prompts*: a list of B formatted prompt texts (``"SUBREDDIT: r/… TL;DR:"``, Table 1);
+* *completions*: a (B, n) nested list of :class:`allroads.llm.model.sample.Completion` (token ids with the EOS
+  kept, the decoded text, ``finished``);
+* *scorer* (what the protocol scores with): one of the objects below, each small and frozen, with
+  ``score(backend, prompts, completions) -> (B, n)``:
+
+  ====================  ===================================================  =====================
+  :class:`GlobalRM`     r(s_0, ξ): linear head at the last real token         Eq. 4–6, Table 2
+  :class:`LocalRM`      β·log π(ξ|s_0), β = 1/53                              Eq. 1, Eq. 7–9, Table 4
+  :class:`DPORM`        β·(log π(ξ|s_0) − log π_ref(ξ|s_0)), β = 0.05         Eq. 9, Table 3
+  :class:`RougeRM`      ROUGE-L F1 against the prompt's reference summary     Fig. 11, App. B.1
+  :class:`FunctionRM`   any ``f(prompt, text)`` (e.g. the synthetic known score)  tests / tiny preset
+  ====================  ===================================================  =====================
+
+Sampling goes through :func:`allroads.llm.model.sample.sample` (HF ``generate`` or vLLM; EOS handling there);
+sequence log-probs through :func:`allroads.llm.model.models.sequence_logps` (logits / T before the softmax).
+Randomness: ``sample`` draws its seed from the ``torch.Generator`` it is given, so the same generator
+state gives the same samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from allroads.llm.data.rows import collate_sequences
+from allroads.llm.model.models import rewards, sequence_logps
+from allroads.llm.model.sample import Completion, SamplingConfig, sample
+from allroads.llm.data.tldr_format import completion_from_text, encode_prompt
+
+__all__ = ["LLMBackend", "GlobalRM", "LocalRM", "DPORM", "RougeRM", "FunctionRM", "Completions"]
+
+Completions = list[list[Completion]]
+
+
+@dataclass
+class LLMBackend:
+    """Sample / seq_logp / score / take for Hugging Face models (the protocol of :mod:`allroads.backend`)."""
+
+    tokenizer: Any
+    """The policy's tokenizer (prompts are encoded with it, completions decoded with it)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Response budget (53), prompts per generate call, sampler (HF / vLLM); its ``n``, ``seed`` and
+    ``temperature`` are replaced per call by the arguments of :meth:`sample`."""
+    micro_batch_size: int = 16
+    """Sequences per forward pass in :meth:`seq_logp` and in global-RM scoring."""
+    device: str = "cpu"
+    """Device of the forward passes in :meth:`seq_logp` / scoring."""
+
+    def __post_init__(self):
+        if self.micro_batch_size < 1:
+            raise ValueError(f"LLMBackend(micro_batch_size={self.micro_batch_size}): must be >= 1")
+
+    # ------------------------------------------------------------------------------------ primitives
+    def sample(self, policy, prompts: Sequence[str], n: int, generator: torch.Generator,
+               temperature: float = 1.0) -> Completions:
+        """n completions per prompt from ``policy`` at ``temperature`` (0.1 for online DPO / BoN, 0.01 for
+        evaluation, App. B.1.1/B.4); a (B, n) nested list.
+
+        The sampling seed is drawn from ``generator`` (one int), so the call is reproducible."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        cfg = replace(self.sampling, n=n, seed=seed, temperature=temperature)
+        return [list(p.completions) for p in sample(policy, self.tokenizer, list(prompts), cfg).samples]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [encode_prompt(p, self.tokenizer) for p in prompts]
+
+    def completions_from_texts(self, texts: Sequence[Sequence[str]]) -> Completions:
+        """Wrap texts (e.g. reference summaries) as finished completions ``" " + text + EOS`` (Table 1 format)."""
+        return [[completion_from_text(t, self.tokenizer) for t in row] for row in texts]
+
+    def _flat_batches(self, prompts: Sequence[str], completions: Completions):
+        """Yield ``(groups, batch)`` over the distinct prompt+completion sequences of the (B, n) grid; ``groups[i]``
+        lists the ``(b, j)`` cells that hold sequence i of the batch (samples at a low temperature repeat, and a
+        sequence's score or log-probability is computed once)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} rows of completions")
+        p_ids = self.encode_prompts(prompts)
+        cells: dict[tuple, list[tuple[int, int]]] = {}
+        for b, row in enumerate(completions):
+            for j, c in enumerate(row):
+                if not c.token_ids:
+                    raise ValueError(f"a completion has no tokens (prompt {b}, sample {j}); an empty response has no "
+                                     "log-probability to score")
+                cells.setdefault((tuple(p_ids[b]), tuple(c.token_ids)), []).append((b, j))
+        flat = list(cells.items())
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(flat), self.micro_batch_size):
+            chunk = flat[s:s + self.micro_batch_size]
+            batch = collate_sequences([list(k[0]) for k, _ in chunk], [list(k[1]) for k, _ in chunk], pad, "left")  # left: the LM head runs on response positions only
+            yield [g for _, g in chunk], {k: v.to(self.device) for k, v in batch.items()}
+
+    @staticmethod
+    def _fill(out: torch.Tensor, groups, values: torch.Tensor) -> None:
+        for group, v in zip(groups, values.double().cpu().tolist()):
+            for b, j in group:
+                out[b, j] = v
+
+    def _grid(self, completions: Completions) -> torch.Tensor:
+        n = {len(r) for r in completions}
+        if len(n) != 1:
+            raise ValueError(f"completions must be a (B, n) grid with the same n per prompt, got row lengths {sorted(n)}")
+        return torch.full((len(completions), n.pop()), float("nan"), dtype=torch.float64)
+
+    @torch.no_grad()
+    def seq_logp(self, policy, prompts: Sequence[str], completions: Completions, temperature: float = 1.0) -> torch.Tensor:
+        r"""log π_T(ξ|s_0) = Σ_h log softmax(logits_h / T)[a_h] over response tokens (EOS included); (B, n) float64."""
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0 (logits are divided by it)")
+        out = self._grid(completions)
+        was_training = policy.training
+        policy.eval()
+        try:
+            for groups, batch in self._flat_batches(prompts, completions):
+                logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                         temperature)
+                self._fill(out, groups, logp)
+        finally:
+            policy.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def global_scores(self, reward_model, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """r(s_0, ξ) of a ``*ForSequenceClassification`` read at the last real token; (B, n) float64."""
+        out = self._grid(completions)
+        was_training = reward_model.training
+        reward_model.eval()
+        try:
+            for groups, batch in self._flat_batches(prompts, completions):
+                self._fill(out, groups, rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
+        finally:
+            reward_model.train(was_training)
+        return out
+
+    def score(self, scorer, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """The scorer's score of each completion, shape (B, n) float64 (dispatch to ``scorer.score``)."""
+        if not hasattr(scorer, "score") or not callable(getattr(scorer, "score")):
+            raise ValueError(f"{type(scorer).__name__} is not an LLM-backend scorer; wrap a reward model in GlobalRM, "
+                             "or use LocalRM, DPORM, RougeRM or FunctionRM")
+        return scorer.score(self, prompts, completions)
+
+    def take(self, completions: Completions, index: torch.Tensor) -> list[Completion]:
+        """``completions[b][index[b]]`` for every prompt b; a list of B completions."""
+        if len(index) != len(completions):
+            raise ValueError(f"index has {len(index)} entries for {len(completions)} prompts")
+        return [row[int(i)] for row, i in zip(completions, index.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+@dataclass(frozen=True)
+class GlobalRM:
+    """Global RM (Eq. 4–6, Table 2): a ``*ForSequenceClassification`` with one label."""
+
+    model: Any
+    """The reward model (:func:`allroads.llm.model.models.load_reward_model`)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return backend.global_scores(self.model, prompts, completions)
+
+
+@dataclass(frozen=True)
+class LocalRM:
+    """Local RM (Eq. 1; Table 4): r(ξ) = β·log π(ξ|s_0) of a reference-free-DPO policy, β = 1/53."""
+
+    policy: Any
+    """The local RM's causal LM."""
+    beta: float = 1.0 / 53.0
+    """β = 1/H, H = 53 (Table 4)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return self.beta * backend.seq_logp(self.policy, prompts, completions)
+
+
+@dataclass(frozen=True)
+class DPORM:
+    """DPO implicit RM (Eq. 9; Table 3): r(ξ) = β·(log π(ξ|s_0) − log π_ref(ξ|s_0)), β = 0.05."""
+
+    policy: Any
+    """The DPO policy π."""
+    ref: Any
+    """Its reference π_ref (π_sft for offline DPO)."""
+    beta: float = 0.05
+    """β of Table 3."""
+    logit_temperature: float = 1.0
+    """Divide the logits of both π and π_ref by this (the policy temperature DPO was trained with)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        lp = backend.seq_logp(self.policy, prompts, completions, self.logit_temperature)
+        lr = backend.seq_logp(self.ref, prompts, completions, self.logit_temperature)
+        return self.beta * (lp - lr)
+
+
+@dataclass(frozen=True)
+class RougeRM:
+    """ROUGE-L F1 against the prompt's reference (the preferred completion; Fig. 11, App. B.1)."""
+
+    references: dict | tuple
+    """Either a dict prompt text → reference summary text, or a tuple of reference texts aligned with the
+    prompts of each ``score`` call (row i scored against ``references[i]``; for data where one prompt occurs
+    in several preference rows, each with its own preferred completion)."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        from allroads.llm.data.rouge import rouge_l_f1
+
+        if isinstance(self.references, dict):
+            missing = [i for i, p in enumerate(prompts) if p not in self.references]
+            if missing:
+                raise ValueError(f"RougeRM: {len(missing)} prompt(s) have no reference (first: index {missing[0]})")
+            refs = [self.references[p] for p in prompts]
+        else:
+            if len(self.references) != len(prompts):
+                raise ValueError(f"RougeRM: {len(self.references)} aligned references for {len(prompts)} prompts; "
+                                 "pass one reference per prompt row (or a dict prompt -> reference)")
+            refs = list(self.references)
+        return torch.tensor([[rouge_l_f1(c.text, ref) for c in row] for ref, row in zip(refs, completions)],
+                            dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class FunctionRM:
+    """A known reward ``fn(prompt, completion_text) -> float`` (e.g. the synthetic score of the tiny preset)."""
+
+    fn: Callable[[str, str], float]
+    """The reward function."""
+
+    def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
+        return torch.tensor([[float(self.fn(p, c.text)) for c in row] for p, row in zip(prompts, completions)],
+                            dtype=torch.float64)

@@ -1,0 +1,305 @@
+r"""Policies, global and local reward models, and the two LLM primitives: sequence log-probs and scores.
+
+* Policy π: a causal LM (Pythia deduped 1.4B / 2.8B / 6.9B, App. B.2), or the tiny GPT-NeoX of
+  :func:`tiny_config` for CPU tests.
+* Global RM: the same backbone with the LM head removed and one linear head to a scalar (App. B.2:
+  "We remove the final softmax and add in a single linear layer"), stored as a
+  ``GPTNeoXForSequenceClassification`` with ``num_labels=1`` so any tool can open it. The reward is
+  read at the **last real token** located with the attention mask (:func:`rewards`), which is
+  correct under left and right padding. (transformers' own pooling finds the last token by searching
+  for ``pad_token_id`` in ``input_ids``; that fails when pad == EOS, as with Pythia's default
+  tokenizer and an EOS-terminated response, so we do not use it.)
+* Local RM: a policy; its reward is β·log π(ξ) (Eq. 1, Table 4).
+
+Everything is saved with ``save_pretrained`` and loaded with ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "HubUnreachableError",
+    "tiny_config",
+    "tiny_shape",
+    "load_tokenizer",
+    "build_tiny_tokenizer",
+    "load_policy",
+    "load_reward_model",
+    "reward_model_from_policy",
+    "position_ids_from_mask",
+    "last_token_index",
+    "sequence_logps",
+    "rewards",
+]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HubUnreachableError(RuntimeError):
+    """A hub model/tokenizer id could not be opened (offline, no cache)."""
+
+
+def _hub_error(name: str, what: str, err: Exception) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"could not load {what} {name!r}: {type(err).__name__}: {str(err)[:300]}\n"
+        f"No hub reachable (or HF_HUB_OFFLINE=1)? Download it where the hub is reachable "
+        f"(`huggingface-cli download {name} --local-dir DIR`) and pass the directory, e.g. `--model DIR`, "
+        f"or use `--model tiny --tokenizer tiny` for the CPU test model."
+    )
+
+
+def tiny_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, max_positions: int = 1024,
+                pad_token_id: int = 1, eos_token_id: int = 0):
+    """A small GPT-NeoX (Pythia's architecture: rotary, parallel residual) for CPU tests."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=max_positions, rotary_pct=1.0,
+        use_parallel_residual=True, tie_word_embeddings=False, pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id, bos_token_id=eos_token_id,
+    )
+
+
+def build_tiny_tokenizer(words: list[str] | None = None):
+    """An offline word-level tokenizer over the synthetic vocabulary (whitespace-split words).
+
+    Ids: ``<|endoftext|>`` = 0 (EOS, as in Pythia), ``<|padding|>`` = 1, ``<unk>`` = 2, then ``words``.
+    Decoding joins words with single spaces (newlines are not kept).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from allroads.llm.data.synthetic import synthetic_vocabulary
+
+    words = words if words is not None else synthetic_vocabulary()
+    vocab = {"<|endoftext|>": 0, "<|padding|>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|padding|>",
+                                   unk_token="<unk>")
+
+
+def quiet_progress_bars() -> None:
+    """Turn off the load/save progress bars of transformers and huggingface_hub (stage logs keep their own lines)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def load_tokenizer(name: str):
+    """``"tiny"`` → :func:`build_tiny_tokenizer`; a ``tokenizer.json`` path → the GPT-NeoX-20B BPE from a
+    file; otherwise ``AutoTokenizer.from_pretrained(name)``. A pad token
+    distinct from EOS is ensured (Pythia: ``<|padding|>`` = 1)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name == "tiny":
+        return build_tiny_tokenizer()
+    if name.endswith(".json"):
+        return PreTrainedTokenizerFast(tokenizer_file=name, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001
+        if Path(name).exists():
+            raise
+        raise _hub_error(name, "tokenizer", err) from err
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        if "<|padding|>" in tok.get_vocab():
+            tok.pad_token = "<|padding|>"
+        else:
+            tok.add_special_tokens({"pad_token": "<|padding|>"})
+    return tok
+
+
+def _from_pretrained(cls, name: str, what: str, **kw):
+    try:
+        return cls.from_pretrained(name, **kw)
+    except Exception as err:  # noqa: BLE001
+        if Path(name).exists():
+            raise
+        raise _hub_error(name, what, err) from err
+
+
+def tiny_shape(name: str) -> tuple[int, int] | None:
+    """``(hidden, layers)`` of a tiny model name: ``"tiny"`` = (64, 2), ``"tiny:HIDDENxLAYERS"`` (e.g.
+    ``"tiny:96x2"``, the tiny stand-ins of the Pythia sizes in Fig. 9); None for any other name.
+    HIDDEN must be a positive multiple of the 4 attention heads."""
+    if name == "tiny":
+        return 64, 2
+    if not name.startswith("tiny:"):
+        return None
+    try:
+        hidden, layers = (int(v) for v in name[len("tiny:"):].split("x"))
+    except ValueError:
+        raise ValueError(f"model {name!r}: a tiny model is 'tiny' or 'tiny:HIDDENxLAYERS', e.g. 'tiny:96x2'") from None
+    if hidden <= 0 or hidden % 4 or layers <= 0:
+        raise ValueError(f"model {name!r}: HIDDEN must be a positive multiple of 4 (heads) and LAYERS >= 1")
+    return hidden, layers
+
+
+def load_policy(name: str, *, tokenizer=None, dtype: str = "float32", seed: int = 0, gradient_checkpointing: bool = False):
+    """A causal LM: ``"tiny"`` or ``"tiny:HIDDENxLAYERS"`` (random init from ``seed``, vocabulary of
+    ``tokenizer``; :func:`tiny_shape`), a directory,
+    or a hub id (``EleutherAI/pythia-1.4b-deduped`` …)."""
+    from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
+
+    shape = tiny_shape(name)
+    if shape is not None:
+        if tokenizer is None:
+            raise ValueError(f"load_policy({name!r}) needs the tokenizer to size the vocabulary")
+        torch.manual_seed(seed)
+        cfg = tiny_config(len(tokenizer), hidden=shape[0], layers=shape[1], pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+        model = GPTNeoXForCausalLM(cfg).to(_DTYPES[dtype])
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, name, "policy model", dtype=_DTYPES[dtype])
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def reward_model_from_policy(policy):
+    """Global RM from a policy: same backbone weights, LM head dropped, a fresh linear head (B.2).
+
+    The head is initialised N(0, 1/(d+1)) as in Stiennon et al. / REBEL; returns a
+    ``*ForSequenceClassification`` with ``num_labels=1``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = policy.config.__class__.from_dict(policy.config.to_dict())
+    cfg.num_labels = 1
+    rm = AutoModelForSequenceClassification.from_config(cfg).to(next(policy.parameters()).dtype)
+    rm.base_model.load_state_dict(policy.base_model.state_dict())
+    d = cfg.hidden_size
+    with torch.no_grad():
+        head = _score_head(rm)
+        head.weight.normal_(0.0, 1.0 / (d + 1) ** 0.5)
+        if head.bias is not None:
+            head.bias.zero_()
+    return rm
+
+
+def load_reward_model(name: str, *, tokenizer=None, dtype: str = "float32", seed: int = 0, gradient_checkpointing: bool = False):
+    """A global RM: a saved ``*ForSequenceClassification`` directory, or a policy (``tiny``, a causal-LM
+    directory, a hub id) turned into one by :func:`reward_model_from_policy`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if tiny_shape(name) is None and Path(name).is_dir():
+        cfg = AutoConfig.from_pretrained(name)
+        if any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
+            rm = AutoModelForSequenceClassification.from_pretrained(name, dtype=_DTYPES[dtype])
+            if gradient_checkpointing:
+                rm.gradient_checkpointing_enable()
+            return rm
+    torch.manual_seed(seed)
+    rm = reward_model_from_policy(load_policy(name, tokenizer=tokenizer, dtype=dtype, seed=seed))
+    if gradient_checkpointing:
+        rm.gradient_checkpointing_enable()
+    return rm
+
+
+def _score_head(rm):
+    head = getattr(rm, "score", None)
+    if head is None:
+        raise ValueError(f"{type(rm).__name__} has no 'score' head; use a *ForSequenceClassification model")
+    return head
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (0 at the first real token), so left padding does not
+    shift them: ``cumsum(mask) − 1`` clamped at 0. Shape (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row from the attention mask (any padding side). Shape (B,)."""
+    T = attention_mask.shape[-1]
+    idx = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(-1).values
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the (possibly DDP/FSDP-wrapped) causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50)."""
+    inner = getattr(model, "module", model)
+    cached = getattr(inner, "_allroads_logits_to_keep", None)
+    if cached is None:
+        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        try:
+            inner._allroads_logits_to_keep = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Sequence log-probability of each response under ``model`` (the LLM primitive ``seq_logp``).
+
+        log π(ξ) = Σ_{h ∈ response} log softmax(logits_{h−1} / T)[a_h]
+
+    Logits are cast to float32 (float64 if the model is float64) before the division by the
+    temperature T and the log-softmax. Only tokens with ``response_mask`` count. The LM head runs only
+    on the last ``k`` positions of the batch, from the earliest position that predicts a response token
+    (``logits_to_keep``; the whole sequence on older transformers): with left padding that is the
+    longest response + 1 instead of the whole prompt (TL;DR: ~54 of ~565 positions), which saves the
+    head's FLOPs and the (B, T, V) float32 logits' memory. The values are the same either way. The log-softmax
+    is taken as ``logits[a] − logsumexp(logits)``, without a second (B, T, V) tensor.
+
+    Args: ``input_ids``, ``attention_mask``, ``response_mask`` shape (B, T).
+    Returns ``(logp, n_tokens)``: shape (B,) each.
+    """
+    T = input_ids.shape[1]
+    targets = response_mask[:, 1:].any(0)  # positions t+1 that are response tokens in some row
+    first = int(targets.nonzero()[0]) if bool(targets.any()) else T - 1  # earliest predicting position t
+    kw = {}
+    if _accepts_logits_to_keep(model):
+        kw["logits_to_keep"] = T - first
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False, **kw).logits  # (B, ≤T, V)
+    logits = logits[:, logits.shape[1] - (T - first):]  # positions first … T−1
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits[:, :-1].to(compute)  # (B, T−1−first, V): position t predicts token t+1 (a view in float32/64)
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, first + 1:]
+    mask = response_mask[:, first + 1:]
+    # log softmax(z)[a] = z[a] − logsumexp(z): no second (B, T, V) tensor of log-probs is made
+    token_logp = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, T')
+    return (token_logp * mask).sum(-1), response_mask[:, 1:].sum(-1)
+
+
+class RewardModel(torch.nn.Module):
+    """A module whose ``forward`` is :func:`rewards` of the wrapped ``*ForSequenceClassification``
+    (``.hf``), so DDP / FSDP see the real forward (their hooks need the call to go through the wrapper)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return rewards(self.hf, input_ids, attention_mask)
+
+
+def rewards(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    r"""Global RM score r(ξ) read at the last real token (attention mask, any padding side).
+
+        r(ξ) = w · h_L(ξ)[last real token] + b
+
+    Args: ``input_ids``, ``attention_mask`` shape (B, T). Returns shape (B,) in float32 (float64 for a
+    float64 model).
+    """
+    hidden = reward_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position_ids_from_mask(attention_mask), use_cache=False
+                                     ).last_hidden_state  # (B, T, d)
+    values = _score_head(reward_model)(hidden).squeeze(-1)  # (B, T)
+    last = last_token_index(attention_mask)
+    r = values.gather(1, last.unsqueeze(1)).squeeze(1)
+    return r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)

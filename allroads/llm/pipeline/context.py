@@ -1,0 +1,197 @@
+r"""The cached stage graph of the TL;DR experiments (Swamy et al. 2025, Sec. 3; Figs. 3–12; App. B).
+
+    SFT ──► global RM ─┐
+     │  └─► local RM ──┤
+     └────► DPO (1x/2x)┴─► sample (25 @ T=0.1) ─► score ─► best/worst pairs ─► online DPO ─► evaluate
+
+Stages are plain functions of explicit inputs that return :class:`~allroads.llm.pipeline.cache.Artifact` s:
+training in :mod:`allroads.llm.pipeline.train_stages`, generated data in :mod:`allroads.llm.pipeline.data_stages`, evaluation in
+:mod:`allroads.llm.pipeline.eval_stages`; the figures compose them (:mod:`allroads.llm.figures.paper`). Each runs through a
+:class:`~allroads.llm.pipeline.cache.StageCache` keyed by its config, its inputs and its code.
+
+A :class:`Pipeline` is what the stages of one run share and nothing else: the cache, the
+:class:`~allroads.llm.pipeline.settings.Settings`, the judges, and the tokenizer and data rows loaded once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from allroads.llm.data import rows as D
+from allroads.llm.model import models as M
+from allroads.llm.model.backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
+from allroads.llm.core.config import config_key
+from allroads.llm.data.packed import PackedPairs, pack_pairs
+from allroads.llm.model.sample import SamplingConfig
+from allroads.llm.pipeline.settings import Settings, paper_settings, tiny_settings
+from allroads.llm.pipeline.cache import Artifact, StageCache
+
+__all__ = ["Pipeline", "Artifact", "Settings", "paper_settings", "tiny_settings", "read_pairs"]
+
+
+def read_pairs(art: Artifact) -> list[D.TokenizedPair]:
+    """The preference pairs a data stage wrote (``pairs.jsonl``)."""
+    return [D.TokenizedPair(**json.loads(line)) for line in (art.path / "pairs.jsonl").read_text().splitlines()]
+
+
+class Pipeline:
+    """The shared state of one run: stage cache under ``root``, settings, judges (``judge_factory(variant)``);
+    ``cache_options`` go to :class:`~allroads.llm.pipeline.cache.StageCache` (``reuse_kinds``, ``strict``)."""
+
+    def __init__(self, root: str | Path, settings: Settings, judge_factory: Callable[[str], Any] | None = None,
+                 *, log: Callable[[str], None] = print, code_root: Path | None = None, **cache_options):
+        self.cache = StageCache(root, log=log, code_root=code_root, **cache_options)
+        self.s = settings
+        self.judge_factory = judge_factory
+        self.log = log
+        self._tok = None
+        self._rows: dict[tuple, Any] = {}  # data rows and tokenized pairs, loaded once per run
+        self._judges: dict[str, Any] = {}
+        self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        M.quiet_progress_bars()
+
+    @property
+    def executed(self) -> list[str]:
+        """Kinds of the stages this run actually executed (cache hits are not listed)."""
+        return self.cache.executed
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = M.load_tokenizer(self.s.tokenizer_name)
+        return self._tok
+
+    def for_model(self, model: str) -> "Pipeline":
+        """This run with ``model`` as every stage's base model (Fig. 9's per-size SFT policies and RMs): same cache,
+        judges, data rows and tokenizer; ``self`` when ``model`` is already its model."""
+        if model == self.s.model:
+            return self
+        return self.with_settings(self.s.with_model(model))
+
+    def with_settings(self, settings: Settings) -> "Pipeline":
+        """This run under other ``settings`` (same tokenizer): same cache, judges and data rows."""
+        other = Pipeline.__new__(Pipeline)
+        other.__dict__.update(self.__dict__)
+        other.s = settings
+        other._tok = self.tokenizer
+        return other
+
+    def backend(self) -> LLMBackend:
+        """The LLM backend of every stage (response budget ``max_response_tokens``, sampler ``Settings.sampler``)."""
+        s = self.s
+        return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend=s.sampler,
+                                                         batch_size=s.online.sample_batch_size, compute_logp=False),
+                          micro_batch_size=s.eval_micro_batch, device=self.device)
+
+    def _cached_rows(self, load, source: str, split: str, limit: int):
+        """``load(source, split, limit)`` once per (source, split, limit); its report is logged."""
+        key = (load.__name__, source, split, limit)
+        if key not in self._rows:
+            rows, rep = load(source, split, limit)
+            self.log(f"[data] {rep}")
+            self._rows[key] = rows
+        return self._rows[key]
+
+    def sft_rows(self, split: str, limit: int):
+        return self._cached_rows(D.load_sft_rows, self.s.sft_data, split, limit)
+
+    def pft_rows(self, split: str, limit: int):
+        return self._cached_rows(D.load_comparison_rows, self.s.pft_data, split, limit)
+
+    def pft_train_rows(self, fraction: float = 1.0):
+        """The PFT training rows, or the nested ``fraction`` of them drawn with ``subset_seed`` (Fig. 12)."""
+        rows = self.pft_rows("train", self.s.pft_limit)
+        return rows if fraction >= 1.0 else [rows[i] for i in D.nested_subset(len(rows), fraction, self.s.subset_seed)]
+
+    def human_pairs(self, fraction: float = 1.0) -> PackedPairs:
+        """The tokenized PFT training pairs (int32 arrays; indexing gives :class:`~allroads.llm.data.rows.TokenizedPair`),
+        tokenized once per run for each set of settings they depend on (92.9K pairs take minutes at paper scale, and
+        every training stage, sweep run and cache lookup that counts them asks again)."""
+        s = self.s
+        key = ("pairs", s.pft_data, s.pft_limit, fraction, s.subset_seed if fraction < 1.0 else None, s.tokenizer_name,
+               s.max_prompt_tokens, s.max_response_tokens)
+        if key not in self._rows:
+            self._rows[key] = pack_pairs(self.pft_train_rows(fraction), self.tokenizer,
+                                         max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens)
+        return self._rows[key]
+
+    def prompt_text(self, r, two_word: bool = False) -> str:
+        """The paper's prompt of row ``r`` (Table 1); ``two_word``: ending in "Two-Word TL;DR:" (Fig. 10)."""
+        template = D.TWO_WORD_PROMPT_TEMPLATE if two_word else D.PROMPT_TEMPLATE
+        return D.format_prompt(r.subreddit, r.title, r.post, self.tokenizer, self.s.max_prompt_tokens, r.where,
+                               template=template)[0]
+
+    def distinct_prompts(self, rows, two_word: bool = False) -> tuple[list[str], list[str]]:
+        """Distinct prompts of ``rows`` in first-occurrence order, and the post of each (what the judge reads)."""
+        first: dict[str, str] = {}
+        for r in rows:
+            first.setdefault(self.prompt_text(r, two_word), r.post)
+        return list(first), list(first.values())
+
+    def test_rows(self, n: int):
+        """``n`` SFT-test rows drawn at random with ``Settings.eval_prompt_seed`` (B.4: "randomly sampled" test
+        prompts), in file order; all rows when there are no more than ``n``."""
+        rows = self.sft_rows("test", 0)
+        if n >= len(rows):
+            return rows
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.s.eval_prompt_seed))[:n]
+        return [rows[i] for i in sorted(pick.tolist())]
+
+    def test_set(self):
+        """Prompts, posts and reference summaries of ``n_test`` random SFT-test rows (B.4, :meth:`test_rows`)."""
+        rows = self.test_rows(self.s.n_test)
+        return [self.prompt_text(r) for r in rows], [r.post for r in rows], [r.summary for r in rows]
+
+    def policy(self, art: Artifact):
+        return M.load_policy(str(art.path / "model"), dtype=self.s.dtype).to(self.device)
+
+    def reward_model(self, art: Artifact):
+        return M.load_reward_model(str(art.path / "model"), dtype=self.s.dtype).to(self.device)
+
+    def scorer(self, kind: str, art: Artifact | None, sft: Artifact | None = None):
+        """The Fig. 7/8 RM objects with their scaling: global r, local β·log π, DPO β·log(π/π_sft)."""
+        if kind == "global":
+            return GlobalRM(self.reward_model(art))
+        if kind == "local":
+            return LocalRM(self.policy(art), self.s.local_rm.beta)
+        if kind == "dpo":
+            return DPORM(self.policy(art), self.policy(sft), self.s.dpo.beta)
+        if kind == "known":
+            return FunctionRM(self.known_score())
+        raise ValueError(f"unknown RM kind {kind!r}; use global, local, dpo or known")
+
+    def known_score(self):
+        """The known score ``f(post, summary)`` of the synthetic task of ``Settings.sft_data``
+        (:func:`allroads.llm.data.synthetic.task_score`)."""
+        from allroads.llm.data.synthetic import task_of, task_score
+
+        return task_score(task_of(self.s.sft_data))
+
+    def judge(self, variant: str = "standard"):
+        if self.judge_factory is None:
+            raise ValueError("this figure needs a judge: give Pipeline a judge_factory (the tiny preset starts the "
+                             "loopback rule judge; the paper preset needs OPENAI_API_KEY)")
+        if variant not in self._judges:
+            self._judges[variant] = self.judge_factory(variant)
+        return self._judges[variant]
+
+    def sampler(self) -> str:
+        """The sampler the sampling stages use, resolved (``hf`` or ``vllm``): ``Settings.sampler``, where ``auto``
+        means vLLM when it is importable and the stages run on CUDA. Part of every sampling stage's key, so
+        samples drawn by one sampler are never reused for the other."""
+        if self.s.sampler != "auto":
+            return self.s.sampler
+        from allroads.llm.model.sample import vllm_available
+
+        return "vllm" if torch.device(self.device).type == "cuda" and vllm_available() else "hf"
+
+    def run(self, kind: str, spec: dict, inputs: list[Artifact], build: Callable[[Path], None]) -> Artifact:
+        """One cached stage (:meth:`StageCache.run`)."""
+        return self.cache.run(kind, spec, inputs, build)
+
+    def settings_block(self) -> dict:
+        """The settings as JSON-able data (for the figure JSON)."""
+        return config_key(self.s)

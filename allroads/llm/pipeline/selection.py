@@ -1,0 +1,197 @@
+r"""Learning rate and number of epochs of each training stage, chosen on held-out data by the stage's own objective.
+
+A preset that has no paper hyperparameters to copy (the ``small`` preset: a model and data the paper never used)
+picks them by a protocol fixed before any result is seen, never by looking at the figures:
+
+    for each stage (SFT; then global RM, local RM, DPO from the chosen SFT; then online DPO from the chosen SFT
+    on the online pairs the chosen global RM labels):
+        for each lr of the grid: train ``max_epochs`` epochs (constant schedule) and after every epoch record the
+            stage's own loss on held-out rows (an independent draw of the data, not the evaluation data):
+                SFT         −log π(y|x)                                    (Thm 2.4's g_sft)
+                global RM   −log σ(r(ξ_w) − r(ξ_l))                        (Eq. 4)
+                local RM    −log σ(β_loc·[log π(ξ_w) − log π(ξ_l)])        (Eq. 7–9, β_loc = 1/H)
+                DPO         −log σ(β·[log π/π_sft (ξ_w) − (·)(ξ_l)])       (Eq. 9)
+                online DPO  the held-out preference pairs' BT loss of its implicit reward β·log π/π_sft (the DPO
+                            criterion, relative to SFT): not its own loss on held-out *online* pairs, which only
+                            measures agreement with the RM that labelled them and keeps falling while the policy
+                            over-optimises that RM
+        choose the (lr, epochs) with the lowest held-out loss. SFT and the global RM train until their held-out
+        loss has not improved for ``patience`` epochs (up to ``*_max_epochs``), so their epochs never stop at the
+        grid's edge while the loss still falls; a choice at an edge of the grid (lr or epochs) is flagged
+        ``at_edge`` in the record and logged.
+
+With a constant schedule the model after e epochs of an E-epoch run is the e-epoch model, so one run per lr gives
+every (lr, e). β is not selected (it is the objective's own parameter, fixed in advance). The choice of online DPO
+(made from SFT) is used for online DPO from SFT and from DPO. How these rules compare with the reward–KL frontier
+each method traces is what the ``frontier`` figure measures (:mod:`allroads.llm.figures.frontier_rules`). The selection
+runs use training seed ``SelectionConfig.seed``; every stage of every seed then trains with the choice. Each grid
+run is a cached stage (``select_<kind>``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from allroads.llm.pipeline import data_stages as G
+from allroads.llm.model import models as M
+from allroads.llm.core.atomic import write_json
+from allroads.llm.model.backend import DPORM, GlobalRM, LocalRM
+from allroads.llm.evaluation.evaluate import validation_likelihood
+from allroads.llm.data.packed import pack_sft
+from allroads.llm.train.online_data import train_online_dpo
+from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
+from allroads.llm.pipeline.settings import SelectionConfig, Settings, stage_config
+from allroads.llm.train.methods import train_dpo, train_local_rm, train_rm, train_sft
+from allroads.llm.data import rows as D
+from allroads.llm.pipeline import train_stages as T
+
+__all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "STAGES"]
+
+
+def _heldout_source(s: Settings, sel: SelectionConfig) -> str:
+    return f"{s.sft_data.split(':')[0]}:{sel.heldout_rows}:{sel.heldout_seed}"
+
+
+def _objective(pipe: Pipeline, kind: str, model, ref, rows) -> float:
+    """The stage's criterion on held-out ``rows`` (module docstring), lower is better; ``ref`` is π_sft for DPO and
+    online DPO."""
+    be = pipe.backend()
+    model.eval()
+    try:
+        prompts = [pipe.prompt_text(r) for r in rows]
+        if kind == "sft":
+            comps = be.completions_from_texts([[r.summary] for r in rows])
+            return float(-be.seq_logp(model, prompts, comps).double().mean())
+        scorer = {"rm": lambda: GlobalRM(model), "local_rm": lambda: LocalRM(model, pipe.s.local_rm.beta),
+                  "dpo": lambda: DPORM(model, ref, pipe.s.dpo.beta),
+                  "online_dpo": lambda: DPORM(model, ref, pipe.s.dpo.beta)}[kind]()
+        return -validation_likelihood(be, scorer, prompts, [r.chosen for r in rows], [r.rejected for r in rows]).loglik
+    finally:
+        model.train()
+
+
+def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None, pairs: Artifact | None):
+    """(train(stop_after), model, ref, held-out rows) of one grid run."""
+    s, run = pipe.s, cfg
+    if kind == "sft":
+        rows, _ = D.load_sft_rows(source, "validation")
+        data = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
+                        max_response_tokens=cfg.max_response_tokens)
+        model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+        return (lambda stop: train_sft(model, data, run, stop_after=stop)), model, None, rows
+    if kind == "online_dpo":
+        train_art = pairs
+        t = json.loads((train_art.path / "sampling.json").read_text())["sampling_temperature"]
+        model, ref, data = pipe.policy(sft), pipe.policy(sft), read_pairs(train_art)
+        fit = lambda stop: train_online_dpo(model, pipe.policy(sft), data, run, sampling_temperature=t,  # noqa: E731
+                                            temper_policy=s.online.temper_policy, stop_after=stop)
+        return fit, model, ref, D.load_comparison_rows(source, "validation")[0]
+    rows, _ = D.load_comparison_rows(source, "validation")
+    data, ref = pipe.human_pairs(), pipe.policy(sft) if kind == "dpo" else None
+    model = (M.load_reward_model(str(sft.path / "model"), tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+             if kind == "rm" else pipe.policy(sft))
+    fit = {"rm": lambda stop: train_rm(model, data, run, stop_after=stop),
+           "local_rm": lambda stop: train_local_rm(model, data, run, stop_after=stop),
+           "dpo": lambda stop: train_dpo(model, pipe.policy(sft), data, run, stop_after=stop)}
+    return fit[kind], model, ref, rows
+
+
+def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, sel: SelectionConfig,
+                       sft: Artifact | None, pairs: Artifact | None = None, patience: int = 0) -> Artifact:
+    """One grid run: stage ``kind`` at ``lr`` for up to ``max_epochs`` epochs from the base model (SFT) or from
+    ``sft`` (``online_dpo``: on the online-pair artifact ``pairs``); writes ``heldout.json`` with the held-out
+    criterion after each epoch. ``patience`` > 0: stop once it has not improved for that many epochs. Cached as
+    ``select_<kind>``."""
+    s, source = pipe.s, _heldout_source(pipe.s, sel)
+    cfg = stage_config(kind, s, seed=sel.seed, lr=lr, epochs=max_epochs, progress=False)
+    if kind == "sft":
+        n_train = len(pipe.sft_rows("train", s.sft_limit))
+    else:
+        n_train = len(read_pairs(pairs)) if kind == "online_dpo" else len(pipe.human_pairs())
+    cfg = dataclasses.replace(cfg, save_every=n_train // cfg.batch_size)
+
+    def build(out: Path):
+        train, model, ref, rows = _train_fn(pipe, kind, dataclasses.replace(cfg, output_dir=str(out / "run")), source,
+                                            sft, pairs)
+        losses: list[float] = []
+        for e in range(1, max_epochs + 1):
+            train(e * cfg.save_every if e < max_epochs else None)
+            losses.append(_objective(pipe, kind, model, ref, rows))
+            if patience_spent(losses, patience):
+                break
+        write_json(out / "heldout.json", {"lr": lr, "epochs": list(range(1, len(losses) + 1)), "heldout_loss": losses,
+                                          "heldout": f"{source} [validation]", "n_heldout": len(rows),
+                                          "stopped_early": len(losses) < max_epochs})
+        shutil.copy(out / "run" / "metrics.jsonl", out / "metrics.jsonl")
+        shutil.rmtree(out / "run")
+
+    spec = {"cfg": cfg, "heldout": source, "selection_seed": sel.seed, "criterion": _CRITERION[kind]}
+    if patience:
+        spec["patience"] = patience
+    return pipe.run(f"select_{kind}", spec, [a for a in (sft, pairs) if a is not None], build)
+
+
+def patience_spent(losses: list[float], patience: int) -> bool:
+    """True when the last ``patience`` (> 0) held-out losses came after the best one without improving on it."""
+    return patience > 0 and len(losses) - 1 - losses.index(min(losses)) >= patience
+
+
+_CRITERION = {"sft": "nll", "rm": "bt", "local_rm": "bt", "dpo": "bt", "online_dpo": "implicit_bt_vs_sft"}
+"""What each grid run's held-out number is (module docstring); part of the stage key."""
+
+
+def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfig, sft: Artifact | None,
+            pairs: Artifact | None = None, patience: int = 0) -> dict:
+    grid = [json.loads((heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience).path /
+                        "heldout.json").read_text()) for lr in lrs]
+    best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
+    edge = [what for what, hit in (("lr", best[1] in (min(lrs), max(lrs)) and len(lrs) > 1),
+                                   ("epochs", best[2] == max_epochs)) if hit]
+    if edge:
+        pipe.log(f"[selection] {kind}: the choice lr {best[1]:g} x {best[2]} is at the grid's edge in {edge}: widen "
+                 "the grid (Settings.selection) if the held-out loss is still falling there")
+    return {"lr": best[1], "epochs": best[2], "heldout_loss": best[0], "at_edge": edge,
+            "grid": [{"lr": g["lr"], "epochs": e, "heldout_loss": v} for g in grid for e, v in zip(g["epochs"],
+                                                                                               g["heldout_loss"])]}
+
+
+STAGES = ("sft", "rm", "local_rm", "dpo", "online_dpo")
+"""The training stages whose lr and epochs :func:`select_hyperparameters` can choose, in dependency order."""
+
+
+def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict]:
+    """Run the protocol of the module docstring (grid ``Settings.selection``) over ``pipe``'s settings for the
+    stages ``kinds`` (SFT always: every other stage starts from it); return the settings with each chosen ``lr``
+    and ``epochs``, and the record ``{stage: {lr, epochs, heldout_loss, at_edge, grid}}`` (for the figure JSON)."""
+    sel = pipe.s.selection
+    if sel is None:
+        raise ValueError("select_hyperparameters: Settings.selection is None (this preset fixes its hyperparameters)")
+    unknown = sorted(set(kinds) - set(STAGES))
+    if unknown:
+        raise ValueError(f"select_hyperparameters: unknown stage(s) {unknown}; use {STAGES}")
+    record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience)}
+    s = _with_choice(pipe.s, "sft", record)
+    sft = T.sft(pipe.with_settings(s))
+    for kind in ("rm", "local_rm", "dpo"):
+        if kind in kinds or (kind == "rm" and "online_dpo" in kinds):
+            lrs, epochs, patience = ((sel.rm_lrs, sel.rm_max_epochs, sel.patience) if kind == "rm" else
+                                     (sel.pref_lrs, sel.pref_max_epochs, 0))
+            record[kind] = _choose(pipe.with_settings(s), kind, lrs, epochs, sel, sft, patience=patience)
+    for kind in ("rm", "local_rm", "dpo"):
+        s = _with_choice(s, kind, record) if kind in record else s
+    if "online_dpo" in kinds:
+        chosen = pipe.with_settings(s)
+        rm = T.rm(chosen, sft, sel.seed)  # the seed's global RM of the figures (a cached stage they reuse)
+        record["online_dpo"] = _choose(chosen, "online_dpo", sel.pref_lrs, sel.pref_max_epochs, sel, sft,
+                                       G.online_pairs(chosen, sft, rm, "global", sel.seed))
+        s = dataclasses.replace(s, online_dpo=dataclasses.replace(s.online_dpo or s.dpo, lr=record["online_dpo"]["lr"],
+                                                                  epochs=record["online_dpo"]["epochs"]))
+    record["protocol"] = {**dataclasses.asdict(sel), "heldout": _heldout_source(s, sel), "stages": list(record)}
+    return s, record
+
+
+def _with_choice(s: Settings, kind: str, record: dict) -> Settings:
+    return dataclasses.replace(s, **{kind: dataclasses.replace(getattr(s, kind), lr=record[kind]["lr"],
+                                                               epochs=record[kind]["epochs"])})

@@ -1,0 +1,261 @@
+r"""Training loops for the four LLM stages, each a plain function over the loss core.
+
+    train_sft(policy, data, cfg)            sft_loss(log π(ξ))                        Thm 2.4; B.2 (1 epoch)
+    train_rm(reward_model, pairs, cfg)      bt_loss(r(ξ_w), r(ξ_l))                   Eq. 4–6; Table 2
+    train_local_rm(policy, pairs, cfg)      local_rm_loss(log π(ξ_w), log π(ξ_l), β)  Eq. 7–9; Table 4
+    train_dpo(policy, ref, pairs, cfg)      dpo_loss(…, log π_ref(ξ_w), log π_ref(ξ_l), β)  Eq. 9; Table 3
+    train_dpo_soft(policy, ref, pairs, cfg) dpo_soft_loss(…, β, p_w)                  Eq. 9, soft label; Lemma A.1
+
+Each stage is a small ``step_loss(model, batch) -> (per-example loss (b,), per-example metrics)``
+handed to the one optimisation loop, :func:`allroads.llm.train.loop.optimize` (data order, gradient
+accumulation, AdamW and schedule, metrics, checkpoints and exact resume).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+import torch
+
+from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
+from allroads.llm.core.atomic import torch_save
+from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
+from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
+from allroads.llm.train.distributed import DistInfo, all_reduce_sum, init_distributed
+from allroads.llm.train.loop import History, batch_to, optimize, output_dir, resolve_device
+from allroads.llm.model.models import RewardModel, sequence_logps
+from allroads.llm.train.resume import check_output_dir
+
+__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "precompute_ref_logps", "ref_table_key", "resolve_device"]
+
+
+def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
+    soft = sum(1 for p in pairs if p.p_w != 1.0)
+    if soft:
+        raise ValueError(f"{soft} pairs carry a soft label p_w != 1; {stage} trains on hard preferences "
+                         "(drop p_w, or train with dpo_soft_loss / bt_soft_loss in a dedicated stage)")
+
+
+def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | None = None,
+                  logp_l: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-pair metrics under TRL's names (``DPOTrainer``): rewards, their margin and accuracy, and the trained
+    policy's sequence log-probs when there are any."""
+    r_w, r_l = r_w.detach(), r_l.detach()
+    out = {"rewards/chosen": r_w, "rewards/rejected": r_l, "rewards/margins": r_w - r_l,
+           "rewards/accuracies": (r_w > r_l).double()}
+    if logp_w is not None:
+        out.update({"logps/chosen": logp_w.detach(), "logps/rejected": logp_l.detach()})
+    return out
+
+
+def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer=None, info: DistInfo | None = None,
+              stop_after: int | None = None) -> History:
+    r"""SFT (B.2: one epoch over the SFT set): minimise :func:`allroads.losses.sft_loss`,
+    −log π(" " + summary + EOS | prompt) per example (Thm 2.4's g_sft); per-token mean if
+    ``cfg.per_token_mean``."""
+    pad = policy.config.pad_token_id
+
+    def make_batch(idx: list[int]) -> dict:
+        return collate_sft([data[i] for i in idx], pad, cfg.padding_side)
+
+    def step_loss(model, batch):
+        logp, n_tok = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        loss = sft_loss(logp)  # (b,)
+        if cfg.per_token_mean:
+            loss = loss / n_tok
+        return loss, {"logps": logp.detach(), "response_tokens": n_tok.double()}
+
+    return optimize(policy, len(data), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tokenizer=None, info: DistInfo | None = None,
+             stop_after: int | None = None) -> History:
+    r"""Global RM (Eq. 4–6, Table 2): minimise :func:`allroads.losses.bt_loss` (r(ξ_w), r(ξ_l)), the
+    rewards read at the last real token of ``prompt + response`` (:func:`allroads.llm.model.models.rewards`).
+    ``reward_model`` is a ``*ForSequenceClassification`` with one label."""
+    _hard_labels_only(pairs, "train_rm")
+    pad = reward_model.config.pad_token_id
+    module = RewardModel(reward_model)
+
+    def make_batch(idx: list[int]) -> dict:
+        return collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+
+    def step_loss(model, batch):
+        r = model(batch["input_ids"], batch["attention_mask"])  # (2b,): chosen rows then rejected rows
+        r_w, r_l = r.chunk(2)
+        return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
+
+    return optimize(module, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *, tokenizer=None,
+                   info: DistInfo | None = None, stop_after: int | None = None) -> History:
+    r"""Local RM (Eq. 7–9, Table 4): reference-free DPO, :func:`allroads.losses.local_rm_loss`
+    (log π(ξ_w), log π(ξ_l), β = 1/53); its reward is β·log π(ξ) (Eq. 1)."""
+    _hard_labels_only(pairs, "train_local_rm")
+    pad = policy.config.pad_token_id
+
+    def make_batch(idx: list[int]) -> dict:
+        return collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+
+    def step_loss(model, batch):
+        logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                 cfg.policy_temperature)
+        logp_w, logp_l = logp.chunk(2)  # (b,) each
+        return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l, logp_w, logp_l)
+
+    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+@torch.no_grad()
+def precompute_ref_logps(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, info: DistInfo | None = None) -> torch.Tensor:
+    r"""log π_ref,T(ξ_w), log π_ref,T(ξ_l) of every pair, in one pass before training. Shape (N, 2) float64.
+
+        log π_ref,T(ξ) = Σ_h log softmax(logits_ref(s_h) / T)[a_h],   T = ``cfg.ref_temperature``
+
+    (T = 1 for offline DPO; the sampling temperature 0.1 for online DPO, Table 3 caption.) Computed with
+    the same padding side, micro-batch size and autocast as training. Under torchrun each rank computes
+    every ``world_size``-th micro-batch and a sum all-reduce assembles the table (entries of other ranks
+    are 0 before it). ``ref``'s train/eval mode is restored afterwards.
+    """
+    info = info or init_distributed()
+    device = resolve_device(cfg, info)
+    was_training = ref.training
+    ref.to(device).eval()
+    pad = ref.config.pad_token_id
+    table = torch.zeros((len(pairs), 2), dtype=torch.float64)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    starts = list(range(0, len(pairs), cfg.micro_batch_size))
+    try:
+        for j, s in enumerate(starts):
+            if j % info.world_size != info.rank:
+                continue
+            idx = list(range(s, min(s + cfg.micro_batch_size, len(pairs))))
+            batch = batch_to(collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side), device)
+            with autocast:
+                logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                         cfg.ref_temperature)
+            table[idx] = torch.stack(logp.double().chunk(2), dim=1).cpu()
+    finally:
+        ref.train(was_training)
+    return all_reduce_sum(table.to(device) if info.enabled and device.type == "cuda" else table, info).cpu()
+
+
+def ref_table_key(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, device_type: str) -> str:
+    """SHA-256 naming what a precomputed reference table depends on: every tensor of π_ref's state dict
+    (names, dtypes, shapes, bytes), ``cfg.ref_temperature``, the pairs' token ids, the padding side and
+    whether bf16 autocast is on. A stored table is reused only under an equal key, so a table of another
+    π_ref, temperature or dataset can never be picked up silently (hashing costs one pass over the weights)."""
+    h = hashlib.sha256()
+    for name, t in sorted(ref.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    h.update(json.dumps({"ref_temperature": float(cfg.ref_temperature), "padding_side": cfg.padding_side,
+                         "autocast_bf16": bool(cfg.bf16 and device_type == "cuda")}, sort_keys=True).encode())
+    for p in pairs:
+        h.update(json.dumps([list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)]).encode())
+    return h.hexdigest()
+
+
+def _load_or_compute_ref_table(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, info: DistInfo) -> torch.Tensor:
+    """The reference table of ``output_dir/ref_logps.pt`` if its key matches (resume), else computed and saved."""
+    if ref is None:
+        raise ValueError("train_dpo needs the reference model π_ref (also with precompute_ref: the stored table "
+                         "is only reused after checking it was computed from this π_ref)")
+    path = output_dir(cfg) / "ref_logps.pt"
+    key = ref_table_key(ref, pairs, cfg, resolve_device(cfg, info).type)
+    if path.is_file():
+        stored = torch.load(path)
+        if isinstance(stored, dict) and stored.get("key") == key and tuple(stored["table"].shape) == (len(pairs), 2):
+            return stored["table"]
+        if info.is_main:
+            print(f"[{cfg.stage}] {path} was computed for another π_ref / ref_temperature / pairs: recomputing it")
+    table = precompute_ref_logps(ref, pairs, cfg, info=info)
+    if info.is_main:
+        torch_save({"key": key, "ref_temperature": float(cfg.ref_temperature), "table": table}, path)
+    return table
+
+
+def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
+              info: DistInfo | None = None, stop_after: int | None = None) -> History:
+    r"""DPO (Eq. 9 with a reference, Table 3): :func:`allroads.losses.dpo_loss` with β = 0.05,
+
+        log π(ξ) at ``cfg.policy_temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
+
+    offline: π_ref = π_sft at T = 1; online: π_ref = the sampling policy at the sampling temperature
+    (:func:`allroads.llm.train.online_data.train_online_dpo`). Chosen and rejected go through one concatenated
+    forward pass. With ``cfg.precompute_ref`` the reference log-probs are computed once
+    (:func:`precompute_ref_logps`) and stored in ``output_dir/ref_logps.pt`` under :func:`ref_table_key`
+    (reused on resume only when the key matches); otherwise ``ref`` runs under ``no_grad`` on every micro-batch.
+    Pairs must carry hard labels (``p_w`` = 1); soft labels train with :func:`train_dpo_soft`.
+    """
+    _hard_labels_only(pairs, "train_dpo")
+    return _fit_dpo(policy, ref, pairs, cfg, lambda lw, ll, rw, rl, batch: dpo_loss(lw, ll, rw, rl, cfg.beta),
+                    tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def train_dpo_soft(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
+                   info: DistInfo | None = None, stop_after: int | None = None) -> History:
+    r"""DPO with soft labels (Eq. 9 with a BT-probability label; Lemma A.1): :func:`allroads.losses.dpo_soft_loss`
+
+        −[p_w log σ(Δ) + (1 − p_w) log σ(−Δ)],   Δ = β[(log π − log π_ref)(ξ_w) − (·)(ξ_l)]
+
+    with each pair's ``p_w`` (e.g. σ(r̂(ξ_w) − r̂(ξ_l)) from :func:`allroads.online.best_worst_soft_pairs`).
+    Everything else — temperatures, the reference table, the loop — is :func:`train_dpo`'s; with every
+    ``p_w`` = 1 the two train identically."""
+    bad = [i for i, p in enumerate(pairs) if not 0.0 <= p.p_w <= 1.0]
+    if bad:
+        raise ValueError(f"train_dpo_soft: {len(bad)} pairs have p_w outside [0, 1] (first at index {bad[0]}: "
+                         f"{pairs[bad[0]].p_w}); a soft label is a probability")
+
+    def loss(lw, ll, rw, rl, batch):
+        return dpo_soft_loss(lw, ll, rw, rl, cfg.beta, batch["p_w"].to(device=lw.device, dtype=lw.dtype))
+
+    return _fit_dpo(policy, ref, pairs, cfg, loss, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_loss, *, tokenizer,
+             info: DistInfo | None, stop_after: int | None) -> History:
+    """The loop shared by :func:`train_dpo` and :func:`train_dpo_soft`: ``pair_loss(logp_w, logp_l, ref_w, ref_l,
+    batch)`` → per-pair loss (b,)."""
+    info = info or init_distributed(fsdp=cfg.fsdp)
+    cfg.validate(info.world_size)
+    pad = policy.config.pad_token_id
+    ref_table = None
+    finished = check_output_dir(cfg, output_dir(cfg)) == "finished"  # another config's run is refused before any work
+    if finished:
+        ref = None  # optimize returns the finished run's history without training
+    elif cfg.precompute_ref:
+        ref_table = _load_or_compute_ref_table(ref, pairs, cfg, info)
+        ref = None  # not needed any more: free it
+    else:
+        if ref is None:
+            raise ValueError("train_dpo(precompute_ref=False) needs the reference model π_ref")
+        ref.to(resolve_device(cfg, info)).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+
+    def make_batch(idx: list[int]) -> dict:
+        batch = collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+        if ref_table is not None:
+            batch["ref_logp"] = ref_table[idx]  # (b, 2)
+        return batch
+
+    def step_loss(model, batch):
+        logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                 cfg.policy_temperature)
+        logp_w, logp_l = logp.chunk(2)  # (b,) each
+        if "ref_logp" in batch:
+            ref_w, ref_l = batch["ref_logp"].to(logp.dtype).unbind(1)
+        else:
+            with torch.no_grad():
+                ref_logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                             cfg.ref_temperature)
+            ref_w, ref_l = ref_logp.to(logp.dtype).chunk(2)
+        loss = pair_loss(logp_w, logp_l, ref_w, ref_l, batch)
+        return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta),
+                                   logp_w, logp_l)
+
+    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
