@@ -122,18 +122,19 @@ def load_tokenizer(path: str):
 
 def measure(kind: str, path: str, tokenizer: str, method: str, limit: int) -> dict:
     """Load + tokenize in this process; returns the numbers (called in a fresh process pinned to one core)."""
-    from allroads.llm.data import rows as D
+    from allroads.llm.data import load as L
     from allroads.llm.data import packed as P
+    from allroads.llm.data import rows as D
 
     tok = load_tokenizer(tokenizer)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
     if method == "packed":
-        load = P.load_packed_sft if kind == "sft" else P.load_packed_pairs
+        load = L.load_packed_sft if kind == "sft" else L.load_packed_pairs
         ex, report = load(path, tok, limit=limit)
         n_tokens = ex.n_tokens
     else:
-        rows, report = (D.load_sft_rows if kind == "sft" else D.load_comparison_rows)(path, limit=limit)
+        rows, report = (L.load_sft_rows if kind == "sft" else L.load_comparison_rows)(path, limit=limit)
         ex = (D.tokenize_sft if kind == "sft" else D.tokenize_pairs)(rows, tok, report)
         n_tokens = sum(len(x) for e in ex for x in vars(e).values() if isinstance(x, list))
     dt = time.perf_counter() - t0

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from allroads.losses import dpo_loss
 from allroads.llm.data.rows import TokenizedPair, collate_pairs
 from allroads.llm.model.models import sequence_logps
+from allroads.losses import dpo_loss
 
 
 def make_model(vocab, hidden, layers, heads, intermediate, dtype, device, seed=0):

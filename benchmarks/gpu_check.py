@@ -129,13 +129,15 @@ def section_fsdp_torchrun(args) -> dict:
 def fsdp_worker(work: Path, device: str) -> None:
     """Under torchrun: DPO with FSDP2 for 3 steps (checkpoint at 2, stop after 2, resume, export) vs a plain run;
     2 steps with bf16 compute (``MixedPrecisionPolicy`` on CUDA)."""
+    from allroads.llm.core.config import DPOConfig
+    from allroads.llm.data import load as L
     from allroads.llm.data import rows as D
     from allroads.llm.model import models as M
-    from allroads.llm.core.config import DPOConfig
+    from allroads.llm.model import tokenizer as TK
     from allroads.llm.train.methods import train_dpo
 
-    tok = M.build_tiny_tokenizer()
-    rows, _ = D.load_comparison_rows("synthetic:48:3")
+    tok = TK.build_tiny_tokenizer()
+    rows, _ = L.load_comparison_rows("synthetic:48:3")
     pairs = D.tokenize_pairs(rows, tok)
     cfg = DPOConfig(model="tiny", device=device, progress=False, batch_size=8, micro_batch_size=4, max_steps=3,
                     save_every=2, lr=1e-3, bf16=False, max_grad_norm=1.0, schedule="linear")

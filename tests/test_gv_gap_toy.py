@@ -237,3 +237,25 @@ def test_online_population_block(small_run):
         assert op["rm_at_infinity"]["online_dpo"]["expected_r_star"] == pytest.approx(float(star.max(-1).values.mean()), abs=1e-12)
         mass = [h["mass_on_argmax"] for h in op["hard_l2_path"]]
         assert len(mass) == len(SMALL.online_limit_l2) and mass[-1] > mass[0]
+
+
+def test_beta_is_a_config_field_with_a_flag_that_reaches_the_problem():
+    """``--beta`` sets GVGapConfig.beta, and every regime's problem then has P* ∝ P_ref·exp(r*/β) (closed form,
+    atol 1e-12); β = 1 (the default) gives another optimum (control)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "gv_gap_toy.py"
+    spec = importlib.util.spec_from_file_location("gv_gap_toy_script", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg, _ = mod.parse_args(["--beta", "2.5", "--n-prompts", "2", "--horizon", "2"])
+    assert cfg.beta == 2.5 and mod.parse_args([])[0].beta == 1.0
+    for regime in REGIMES:
+        prob = make_problem(regime, **cfg.problem_kwargs())
+        assert prob.beta == 2.5
+        closed = torch.log_softmax(prob.ref_log_probs + prob.r_star / 2.5, -1)
+        torch.testing.assert_close(prob.optimum_log_probs, closed, atol=1e-12, rtol=0)
+        default = make_problem(regime, **dataclasses.replace(cfg, beta=1.0).problem_kwargs())
+        assert float((default.optimum_log_probs - prob.optimum_log_probs).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="beta"):
+        make_problem("gv_gap", beta=0.0)

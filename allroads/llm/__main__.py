@@ -19,17 +19,26 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+import torch
+
+from allroads.llm.core.config import CONFIGS, load_config
+from allroads.llm.core.field_docs import field_docs
+from allroads.llm.data import load as L
+from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
+from allroads.llm.pipeline.settings import stage_config, tiny_settings
+from allroads.llm.train import methods as T
+from allroads.llm.train.loop import output_dir
+from allroads.llm.train.resume import RunMismatchError, check_output_dir
 
 
 def tiny_preset(stage: str) -> dict:
     """The fields of ``stage``'s config in the tiny preset (:func:`allroads.llm.pipeline.settings.tiny_settings`)."""
-    import dataclasses
-
-    from allroads.llm.pipeline.settings import stage_config, tiny_settings
 
     cfg = stage_config(stage.replace("-", "_"), tiny_settings())
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -38,8 +47,6 @@ def tiny_preset(stage: str) -> dict:
 def _parse(argv: list[str]):
     """The stage, ``--config``, ``--preset`` and the ``--key value`` overrides; ``STAGE --help`` lists every field of
     the stage's config with its docstring and default (``--max_steps`` and ``--max-steps`` are the same option)."""
-    from allroads.llm.core.config import CONFIGS
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("stage", nargs="?", choices=sorted(CONFIGS))
     stage = pre.parse_known_args(argv)[0].stage
@@ -55,8 +62,6 @@ def _parse(argv: list[str]):
 
 def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
     """One ``--field`` option per config field (value kept as text, typed by :func:`load_config`)."""
-    from allroads.llm.core.field_docs import field_docs
-
     defaults = cls()
     group = p.add_argument_group(f"{cls.__name__} fields (--key value; true/false for yes/no fields; JSON list for "
                                  "pairs)")
@@ -72,9 +77,6 @@ def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
 def _output_dir_status(cfg, stage: str) -> int | None:
     """Exit status when the output directory settles the run before any loading: 0 for a finished run of this
     config, 2 for a run of another config (the differing fields printed); None to go on (new or resumed run)."""
-    from allroads.llm.train.loop import output_dir
-    from allroads.llm.train.resume import RunMismatchError, check_output_dir
-
     out = output_dir(cfg)
     try:
         status = check_output_dir(cfg, out)
@@ -88,12 +90,6 @@ def _output_dir_status(cfg, stage: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from allroads.llm.model import models as M
-    from allroads.llm.data import packed as P
-    from allroads.llm.train import methods as T
-    from allroads.llm.core.config import CONFIGS, load_config
 
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     M.quiet_progress_bars()
@@ -112,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     status = _output_dir_status(cfg, args.stage)
     if status is not None:
         return status
-    tok = M.load_tokenizer(cfg.tokenizer or cfg.model)
+    tok = TK.load_tokenizer(cfg.tokenizer or cfg.model)
     kw = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)
-    load = P.load_packed_sft if args.stage == "sft" else P.load_packed_pairs  # batched tokenization, int32 arrays
+    load = L.load_packed_sft if args.stage == "sft" else L.load_packed_pairs  # batched tokenization, int32 arrays
     examples, report = load(cfg.data, tok, cfg.data_split, **kw)
     print(report)
     mk = dict(tokenizer=tok, dtype=cfg.dtype, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)

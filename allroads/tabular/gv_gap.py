@@ -90,7 +90,7 @@ def _features(mdp: TreeMDP, feature_scale: float) -> list:
 def make_problem(
     regime: str, *, n_prompts: int = 4, n_actions: int = 3, horizon: int = 5, reward_scale: float = 2.0,
     ref_scale: float = 0.5, feature_scale: float = 1.0, tabular_scale: float = 0.1, seed: int = 0,
-    lookup_n_actions: int = 6, lookup_horizon: int = 2,
+    lookup_n_actions: int = 6, lookup_horizon: int = 2, beta: float = 1.0,
 ) -> GVGapProblem:
     r"""Build a regime's problem. r*(ξ) = Σ_k w_{p,k}[k ∈ ξ], w ∼ N(0, reward_scale²) per prompt and token;
     π_ref scores ∼ N(0, ref_scale²) per node; φ = per-prompt token presence and counts, and the length, each
@@ -98,8 +98,11 @@ def make_problem(
     (H = 1), the same r*, π_ref (as a trajectory distribution) and leaf features. ``lookup_reward`` is its own
     small tree (``lookup_n_actions`` tokens, ``lookup_horizon`` steps: few completions per prompt, so both
     methods can learn a table from a few hundred pairs) with r* i.i.d. N(0, σ²) per trajectory, σ the std of
-    the ``gv_gap`` r*, and a π_ref drawn the same way.
+    the ``gv_gap`` r*, and a π_ref drawn the same way. ``beta``: the KL weight β of the RLHF / DPO objective of
+    every regime (P* ∝ P_ref·exp(r*/β), Lemma A.1).
     """
+    if beta <= 0:
+        raise ValueError(f"beta={beta}: the KL weight must be > 0")
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     g = torch.Generator().manual_seed(seed)
@@ -109,18 +112,18 @@ def make_problem(
     w = reward_scale * torch.randn(n_prompts, n_actions, dtype=torch.float64, generator=g)
     presence = token_presence(mdp)[-1]  # (P, T, A)
     r_star = (presence * w[:, None, :]).sum(-1)
-    prob = GVGapProblem("gv_gap", mdp, feats, tabular_scale, ref_scores, r_star)
+    prob = GVGapProblem("gv_gap", mdp, feats, tabular_scale, ref_scores, r_star, beta)
     if regime == "gv_gap":
         return prob
     if regime == "bandit_h1":
         mdp1 = TreeMDP(n_prompts, mdp.n_traj, 1)
-        return GVGapProblem("bandit_h1", mdp1, [feats[-1]], tabular_scale, [prob.ref_log_probs], r_star)
+        return GVGapProblem("bandit_h1", mdp1, [feats[-1]], tabular_scale, [prob.ref_log_probs], r_star, beta)
     g = torch.Generator().manual_seed(seed + 7919)
     m = TreeMDP(n_prompts, lookup_n_actions, lookup_horizon)
     ref_l = [ref_scale * torch.randn(n_prompts, lookup_n_actions**h, dtype=torch.float64, generator=g)
              for h in range(1, lookup_horizon + 1)]
     table = float(r_star.std()) * torch.randn(n_prompts, m.n_traj, dtype=torch.float64, generator=g)
-    return GVGapProblem("lookup_reward", m, _features(m, feature_scale), tabular_scale, ref_l, table)
+    return GVGapProblem("lookup_reward", m, _features(m, feature_scale), tabular_scale, ref_l, table, beta)
 
 
 def soft_values(problem: GVGapProblem) -> list[torch.Tensor]:

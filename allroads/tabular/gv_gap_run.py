@@ -73,6 +73,9 @@ class GVGapConfig:
     """Prior scale c of the per-prefix one-hot table (10x smaller: prefix functions are 'complex')."""
     problem_seed: int = 0
     """Seed of the problem instance (r* weights, lookup table, π_ref)."""
+    beta: float = 1.0
+    """KL weight β of the RLHF / DPO objective (Eq. 2): the optimum P* ∝ P_ref·exp(r*/β) (Lemma A.1), DPO's and
+    the local RM's β, RLHF's soft-VI temperature."""
     l2_grid: tuple = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
     """Candidates c for L2 = c/n (n training rows, mean loss); every fit picks its own per (seed, N)."""
     selection: str = "split"
@@ -122,7 +125,7 @@ class GVGapConfig:
     kl_budgets: tuple = (0.5, 1.5, 3.0, 5.0, 10.0)
     """KL(π‖π_ref) budgets of the frontier's best-value table (issue 23's; the toy's policies span KL ≈ 0–5)."""
     kl_budget_scales: tuple = (0.25, 0.5, 1.0, 2.0, 4.0)
-    """Budgets scaled to each problem: these multiples of KL(P*‖P_ref), the KL to π_ref of the β = 1 optimum."""
+    """Budgets scaled to each problem: these multiples of KL(P*‖P_ref), the KL to π_ref of the optimum at ``beta``."""
     online_limit_l2: tuple = (1e-2, 1e-4, 1e-6)
     """L2 path of the exact N = ∞ hard-label online-DPO fits (seed 0, largest N; no λ = 0 minimiser exists);
     an empty --online-limit-l2 skips them."""
@@ -130,7 +133,8 @@ class GVGapConfig:
     def problem_kwargs(self) -> dict:
         """Keyword arguments of :func:`make_problem`."""
         return {f: getattr(self, f) for f in ("n_prompts", "n_actions", "horizon", "reward_scale", "ref_scale",
-                                              "feature_scale", "tabular_scale", "lookup_n_actions", "lookup_horizon")} | {
+                                              "feature_scale", "tabular_scale", "lookup_n_actions", "lookup_horizon",
+                                              "beta")} | {
             "seed": self.problem_seed}
 
     def __post_init__(self):

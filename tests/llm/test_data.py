@@ -1,10 +1,11 @@
 """Data: the paper's prompt format and 512-token truncation (real Pythia tokenizer), sources, malformed rows."""
 import json
 import time
-
-import pytest
 from pathlib import Path
 
+import pytest
+
+from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data import synthetic as S
 
@@ -75,7 +76,7 @@ def test_sft_missing_field_names_file_and_line(tmp_path):
     del rows[2]["summary"]
     _write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=r"train\.jsonl:3.*summary"):
-        D.load_sft_rows(str(tmp_path / "train.jsonl"))
+        L.load_sft_rows(str(tmp_path / "train.jsonl"))
 
 
 def test_sft_empty_summary_is_an_error(tmp_path):
@@ -83,7 +84,7 @@ def test_sft_empty_summary_is_an_error(tmp_path):
     rows[1]["summary"] = "   "
     _write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(ValueError, match=r"d\.jsonl:2: empty summary"):
-        D.load_sft_rows(str(tmp_path / "d.jsonl"))
+        L.load_sft_rows(str(tmp_path / "d.jsonl"))
 
 
 def test_comparisons_skips_are_counted_and_errors_named(tmp_path):
@@ -91,18 +92,18 @@ def test_comparisons_skips_are_counted_and_errors_named(tmp_path):
     rows[1]["summaries"][1]["text"] = rows[1]["summaries"][0]["text"]  # identical → skip
     rows[3]["info"] = {"article": "cnn text", "title": "x", "site": "cnn"}  # CNN/DM → skip
     _write_jsonl(tmp_path / "c.jsonl", rows)
-    kept, report = D.load_comparison_rows(str(tmp_path / "c.jsonl"))
+    kept, report = L.load_comparison_rows(str(tmp_path / "c.jsonl"))
     assert len(kept) == 3 and report.n_read == 5
     assert report.skipped == {"chosen == rejected (no preference)": 1, "not a TL;DR post (CNN/DM article)": 1}
     rows[4]["choice"] = 2
     _write_jsonl(tmp_path / "c.jsonl", rows)
     with pytest.raises(ValueError, match=r"c\.jsonl:5: 'choice'"):
-        D.load_comparison_rows(str(tmp_path / "c.jsonl"))
+        L.load_comparison_rows(str(tmp_path / "c.jsonl"))
 
 
 def test_chosen_is_summary_at_choice():
     raw = S.make_synthetic_comparisons(20, seed=3)
-    rows, _ = D.load_comparison_rows("synthetic:20:3")
+    rows, _ = L.load_comparison_rows("synthetic:20:3")
     for r, x in zip(rows, raw):
         assert r.chosen == x["summaries"][x["choice"]]["text"]
         assert S.synthetic_score(r.post, r.chosen) > S.synthetic_score(r.post, r.rejected)
@@ -116,22 +117,22 @@ def test_parquet_directory_and_preformatted_prompt(tmp_path):
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(raw), tmp_path / "data" / "train-00000-of-00001.parquet")
     _write_jsonl(tmp_path / "data" / "validation.jsonl", raw[:2])
-    rows, _ = D.load_sft_rows(str(tmp_path))
+    rows, _ = L.load_sft_rows(str(tmp_path))
     assert [r.summary for r in rows] == [r["summary"] for r in raw]
-    val, _ = D.load_sft_rows(str(tmp_path), split="validation")
+    val, _ = L.load_sft_rows(str(tmp_path), split="validation")
     assert len(val) == 2
     pre = [{"prompt": D.PROMPT_TEMPLATE.format(**{k: r[k] for k in ("subreddit", "title", "post")}),
             "completion": " " + r["summary"]} for r in raw]
     _write_jsonl(tmp_path / "trl.jsonl", pre)
-    parsed, _ = D.load_sft_rows(str(tmp_path / "trl.jsonl"))
+    parsed, _ = L.load_sft_rows(str(tmp_path / "trl.jsonl"))
     assert [(r.subreddit, r.title, r.post, r.summary) for r in parsed] == [
         (r["subreddit"], r["title"], r["post"], r["summary"]) for r in raw]
 
 
 def test_unreachable_hub_raises_clear_error_quickly():
     t = time.perf_counter()
-    with pytest.raises(D.DataSourceError, match=r"(?s)summarize_from_feedback.*--data path/to/train\.jsonl"):
-        D.load_sft_rows("vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144")
+    with pytest.raises(L.DataSourceError, match=r"(?s)summarize_from_feedback.*--data path/to/train\.jsonl"):
+        L.load_sft_rows("vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144")
     assert time.perf_counter() - t < 30
 
 

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from allroads.llm.data import rows as D
 from allroads.llm.core.config import SFTConfig, load_config
+from allroads.llm.data import load as L
+from allroads.llm.data import rows as D
 from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
 
 
@@ -31,7 +32,7 @@ def test_openai_release_layout(tmp_path):
     rel = tmp_path / "release"
     for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
         _jsonl(rel / "tldr_3_filtered" / f"{split}.jsonl", make_synthetic_sft(6, seed))
-    rows, _ = D.load_sft_rows(str(rel / "tldr_3_filtered"), "validation")
+    rows, _ = L.load_sft_rows(str(rel / "tldr_3_filtered"), "validation")
     assert [r.post for r in rows] == [r["post"] for r in make_synthetic_sft(6, 1)]  # valid.jsonl is validation
 
     comps = make_synthetic_comparisons(9, 0)
@@ -40,14 +41,14 @@ def test_openai_release_layout(tmp_path):
     batch5 = [_release_comparison(r, s, i + 6) for i, (r, s) in enumerate(zip(comps[6:], splits))] + [_cnn_dm(1)]
     _jsonl(rel / "comparisons" / "batch3.json", batch3)  # JSON lines under a .json name, as released
     _jsonl(rel / "comparisons" / "batch5.json", batch5)
-    train, rep_t = D.load_comparison_rows(str(rel / "comparisons"), "train")
-    valid, rep_v = D.load_comparison_rows(str(rel / "comparisons"), "validation")
+    train, rep_t = L.load_comparison_rows(str(rel / "comparisons"), "train")
+    valid, rep_v = L.load_comparison_rows(str(rel / "comparisons"), "validation")
     assert len(train) == 3 and len(valid) == 6  # validation = valid1 ∪ valid2
     assert rep_v.skipped == {"not a TL;DR post (CNN/DM article)": 2} and rep_t.skipped == {}
-    one_file, _ = D.load_comparison_rows(str(rel / "comparisons" / "batch3.json"), "validation")
+    one_file, _ = L.load_comparison_rows(str(rel / "comparisons" / "batch3.json"), "validation")
     assert len(one_file) == 4
     _jsonl(tmp_path / "batch9.json", batch3[:1])  # a batch of one row is JSON lines too
-    assert len(D.load_comparison_rows(str(tmp_path / "batch9.json"), "train")[0]) == 1
+    assert len(L.load_comparison_rows(str(tmp_path / "batch9.json"), "train")[0]) == 1
 
 
 def test_parquet_conversion_layout_and_hub_revision(tmp_path, monkeypatch):
@@ -59,7 +60,7 @@ def test_parquet_conversion_layout_and_hub_revision(tmp_path, monkeypatch):
     for split, seed in (("train", 0), ("validation", 1)):
         (conv / split).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(make_synthetic_comparisons(5, seed)), conv / split / "0000.parquet")
-    rows, _ = D.load_comparison_rows(str(tmp_path / "summarize_from_feedback"), "validation")
+    rows, _ = L.load_comparison_rows(str(tmp_path / "summarize_from_feedback"), "validation")
     assert [r.post for r in rows] == [r["info"]["post"] for r in make_synthetic_comparisons(5, 1)]
 
     calls = []
@@ -69,7 +70,7 @@ def test_parquet_conversion_layout_and_hub_revision(tmp_path, monkeypatch):
         return datasets.Dataset.from_list(make_synthetic_comparisons(3, 0))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    rows, _ = D.load_comparison_rows("openai/summarize_from_feedback", "train")
+    rows, _ = L.load_comparison_rows("openai/summarize_from_feedback", "train")
     assert len(rows) == 3
     assert calls == [("openai/summarize_from_feedback", "comparisons",
                       {"split": "train", "revision": "refs/convert/parquet"})]
@@ -80,7 +81,7 @@ def test_preformatted_cnn_dm_prompts_are_skipped_and_counted(tmp_path):
             for i in range(3)]
     cnn = [{"prompt": "TITLE: Storm hits\n\nA storm hit the coast today.\n\nTL;DR:", "chosen": " storm", "rejected": " sun"}]
     _jsonl(tmp_path / "validation.jsonl", tldr + cnn)
-    rows, rep = D.load_comparison_rows(str(tmp_path), "validation")
+    rows, rep = L.load_comparison_rows(str(tmp_path), "validation")
     assert len(rows) == 3 and rep.skipped == {"not a TL;DR post (CNN/DM article)": 1} and rep.n_read == 4
 
 
@@ -95,8 +96,8 @@ def test_every_malformed_row_is_reported_with_file_line_and_fix(tmp_path):
              b'{"post": "unterminated',
              *[json.dumps({"title": "t"}).encode() for _ in range(20)]]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    with pytest.raises(D.DataRowsError) as e:
-        D.load_sft_rows(str(path))
+    with pytest.raises(L.DataRowsError) as e:
+        L.load_sft_rows(str(path))
     msg = str(e.value)
     assert msg.startswith("25 malformed row(s) of 26 read") and "(the first 20 below)" in msg
     assert f"{path}:2: not UTF-8 (byte 0xe9 at position" in msg and "re-save the file as UTF-8" in msg

@@ -20,13 +20,15 @@ STEPS = 3
 
 
 def _run(out_dir: str, micro: int):
+    from allroads.llm.core.config import DPOConfig, RMConfig
+    from allroads.llm.data import load as L
     from allroads.llm.data import rows as D
     from allroads.llm.model import models as M
+    from allroads.llm.model import tokenizer as TK
     from allroads.llm.train import methods as T
-    from allroads.llm.core.config import DPOConfig, RMConfig
 
-    tok = M.build_tiny_tokenizer()
-    rows, _ = D.load_comparison_rows("synthetic:32:11")
+    tok = TK.build_tiny_tokenizer()
+    rows, _ = L.load_comparison_rows("synthetic:32:11")
     pairs = D.tokenize_pairs(rows, tok)
     kw = dict(model="tiny", device="cpu", progress=False, resume=False, batch_size=8, micro_batch_size=micro,
               max_steps=STEPS, lr=1e-3, dtype="float64")
@@ -53,8 +55,9 @@ def test_ddp_two_processes_equal_one(tmp_path):
     # one process, same global batch (8), micro-batch 4 ⇒ two accumulation steps
     one_pol, one_rm = _run(str(tmp_path / "one"), micro=4)
     from allroads.llm.model import models as M
+    from allroads.llm.model import tokenizer as TK
 
-    init = M.load_policy("tiny", tokenizer=M.build_tiny_tokenizer(), seed=0, dtype="float64").state_dict()
+    init = M.load_policy("tiny", tokenizer=TK.build_tiny_tokenizer(), seed=0, dtype="float64").state_dict()
     moved = 0
     for k in one_pol:
         torch.testing.assert_close(ddp_pol[k], one_pol[k], atol=1e-9, rtol=0)

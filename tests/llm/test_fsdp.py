@@ -35,17 +35,19 @@ def _args(stage: str, out: Path, fsdp: bool, extra=()) -> list[str]:
 
 def _stopped_dpo(out: Path, stop_after: int, fsdp: bool = True) -> None:
     """The CLI's DPO run (same config), stopped after ``stop_after`` steps as if the process were killed."""
-    from allroads.llm.data import rows as D
-    from allroads.llm.model import models as M
-    from allroads.llm.train import methods as T
     from allroads.llm.__main__ import tiny_preset
     from allroads.llm.core.config import DPOConfig, load_config
+    from allroads.llm.data import load as L
+    from allroads.llm.data import rows as D
+    from allroads.llm.model import models as M
+    from allroads.llm.model import tokenizer as TK
+    from allroads.llm.train import methods as T
 
     argv = _args("dpo", out, fsdp, RESUME)[1:]
     overrides = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2) if argv[i] != "--preset"}
     cfg = load_config(DPOConfig, None, {**tiny_preset("dpo"), **overrides})
-    tok = M.load_tokenizer(cfg.tokenizer)
-    rows, _ = D.load_comparison_rows(cfg.data)
+    tok = TK.load_tokenizer(cfg.tokenizer)
+    rows, _ = L.load_comparison_rows(cfg.data)
     pairs = D.tokenize_pairs(rows, tok, max_prompt_tokens=cfg.max_prompt_tokens,
                              max_response_tokens=cfg.max_response_tokens)
     mk = dict(tokenizer=tok, dtype=cfg.dtype, seed=cfg.seed)
@@ -118,15 +120,16 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tmp_path):
 
 
 def _worker(mode: str, out: Path) -> None:
-    from allroads.llm.model import models as M
     from allroads.llm.__main__ import main
+    from allroads.llm.model import models as M
+    from allroads.llm.model import tokenizer as TK
 
     rank = int(os.environ["RANK"])
     if mode == "train":
         for stage, steps in STEPS.items():
             assert main(_args(stage, out / stage, True, ["--max_steps", str(steps)])) == 0
             if rank == 0:  # the initial weights, to check that training moved them
-                tok = M.build_tiny_tokenizer()
+                tok = TK.build_tiny_tokenizer()
                 load = M.load_reward_model if stage == "rm" else M.load_policy
                 load("tiny", tokenizer=tok, dtype="float64", seed=0).save_pretrained(out / "init" / stage)
         return

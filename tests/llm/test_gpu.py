@@ -12,20 +12,22 @@ import dataclasses
 import pytest
 import torch
 
+from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.build_tiny_tokenizer()
+    return TK.build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def pairs(tok):
-    rows, _ = D.load_comparison_rows("synthetic:32:5")
+    rows, _ = L.load_comparison_rows("synthetic:32:5")
     return D.tokenize_pairs(rows, tok)
 
 
@@ -76,7 +78,7 @@ def test_fsdp2_on_one_gpu_equals_plain_model(tmp_path, tok, pairs):
 def test_cuda_greedy_equals_cpu_greedy(tok):
     from allroads.llm.model.sample import SamplingConfig, sample
 
-    rows, _ = D.load_sft_rows("synthetic:8:9")
+    rows, _ = L.load_sft_rows("synthetic:8:9")
     prompts = [D.format_prompt(r.subreddit, r.title, r.post, tok)[0] for r in rows]
     cfg = SamplingConfig(n=2, temperature=0.0, max_new_tokens=12, backend="hf")
     model = M.load_policy("tiny", tokenizer=tok, seed=3, dtype="float64")

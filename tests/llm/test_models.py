@@ -2,18 +2,20 @@
 import pytest
 import torch
 
+from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.build_tiny_tokenizer()
+    return TK.build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def pairs(tok):
-    rows, _ = D.load_comparison_rows("synthetic:6:5")
+    rows, _ = L.load_comparison_rows("synthetic:6:5")
     return D.tokenize_pairs(rows, tok)
 
 

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from allroads.llm.data import load as L
+from allroads.llm.data import packed as P
 from allroads.llm.data import rows as D
 from allroads.llm.model import models as M
-from allroads.llm.data import packed as P
+from allroads.llm.model import tokenizer as TK
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
@@ -34,16 +36,16 @@ def _same(packed, rows_path, report_a, report_b):
 
 @pytest.mark.parametrize("kind", ["sft", "pairs"])
 def test_packed_equals_row_path_on_synthetic(kind):
-    tok = M.build_tiny_tokenizer()
+    tok = TK.build_tiny_tokenizer()
     kw = dict(max_prompt_tokens=24, max_response_tokens=3)
     if kind == "sft":
-        rows, rep = D.load_sft_rows("synthetic:50:3")
+        rows, rep = L.load_sft_rows("synthetic:50:3")
         ref = D.tokenize_sft(rows, tok, rep, **kw)
-        packed, prep = P.load_packed_sft("synthetic:50:3", tok, chunk=7, **kw)
+        packed, prep = L.load_packed_sft("synthetic:50:3", tok, chunk=7, **kw)
     else:
-        rows, rep = D.load_comparison_rows("synthetic:50:3", limit=40)
+        rows, rep = L.load_comparison_rows("synthetic:50:3", limit=40)
         ref = D.tokenize_pairs(rows, tok, rep, **kw)
-        packed, prep = P.load_packed_pairs("synthetic:50:3", tok, limit=40, chunk=7, **kw)
+        packed, prep = L.load_packed_pairs("synthetic:50:3", tok, limit=40, chunk=7, **kw)
     assert rep.prompts_truncated > 0 and rep.responses_truncated > 0  # both cutting rules are exercised
     _same(packed, ref, prep, rep)
     again = D.LoadReport(source=rep.source)
@@ -69,14 +71,14 @@ def test_packed_equals_row_path_on_hub_layout(tmp_path):
     bench = _bench()
     kw = dict(max_prompt_tokens=200, max_response_tokens=12)
     sft_dir = bench.write_layout(tmp_path, "sft", 30, seed=1)
-    rows, rep = D.load_sft_rows(str(sft_dir))
-    packed, prep = P.load_packed_sft(str(sft_dir), tok, chunk=8, **kw)
+    rows, rep = L.load_sft_rows(str(sft_dir))
+    packed, prep = L.load_packed_sft(str(sft_dir), tok, chunk=8, **kw)
     _same(packed, D.tokenize_sft(rows, tok, rep, **kw), prep, rep)
     assert rep.n_kept == 30 and rep.prompts_truncated > 0 and rep.responses_truncated > 0
 
     pairs_dir = bench.write_layout(tmp_path, "comparisons", 30, seed=2)
     _add_skipped_rows(pairs_dir)
-    rows, rep = D.load_comparison_rows(str(pairs_dir))
-    packed, prep = P.load_packed_pairs(str(pairs_dir), tok, chunk=8, **kw)
+    rows, rep = L.load_comparison_rows(str(pairs_dir))
+    packed, prep = L.load_packed_pairs(str(pairs_dir), tok, chunk=8, **kw)
     _same(packed, D.tokenize_pairs(rows, tok, rep, **kw), prep, rep)
     assert rep.n_read == 32 and rep.n_kept == 30 and len(rep.skipped) == 2 and rep.prompts_truncated > 0

@@ -102,11 +102,12 @@ def test_resuming_into_the_same_module_keeps_the_optimizer_state(tmp_path):
     uninterrupted one bitwise on CPU; stopping with save_every but without reuse is the control that always held."""
     import torch
 
-    from allroads.llm.model import models as M
     from allroads.llm.data.rows import TokenizedPair
+    from allroads.llm.model import models as M
+    from allroads.llm.model import tokenizer as TK
     from allroads.llm.train.methods import train_dpo
 
-    tk = M.build_tiny_tokenizer()
+    tk = TK.build_tiny_tokenizer()
     words = ["sister", "brother", "boss", "friend", "mother", "car", "bike", "sad"]
     pairs = [TokenizedPair(tk(f"TL;DR: {w}")["input_ids"], tk(f" {w} car")["input_ids"] + [tk.eos_token_id],
                            tk(" mother")["input_ids"] + [tk.eos_token_id]) for w in words * 2]

@@ -7,23 +7,25 @@ import torch
 import torch.nn.functional as F
 
 from allroads import losses
-from allroads.llm.data import rows as D
-from allroads.llm.model import models as M
-from allroads.llm.data import synthetic as S
-from allroads.llm.train import methods as T
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
+from allroads.llm.data import load as L
+from allroads.llm.data import rows as D
+from allroads.llm.data import synthetic as S
+from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
+from allroads.llm.train import methods as T
 
 COMMON = dict(model="tiny", device="cpu", progress=False, resume=False, schedule="constant")
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.build_tiny_tokenizer()
+    return TK.build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def pairs(tok):
-    rows, _ = D.load_comparison_rows("synthetic:16:7")
+    rows, _ = L.load_comparison_rows("synthetic:16:7")
     return D.tokenize_pairs(rows, tok)
 
 
@@ -183,15 +185,15 @@ def greedy_mean_score(model, tok, rows):
 
 def test_dpo_raises_known_score_of_greedy_outputs(tmp_path, tok):
     """SFT on short summaries → greedy stops early; DPO on score-labelled pairs → more facts covered."""
-    sft_rows, _ = D.load_sft_rows("synthetic:2048")
-    eval_rows, _ = D.load_sft_rows("synthetic:64", split="validation")
+    sft_rows, _ = L.load_sft_rows("synthetic:2048")
+    eval_rows, _ = L.load_sft_rows("synthetic:64", split="validation")
     model = policy(tok, 0, "float32")
     T.train_sft(model, D.tokenize_sft(sft_rows, tok),
                 SFTConfig(**{**COMMON, "lr": 3e-3}, batch_size=32, micro_batch_size=32, epochs=3, output_dir=str(tmp_path / "sft")))
     before = greedy_mean_score(model, tok, eval_rows)
     ref = policy(tok, 0, "float32")
     ref.load_state_dict(model.state_dict())
-    pr, _ = D.load_comparison_rows("synthetic:1024")
+    pr, _ = L.load_comparison_rows("synthetic:1024")
     h = T.train_dpo(model, ref, D.tokenize_pairs(pr, tok),
                     DPOConfig(**{**COMMON, "lr": 3e-4}, beta=0.1, batch_size=32, micro_batch_size=32, epochs=2,
                               output_dir=str(tmp_path / "dpo")))

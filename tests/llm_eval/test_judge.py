@@ -8,8 +8,24 @@ import pytest
 
 pytest.importorskip("openai")
 
-from allroads.llm.judge.judge import (STANDARD_JUDGE_TEMPLATE, TWO_WORD_JUDGE_TEMPLATE, TWO_WORD_SUMMARY_TEMPLATE, Judge, JudgeConfig, first_shown_as_a, generate_two_word_summaries, gpt_label_dataset, parse_preferred, parse_summary, render_judge_prompt, two_word_preference_dataset, judge_win_rate)  # noqa: F401
+from support.judge_server import FaultyJudgeServer
+
 from allroads.llm.judge.client import make_client  # noqa: F401
+from allroads.llm.judge.judge import (  # noqa: F401
+    STANDARD_JUDGE_TEMPLATE,
+    TWO_WORD_JUDGE_TEMPLATE,
+    TWO_WORD_SUMMARY_TEMPLATE,
+    Judge,
+    JudgeConfig,
+    first_shown_as_a,
+    generate_two_word_summaries,
+    gpt_label_dataset,
+    judge_win_rate,
+    parse_preferred,
+    parse_summary,
+    render_judge_prompt,
+    two_word_preference_dataset,
+)
 from allroads.llm.judge.rule_server import RuleJudgeServer, split_judge_prompt  # noqa: F401
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
@@ -36,7 +52,7 @@ def client_for(server, cfg=None):
 
 @pytest.fixture
 def server():
-    with RuleJudgeServer(score=quality) as s:
+    with FaultyJudgeServer(score=quality) as s:
         yield s
 
 
@@ -136,7 +152,7 @@ def test_win_rate_is_derandomised_and_order_reproducible(server):
 def test_position_biased_judge_is_unbiased_on_average():
     """A judge that always says A: a candidate wins exactly when it was shown as A."""
     posts, cand, ref = make_pairs()
-    with RuleJudgeServer(respond=lambda p: "Comparison: first.\nPreferred: A") as s, judge_for(s, seed=0) as judge:
+    with FaultyJudgeServer(respond=lambda p: "Comparison: first.\nPreferred: A") as s, judge_for(s, seed=0) as judge:
         res = judge.compare(posts, cand, ref)
     assert [r.first_wins for r in res.records] == [r.first_is_a for r in res.records]
     assert res.wins == sum(first_shown_as_a(0, p, c, r) for p, c, r in zip(posts, cand, ref))
@@ -162,7 +178,7 @@ def test_cache_second_run_sends_zero_requests(server, tmp_path):
 def test_retries_as_the_openai_client_on_retryable_statuses(status):
     """Retried by the client, waiting what ``retry-after-ms`` says (10 ms here; its default backoff is 0.5 s+)."""
     posts, cand, ref = make_pairs(1)
-    with RuleJudgeServer(score=quality, fail_first=3, fail_status=status, fail_headers={"retry-after-ms": "10"}) as s:
+    with FaultyJudgeServer(score=quality, fail_first=3, fail_status=status, fail_headers={"retry-after-ms": "10"}) as s:
         with judge_for(s, max_workers=1, max_retries=3) as judge:
             t0 = time.perf_counter()
             res = judge.compare(posts, cand, ref)
@@ -174,7 +190,7 @@ def test_retries_as_the_openai_client_on_retryable_statuses(status):
 
 def test_insufficient_quota_is_never_retried(tmp_path):
     posts, cand, ref = make_pairs(1)
-    with RuleJudgeServer(score=quality, fail_first=5, fail_status=429, fail_code="insufficient_quota") as s:
+    with FaultyJudgeServer(score=quality, fail_first=5, fail_status=429, fail_code="insufficient_quota") as s:
         with judge_for(s, tmp_path, max_workers=1, max_retries=3) as judge:
             res = judge.compare(posts, cand, ref)
         assert s.n_requests == 1
@@ -183,7 +199,7 @@ def test_insufficient_quota_is_never_retried(tmp_path):
 
 def test_retries_exhausted_is_an_error_not_a_result(tmp_path):
     posts, cand, ref = make_pairs(1)
-    with RuleJudgeServer(score=quality, fail_first=2, fail_status=429) as s:
+    with FaultyJudgeServer(score=quality, fail_first=2, fail_status=429) as s:
         with judge_for(s, tmp_path, max_workers=1, max_retries=1) as judge:
             res = judge.compare(posts, cand, ref)
         assert s.n_requests == 2
@@ -196,7 +212,7 @@ def test_retries_exhausted_is_an_error_not_a_result(tmp_path):
 
 def test_client_errors_are_not_retried():
     posts, cand, ref = make_pairs(1)
-    with RuleJudgeServer(score=quality) as s:
+    with FaultyJudgeServer(score=quality) as s:
         bad = make_client(JudgeConfig(), base_url=s.base_url.replace("/v1", "/nope"), api_key=SECRET)
         res = Judge(JudgeConfig(max_workers=1), client=bad).compare(posts, cand, ref)
         assert s.n_requests == 1 and res.errors == 1 and "NotFoundError" in res.records[0].error
@@ -204,7 +220,7 @@ def test_client_errors_are_not_retried():
 
 def test_malformed_answer_is_counted_unparseable(tmp_path):
     posts, cand, ref = make_pairs(8)
-    with RuleJudgeServer(score=quality, malformed=lambda p: "Post number 5 " in p) as s, judge_for(s, tmp_path) as judge:
+    with FaultyJudgeServer(score=quality, malformed=lambda p: "Post number 5 " in p) as s, judge_for(s, tmp_path) as judge:
         res = judge.compare(posts, cand, ref)
     assert (res.unparseable, res.errors, res.wins + res.losses) == (1, 0, 7)
     bad = res.records[5]
@@ -276,7 +292,7 @@ def test_two_word_generation_and_preference_data(tmp_path):
         return f"Summary: {post.split()[0]} w{len(post)}"
 
     posts = [f"p{i} " + "x" * i for i in range(5)]
-    with RuleJudgeServer(respond=respond) as s:
+    with FaultyJudgeServer(respond=respond) as s:
         with judge_for(s, tmp_path, variant="two_word") as judge:
             summaries = generate_two_word_summaries(judge, posts, n=2)
             assert s.n_requests == 10  # two samples per post: the sample index is part of the cache key

@@ -9,9 +9,12 @@ import pytest
 
 pytest.importorskip("openai")
 
-from allroads.llm.judge.judge import Judge, JudgeConfig, ResponseCache, render_judge_prompt  # noqa: F401
+from support.judge_server import FaultyJudgeServer
+
 from allroads.llm.judge.client import OPENAI_BASE_URL, endpoint_id, make_client  # noqa: F401
-from allroads.llm.judge.rule_server import RuleJudgeServer  # noqa: F401
+from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.judge.judge import Judge, JudgeConfig, ResponseCache, render_judge_prompt  # noqa: F401
+from allroads.llm.judge.rule_server import RuleJudgeServer
 from allroads.llm.pipeline.settings import paper_settings  # noqa: F401
 
 from .test_judge import make_pairs, quality  # noqa: E402
@@ -25,7 +28,7 @@ def _judge(server, tmp_path, **kw):
 
 def test_a_subset_a_reordering_or_swapped_pairs_ask_nothing_again(tmp_path):
     posts, cand, ref = make_pairs(30)
-    with RuleJudgeServer(score=quality) as s:
+    with FaultyJudgeServer(score=quality) as s:
         with _judge(s, tmp_path) as judge:
             full = judge.compare(posts, cand, ref)
             assert s.n_requests == 30
@@ -41,7 +44,7 @@ def test_a_subset_a_reordering_or_swapped_pairs_ask_nothing_again(tmp_path):
 
 def test_request_and_usage_log_fields(tmp_path):
     posts, cand, ref = make_pairs(3)
-    with RuleJudgeServer(score=quality) as s:
+    with FaultyJudgeServer(score=quality) as s:
         with _judge(s, tmp_path, seed=7, max_completion_tokens=99) as judge:
             judge.compare(posts, cand, ref)
     for req in s.requests:
@@ -80,3 +83,17 @@ def test_cache_key_holds_endpoint_and_model():
 def test_default_judge_is_a_dated_snapshot():
     assert re.fullmatch(r"gpt-4o-\d{4}-\d{2}-\d{2}", JudgeConfig().model)
     assert paper_settings().judge_id == JudgeConfig().model
+
+
+def test_the_tiny_presets_factory_judges_through_the_library_server(tmp_path):
+    judges = JudgeFactory("tiny", tmp_path)
+    try:
+        judge = judges("standard")
+        posts = ["the cat sat on the mat", "a dog ran in the park"]
+        res = judge.compare(posts, ["cat sat on mat", "dog ran park"], ["nothing here", "xyz"])
+        assert isinstance(judges.server, RuleJudgeServer) and not isinstance(judges.server, FaultyJudgeServer)
+        assert res.n_pairs == 2 and res.errors == 0 and res.unparseable == 0
+        assert (tmp_path / "judge-tiny-standard.sqlite").exists()
+        judge.close()
+    finally:
+        judges.close()

@@ -8,7 +8,6 @@ from allroads.llm.data.rouge import rouge_l_f1, rouge_l_f1_batch  # noqa: F401
 
 from ._rouge_reference import f1_reference  # noqa: E402
 
-
 PAIRS = [
     ("the cat sat on the mat", "the cat is on the mat"),
     ("police killed the gunman", "the gunman police killed"),

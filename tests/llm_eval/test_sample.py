@@ -179,7 +179,7 @@ def test_shared_prefill_gives_the_samples_of_plain_generate(model, tok):
     seed, token for token, and the per-step log-probs agree to 1e-5."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from allroads.llm.model.sample import _TemperatureLogp, _left_pad
+    from allroads.llm.model.sample import _left_pad, _TemperatureLogp
 
     cfg = SamplingConfig(n=5, temperature=0.7, max_new_tokens=6, seed=11, batch_size=2, backend="hf", compute_logp=True)
     ours = sample(model, tok, PROMPTS, cfg)

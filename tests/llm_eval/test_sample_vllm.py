@@ -11,6 +11,7 @@ import pytest
 from allroads.llm.model import models as M
 from allroads.llm.model import sample as S
 from allroads.llm.model import sample_vllm as V
+from allroads.llm.model import tokenizer as TK
 from allroads.llm.model.sample import SamplingConfig, sample
 
 EOS = 0
@@ -65,7 +66,7 @@ def fake_vllm(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.build_tiny_tokenizer()
+    return TK.build_tiny_tokenizer()
 
 
 PROMPTS = ["SUBREDDIT: r/tifu TITLE: a POST: b TL;DR:", "SUBREDDIT: r/cats TITLE: c POST: d TL;DR:", "TL;DR:"]

@@ -1,8 +1,14 @@
 """The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10), through the real openai client."""
-from allroads.llm.judge.judge import (Judge, JudgeConfig, generate_two_word_summaries, render_two_word_summary_prompt, judge_win_rate)
-from allroads.llm.judge.client import make_client
-from allroads.llm.judge.rule_server import RuleJudgeServer, split_summary_prompt
 from allroads.llm.data.synthetic import make_synthetic_sft, synthetic_score, synthetic_two_word_summary
+from allroads.llm.judge.client import make_client
+from allroads.llm.judge.judge import (
+    Judge,
+    JudgeConfig,
+    generate_two_word_summaries,
+    judge_win_rate,
+    render_two_word_summary_prompt,
+)
+from allroads.llm.judge.rule_server import RuleJudgeServer, split_summary_prompt
 
 
 def test_writer_answers_summary_prompts_and_still_judges(tmp_path):

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
 from allroads.llm.model.backend import LLMBackend
-from allroads.llm.pipeline.context import tiny_settings
 from allroads.llm.model.sample import SamplingConfig
+from allroads.llm.pipeline.context import tiny_settings
 
 
 def tok():
-    return M.build_tiny_tokenizer()
+    return TK.build_tiny_tokenizer()
 
 
 def policy(tokenizer, seed=0, dtype="float32"):
@@ -19,7 +21,7 @@ def policy(tokenizer, seed=0, dtype="float32"):
 
 
 def prompts(tokenizer, n=4, seed=0):
-    rows, _ = D.load_sft_rows(f"synthetic:{n}:{seed}", "test")
+    rows, _ = L.load_sft_rows(f"synthetic:{n}:{seed}", "test")
     return [D.format_prompt(r.subreddit, r.title, r.post, tokenizer)[0] for r in rows], rows
 
 

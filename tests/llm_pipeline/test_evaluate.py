@@ -3,13 +3,12 @@ import math
 
 import pytest
 import torch
+from llm_eval._rouge_reference import f1_reference
 
-from allroads.llm.model.backend import DPORM, LocalRM
 from allroads.llm.data.rows import nested_subset
 from allroads.llm.evaluation.evaluate import bt_validation, eq2_objective, validation_likelihood
+from allroads.llm.model.backend import DPORM, LocalRM
 from allroads.llm.model.sample import Completion
-
-from llm_eval._rouge_reference import f1_reference
 
 from . import _tiny
 
@@ -73,8 +72,8 @@ def test_nested_subset_nested():
 
 def test_policy_rouge_scores_every_row_once_and_samples_each_prompt_once():
     """Rows sharing a prompt (one post, several comparisons) share that prompt's sample; each row counts once."""
-    from allroads.llm.model.backend import RougeRM
     from allroads.llm.evaluation.evaluate import policy_rouge, policy_samples
+    from allroads.llm.model.backend import RougeRM
 
 
     tok = _tiny.tok()

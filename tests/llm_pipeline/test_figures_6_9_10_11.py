@@ -7,15 +7,14 @@ import json
 import math
 
 import pytest
+from llm_eval._rouge_reference import f1_reference
 
-from allroads.llm.model import models as M
 from allroads.llm.data.rows import TokenizedPair
+from allroads.llm.data.synthetic import synthetic_score
 from allroads.llm.figures.paper import FigureConfig, run_figure
 from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.model import models as M
 from allroads.llm.pipeline.context import Artifact, Pipeline
-from allroads.llm.data.synthetic import synthetic_score
-
-from llm_eval._rouge_reference import f1_reference
 
 from . import _tiny
 
@@ -174,7 +173,7 @@ def test_fig10_two_word_pairs_prompts_and_budget(ran):
         assert synthetic_score(post, chosen) == 2.0 and synthetic_score(post, rejected) == 0.0
     # online DPO of Fig. 10 samples two-word prompts within the 5-token budget
     tw = [p for p in _stage_dirs(tmp / "root", "online_pairs")
-          if json.loads((p / "stage.json").read_text())["spec"]["two_word"]]
+          if dict(json.loads((p / "stage.json").read_text())["spec"]["args"])["two_word"]]
     assert len(tw) == 1
     for pr in _pairs(tw[0]):
         assert 2 in pr.prompt_ids and len(pr.chosen_ids) <= 5 and len(pr.rejected_ids) <= 5
@@ -192,9 +191,9 @@ def test_fig9_trains_one_sft_and_one_rm_per_size(ran):
     assert set(sfts) == {"tiny", "tiny:32x1"}
     assert M.load_policy(str(sfts["tiny:32x1"] / "model")).config.hidden_size == 32
     rm_sizes = sorted(M.load_reward_model(str(p / "model")).config.hidden_size for p in _stage_dirs(tmp / "root", "rm")
-                      if json.loads((p / "stage.json").read_text())["spec"]["pairs"] == "human")
+                      if json.loads((p / "stage.json").read_text())["spec"]["data"] != "")  # human pairs: keyed by content
     assert rm_sizes == [32, 64]
-    bons = [json.loads((p / "stage.json").read_text())["spec"] for p in _stage_dirs(tmp / "root", "eval_bon")]
+    bons = [dict(json.loads((p / "stage.json").read_text())["spec"]["args"]) for p in _stage_dirs(tmp / "root", "eval_bon")]
     assert len(bons) == 2 and all(b["kinds"] == {"RM 1.4b": "global", "RM 2.8b": "global"} for b in bons)
 
 

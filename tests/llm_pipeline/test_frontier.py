@@ -9,17 +9,17 @@ import json
 import pytest
 import torch
 
-from allroads.llm.pipeline import data_stages as G
-from allroads.llm.pipeline import train_stages as T
 from allroads.llm.core.config import DPOConfig
 from allroads.llm.data.rows import TokenizedPair
 from allroads.llm.figures.frontier import evaluate_point, frontier_curve
 from allroads.llm.figures.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
-from allroads.llm.train.online_data import is_prefix_pair, online_diversity
-from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.model.sample import Completion
+from allroads.llm.pipeline import data_stages as G
+from allroads.llm.pipeline import train_stages as T
+from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.pipeline.selection import patience_spent
 from allroads.llm.train.methods import train_dpo, train_dpo_soft
+from allroads.llm.train.online_data import is_prefix_pair, online_diversity
 from allroads.online import OnlinePairs, Scored
 
 from . import _tiny

@@ -1,19 +1,20 @@
 """An evaluation cannot finish wrong: a judged stage with a failed request or an unparseable answer (real loopback
 judge server) is not DONE unless within the budget, a rerun re-asks only those pairs, and the figure points and
-the console summary carry n, wins, errors and unparseable."""
+the console summary carry n, wins, errors and unparseable. A judge cache that cannot be written stops the stage
+with JudgeCacheError, never counted as failed pairs."""
 import dataclasses
 
 import openai
 import pytest
+from support.faults import read_only_sqlite
+from support.judge_server import FaultyJudgeServer
 
+from allroads.llm.data.synthetic import synthetic_score
+from allroads.llm.figures.summary import judged_point, summary_lines
+from allroads.llm.judge.judge import Judge, JudgeCacheError, JudgeConfig
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.figures.summary import summary_lines
-from allroads.llm.figures.paper import _judged_point
-from allroads.llm.judge.judge import Judge, JudgeConfig
-from allroads.llm.judge.rule_server import RuleJudgeServer
 from allroads.llm.pipeline.context import Pipeline
-from allroads.llm.data.synthetic import synthetic_score
 
 from . import _tiny
 
@@ -42,7 +43,7 @@ def _malformed_once():
 
 
 def _server():
-    return RuleJudgeServer(score=synthetic_score, fail_first=1, fail_status=500, malformed=_malformed_once())
+    return FaultyJudgeServer(score=synthetic_score, fail_first=1, fail_status=500, malformed=_malformed_once())
 
 
 def _pipe(root, server, budget=0):
@@ -70,12 +71,29 @@ def _unfinished_then_rerun(tmp_path, server):
     assert len(list(tmp_path.glob("eval_winrate-*/DONE"))) == 1
 
 
+def test_a_read_only_judge_cache_stops_the_stage_and_is_not_counted_as_failed_pairs(tmp_path, monkeypatch):
+    with FaultyJudgeServer(score=synthetic_score) as server:
+        sft = T.sft(_pipe(tmp_path, server))
+        _Judges(tmp_path, server)("standard").close()  # the cache file exists, with no answer yet
+        read_only_sqlite(monkeypatch)
+        with pytest.raises(JudgeCacheError) as info:
+            E.reference_win_rate(_pipe(tmp_path, server, budget=100), sft)
+        assert not isinstance(info.value, E.JudgeFailuresError) and "pairs failed" not in str(info.value)
+        assert str(tmp_path / "judge-standard.sqlite") in str(info.value) and "could not write" in str(info.value)
+        assert server.n_requests == 1  # stopped at the first answer it could not store
+        assert not list(tmp_path.glob("eval_winrate-*/DONE"))
+        monkeypatch.undo()  # negative control: the same stage with a writable cache finishes
+        res = E.reference_win_rate(_pipe(tmp_path, server), sft)
+    assert (res["n_pairs"], res["errors"], res["unparseable"]) == (6, 0, 0)
+    assert len(list(tmp_path.glob("eval_winrate-*/DONE"))) == 1
+
+
 def test_within_budget_the_counts_reach_the_point_and_the_summary(tmp_path):
     with _server() as server:
         pipe = _pipe(tmp_path, server, budget=2)
         res = E.reference_win_rate(pipe, T.sft(pipe))
     assert (res["errors"], res["unparseable"], res["n_pairs"]) == (1, 1, 6)
-    point = _judged_point([res])
+    point = judged_point([res])
     assert point["judged"] == {"n": 6, "wins": res["wins"], "losses": res["losses"], "errors": 1, "unparseable": 1}
     assert point["mean"] == pytest.approx(res["wins"] / 4)
     lines = summary_lines({"figure": "fig3", "metric": "win rate", "bars": {"SFT": point}})

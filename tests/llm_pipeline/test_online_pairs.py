@@ -1,8 +1,15 @@
 """Online-DPO pairs on the LLM backend (App. B.1.1) against brute force over the saved scored samples."""
 import torch
 
+from allroads.llm.core.config import OnlineDataConfig
 from allroads.llm.model.backend import FunctionRM
-from allroads.llm.train.online_data import (OnlineDataConfig, build_online_pairs, load_scored, online_report, save_scored, to_tokenized_pairs)
+from allroads.llm.train.online_data import (
+    build_online_pairs,
+    load_scored,
+    online_report,
+    save_scored,
+    to_tokenized_pairs,
+)
 from allroads.online import Scored, best_worst_pairs, best_worst_soft_pairs, rescore
 
 from . import _tiny

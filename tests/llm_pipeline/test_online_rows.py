@@ -3,9 +3,10 @@ and what stays tied is counted; evaluation prompts are a seeded random draw of t
 import dataclasses
 import zlib
 
+from allroads.llm.core.config import OnlineDataConfig
 from allroads.llm.model.backend import FunctionRM
-from allroads.llm.train.online_data import OnlineDataConfig, build_online_pairs
 from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.train.online_data import build_online_pairs
 
 from . import _tiny
 

@@ -6,11 +6,10 @@ import json
 
 import torch
 
+from allroads.llm.core.atomic import write_json, write_jsonl
+from allroads.llm.figures.summary import summarise_online, summary_lines
 from allroads.llm.model import models as M
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.core.atomic import write_json, write_jsonl
-from allroads.llm.figures.summary import summary_lines
-from allroads.llm.figures.paper import _summarise_online
 from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.pipeline.settings import stage_config
 
@@ -51,7 +50,7 @@ def test_too_few_online_pairs_keep_the_start_and_say_so(tmp_path):
     assert any(not torch.equal(trained[k], start[k]) for k in start)
     assert T.online_record(sft) is None
 
-    online = _summarise_online({"Online DPO (DPO)": [T.online_record(few), T.online_record(enough)]})
+    online = summarise_online({"Online DPO (DPO)": [T.online_record(few), T.online_record(enough)]})
     assert online == {"Online DPO (DPO)": {"n_pairs": [5, 32], "steps": [0, 2 * cfg.epochs], "batch_size": 16}}
     lines = summary_lines({"figure": "fig3", "bars": {}, "online_dpo": online})
     assert any("0 steps: fewer pairs than one batch" in line and "[5, 32]" in line for line in lines)

@@ -60,8 +60,10 @@ def _rm_scores_are_of_the_known_score_samples(root, truth):
     the same policy and seed scored, and the figure's RM-score block holds those stages' means."""
     def stages(kind):
         for d in root.glob(f"{kind}-*"):
+            if not (d / "DONE").is_file():
+                continue  # lock files and unfinished stages
             spec = json.loads((d / "stage.json").read_text())
-            yield (spec["inputs"][0], spec["spec"]["seed"]), json.loads((d / "result.json").read_text())
+            yield (spec["inputs"][0], dict(spec["spec"]["args"])["seed"]), json.loads((d / "result.json").read_text())
 
     known, rm = dict(stages("eval_known")), dict(stages("eval_rm_score"))
     assert len(rm) == 5 and set(rm) <= set(known)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
 from allroads.llm.figures.paper import FigureConfig
+from allroads.llm.figures.preflight import PreflightError, check_inputs
 from allroads.llm.judge.factory import JudgeFactory
 from allroads.llm.pipeline.context import Pipeline
-from allroads.llm.figures.preflight import PreflightError, check_inputs
 from allroads.llm.pipeline.settings import paper_settings
-from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "llm"))
 

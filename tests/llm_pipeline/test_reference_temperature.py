@@ -9,8 +9,7 @@ import torch
 
 from allroads.llm.core.config import DPOConfig
 from allroads.llm.data.rows import TokenizedPair
-from allroads.llm.train.online_data import train_online_dpo
-from allroads.llm.train.methods import precompute_ref_logps, train_dpo
+from allroads.llm.train.methods import precompute_ref_logps, train_dpo, train_online_dpo
 
 from . import _tiny
 

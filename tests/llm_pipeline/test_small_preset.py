@@ -11,15 +11,17 @@ import math
 import pytest
 import torch
 
+from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data import synthetic as S
 from allroads.llm.evaluation.ground_truth import ground_truth_eval, known_win_counts, rm_score_eval
-from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.model.sample import Completion
+from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.pipeline.selection import heldout_loss_curve, select_hyperparameters
 from allroads.llm.pipeline.settings import SelectionConfig, small_settings, stage_config, tiny_settings
 
-from ._tiny import backend, policy, prompts, tok as tiny_tok
+from ._tiny import backend, policy, prompts
+from ._tiny import tok as tiny_tok
 
 POST = "my sister broke my car today .\ni feel sad about it .\nwhat should i do ?"  # today: feeling object action person
 
@@ -40,10 +42,10 @@ def test_lookup_score_closed_forms():
 def test_task_data_are_labelled_by_the_task_score(task):
     source = "synthetic" if task == "facts" else f"synthetic-{task}"
     assert S.task_of(f"{source}:64:3") == task
-    rows, _ = D.load_comparison_rows(f"{source}:64:3")
+    rows, _ = L.load_comparison_rows(f"{source}:64:3")
     score = S.task_score(task)
     assert all(score(r.post, r.chosen) > score(r.post, r.rejected) for r in rows)
-    sft, _ = D.load_sft_rows(f"{source}:200")
+    sft, _ = L.load_sft_rows(f"{source}:200")
     longest = max(len(r.summary.split()) for r in sft)
     assert longest == (2 if task == "two_word" else 4)
     if task == "lookup":  # SFT summaries follow the reference order (up to the rare swap)
@@ -104,9 +106,9 @@ def test_ground_truth_kl_matches_exact_enumeration():
 def test_rm_score_eval_scores_the_ground_truth_samples():
     """rm_score_eval draws the samples ground_truth_eval scores (same seed and temperature; at T = 1 a different
     seed draws others), and its rm_score is the scorer's mean over them, computed here by the scorer directly."""
+    from allroads.llm.evaluation.evaluate import policy_samples
     from allroads.llm.model import models as M
     from allroads.llm.model.backend import GlobalRM
-    from allroads.llm.evaluation.evaluate import policy_samples
 
     tk = tiny_tok()
     pi = policy(tk, seed=0)
@@ -139,9 +141,9 @@ def _tiny_selection_pipe(tmp_path) -> Pipeline:
 def test_an_epoch_of_a_longer_run_is_the_run_of_that_many_epochs(tmp_path):
     """With the constant schedule, the held-out loss after epoch 1 of a 2-epoch selection run (stopped, checkpointed,
     resumed) equals that of a separate 1-epoch run, for SFT and for DPO (bitwise on CPU: tolerance 1e-9)."""
+    from allroads.llm.data.packed import pack_sft
     from allroads.llm.model import models as M
     from allroads.llm.pipeline import train_stages as T
-    from allroads.llm.data.packed import pack_sft
     from allroads.llm.pipeline.selection import _objective
     from allroads.llm.train.methods import train_dpo, train_sft
 
@@ -155,7 +157,7 @@ def test_an_epoch_of_a_longer_run_is_the_run_of_that_many_epochs(tmp_path):
     model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
     train_sft(model, pack_sft(pipe.sft_rows("train", 0), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
                               max_response_tokens=cfg.max_response_tokens), cfg)
-    rows, _ = D.load_sft_rows(f"synthetic:{sel.heldout_rows}:{sel.heldout_seed}", "validation")
+    rows, _ = L.load_sft_rows(f"synthetic:{sel.heldout_rows}:{sel.heldout_seed}", "validation")
     assert abs(_objective(pipe, "sft", model, None, rows) - losses[0]) < 1e-9
     assert losses[1] != losses[0]
 
@@ -164,7 +166,7 @@ def test_an_epoch_of_a_longer_run_is_the_run_of_that_many_epochs(tmp_path):
     dcfg = stage_config("dpo", s, seed=sel.seed, lr=3e-3, epochs=1, progress=False, output_dir=str(tmp_path / "d1"))
     pol = pipe.policy(sft)
     train_dpo(pol, pipe.policy(sft), pipe.human_pairs(), dcfg)
-    prows, _ = D.load_comparison_rows(f"synthetic:{sel.heldout_rows}:{sel.heldout_seed}", "validation")
+    prows, _ = L.load_comparison_rows(f"synthetic:{sel.heldout_rows}:{sel.heldout_seed}", "validation")
     assert abs(_objective(pipe, "dpo", pol, pipe.policy(sft), prows) - dcurve["heldout_loss"][0]) < 1e-9
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from allroads.llm.core.config import config_key
+from allroads.llm.judge.factory import JudgeFactory
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.judge.factory import JudgeFactory
+from allroads.llm.pipeline.cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
 from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.pipeline.settings import paper_settings, stage_config
-from allroads.llm.pipeline.cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
 
 from . import _tiny
 
@@ -25,8 +26,9 @@ def package_copy(tmp_path):
 
 
 def _edit(root: Path, module: str) -> None:
+    """Append a statement (the code key ignores comments and docstrings: test_cache_code_key.py)."""
     f = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
-    f.write_text(f.read_text() + "\n# an edited comment\n")
+    f.write_text(f.read_text() + "\n_EDITED = 1\n")
 
 
 def test_closure_follows_imports_of_the_stage_modules():
@@ -37,7 +39,7 @@ def test_closure_follows_imports_of_the_stage_modules():
     assert {"allroads.llm.judge.judge", "allroads.llm.evaluation.evaluate", "allroads.llm.pipeline.data_stages"} <= set(evals)
 
 
-def test_code_hash_sees_comments_and_only_imported_modules(package_copy):
+def test_code_hash_sees_statements_of_only_imported_modules(package_copy):
     before = {m: code_hash([m], package_copy) for m in ("allroads.llm.pipeline.train_stages", "allroads.llm.pipeline.eval_stages")}
     assert before == {m: code_hash([m]) for m in before}  # the copy hashes like the package
     _edit(package_copy, "allroads.llm.judge.judge")
@@ -123,7 +125,7 @@ def test_sampling_stages_are_keyed_by_the_resolved_sampler(tmp_path, monkeypatch
     specs = {}
 
     def capture(pipe):
-        def run(kind, spec, inputs, build):
+        def run(kind, spec, inputs, build, **kw):  # kw: code=, the module keyed
             specs.setdefault(kind, []).append(spec)
             return Artifact(kind, tmp_path, "h")
         return run
@@ -135,7 +137,12 @@ def test_sampling_stages_are_keyed_by_the_resolved_sampler(tmp_path, monkeypatch
         assert pipe.sampler() == ("hf" if sampler == "auto" else "vllm")
         fake = Artifact("sft", tmp_path, "sft-hash")
         D.online_pairs(pipe, fake, fake, "global", seed=0)
-    a, b = specs["online_pairs"]
-    assert a["sampler"] == "hf" and b["sampler"] == "vllm"
-    assert {k: v for k, v in a.items() if k != "sampler"} == {k: v for k, v in b.items() if k != "sampler"}
+    a, b = (config_key(spec) for spec in specs["online_pairs"])  # StageSpec: settings read + args, as lists
+    assert dict(a["args"])["resolved_sampler"] == "hf" and dict(b["args"])["resolved_sampler"] == "vllm"
+
+    def without_sampler(key):
+        return {k: [x for x in v if x[0] not in ("sampler", "resolved_sampler")] if k in ("args", "settings") else v
+                for k, v in key.items()}
+
+    assert a != b and without_sampler(a) == without_sampler(b)
     assert "sampler" not in dataclasses.asdict(stage_config("sft", _tiny.small_settings()))

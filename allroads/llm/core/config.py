@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfig", "LocalRMConfig", "load_config",
+__all__ = ["OnlineDataConfig", "TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfig", "LocalRMConfig", "load_config",
            "config_key", "config_hash", "digest"]
 
 PYTHIA_1B4 = "EleutherAI/pythia-1.4b-deduped"
@@ -344,3 +344,38 @@ def digest(obj: Any, n: int = 12) -> str:
 def config_hash(cfg: TrainConfig) -> str:
     """Short stable hash of what a config computes (names output directories so a rerun finds its results)."""
     return digest({"stage": cfg.stage, **config_key(cfg)})
+
+
+@dataclass(frozen=True)
+class OnlineDataConfig:
+    """How an online-DPO dataset is made (App. B.1.1)."""
+
+    n_samples: int = 25
+    """Samples per prompt from the starting policy (25)."""
+    sampling_temperature: float = 0.1
+    """Temperature the samples are drawn at (0.1); online DPO's π_ref is the sampler at this temperature."""
+    max_new_tokens: int = 53
+    """Response budget including EOS (Table 1: 53; 5 for two-word TL;DR, Fig. 10)."""
+    seed: int = 0
+    """Seed of the one sampling pass."""
+    sample_batch_size: int = 8
+    """Prompts per generate call."""
+    prompt_augmentation: bool = False
+    """Also sample on the SFT-train prompts (≈3× the data; Fig. 5). The caller passes them in."""
+    tie_redraws: int = 3
+    """Rounds of fresh samples for the prompts whose samples all scored the same (no pair), so that online DPO
+    keeps one pair per comparison row, as many as offline DPO; ties left after these rounds are counted."""
+    temper_policy: bool = True
+    """Online DPO divides the *trained policy's* logits by the sampling temperature as well as π_ref's, as REBEL
+    does (the code the paper builds on: ``src/tldr/rebel.py`` divides the policy's and the reference's logits by
+    ``args.task.temperature`` before the log-softmax), so at the start (π = π_ref) the loss is log 2. False: only
+    π_ref is tempered (the literal reading of the Table 3 caption; the policy at temperature 1)."""
+
+    def validate(self) -> None:
+        if self.n_samples < 2:
+            raise ValueError(f"n_samples={self.n_samples}: need >= 2 samples per prompt for a best/worst pair")
+        if self.sampling_temperature <= 0:
+            raise ValueError(f"sampling_temperature={self.sampling_temperature}: must be > 0 (π_ref's logits are "
+                             "divided by it)")
+        if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0:
+            raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws >= 0")

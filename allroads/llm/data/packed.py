@@ -15,13 +15,14 @@ rules, skips and report counts; :mod:`allroads.llm.data.rows`), built differentl
 """
 from __future__ import annotations
 
+import hashlib
 from array import array
 from typing import Sequence
 
-from allroads.llm.data.rows import LoadReport, TokenizedPair, TokenizedSFT, load_comparison_rows, load_sft_rows
+from allroads.llm.data.rows import LoadReport, TokenizedPair, TokenizedSFT
 from allroads.llm.data.tldr_format import PROMPT_TEMPLATE, cut_post_once
 
-__all__ = ["Ragged", "PackedPairs", "PackedSFT", "load_packed_pairs", "load_packed_sft", "pack_pairs", "pack_sft",
+__all__ = ["Ragged", "PackedPairs", "PackedSFT", "pack_pairs", "pack_sft",
            "tokenize_chunk"]
 
 
@@ -77,6 +78,22 @@ class _Packed(Sequence):
     def n_tokens(self) -> int:
         return sum(len(c.tokens) for c in self.cols.values())
 
+    def digest(self) -> str:
+        """SHA-256 of the examples' content (every field's token ids and row ends, in order): what a stage that
+        trains on them keys its cache by, so an edit of the code that made them re-runs it only when they change."""
+        h = hashlib.sha256(type(self).__name__.encode())
+        for name in self.fields:
+            h.update(name.encode())
+            h.update(self.cols[name].tokens.tobytes())
+            h.update(self.cols[name].ends.tobytes())
+        for extra in self.extra_arrays():
+            h.update(extra.tobytes())
+        return h.hexdigest()
+
+    def extra_arrays(self) -> tuple[array, ...]:
+        """Per-example arrays beside the token fields (none here; ``p_w`` for pairs)."""
+        return ()
+
 
 class PackedSFT(_Packed):
     """SFT examples (prompt, response) in compact arrays; indexing gives :class:`TokenizedSFT`."""
@@ -95,6 +112,9 @@ class PackedPairs(_Packed):
     def __init__(self):
         super().__init__()
         self.p_w = array("d")
+
+    def extra_arrays(self) -> tuple[array, ...]:
+        return (self.p_w,)
 
     def _example(self, i: int) -> TokenizedPair:
         return TokenizedPair(self.cols["prompt"][i], self.cols["chosen"][i], self.cols["rejected"][i], self.p_w[i])
@@ -154,23 +174,6 @@ def tokenize_chunk(rows: Sequence, tokenizer, report: LoadReport, out: _Packed, 
             out.cols[name].append(col[k])
 
 
-def load_packed_pairs(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
-                      max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedPairs, LoadReport]:
-    """The comparisons of ``source`` (any source of :func:`allroads.llm.data.rows.load_comparison_rows`) as
-    :class:`PackedPairs`, and the load report (reads, skips, cuts)."""
-    rows, report = load_comparison_rows(source, split, limit)
-    return _pack(rows, tokenizer, report, PackedPairs(), chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
-                 max_response_tokens=max_response_tokens), report
-
-
-def load_packed_sft(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
-                    max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedSFT, LoadReport]:
-    """The SFT rows of ``source`` (any source of :func:`allroads.llm.data.rows.load_sft_rows`) as :class:`PackedSFT`."""
-    rows, report = load_sft_rows(source, split, limit)
-    return _pack(rows, tokenizer, report, PackedSFT(), chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
-                 max_response_tokens=max_response_tokens), report
-
-
 def _pack(rows: list, tokenizer, report: LoadReport | None, out: _Packed, chunk: int, *, drop_rows: bool = False,
           **budgets) -> _Packed:
     """Tokenize ``rows`` into ``out`` chunk by chunk; ``drop_rows``: replace each packed chunk of ``rows`` (our own
@@ -184,15 +187,15 @@ def _pack(rows: list, tokenizer, report: LoadReport | None, out: _Packed, chunk:
 
 
 def pack_pairs(rows: Sequence, tokenizer, report: LoadReport | None = None, *, max_prompt_tokens: int = 512,
-               max_response_tokens: int = 53, chunk: int = 2048) -> PackedPairs:
+               max_response_tokens: int = 53, chunk: int = 2048, drop_rows: bool = False) -> PackedPairs:
     """``tokenize_pairs(rows, ...)`` of :mod:`allroads.llm.data.rows` (same examples, same report counts) as
-    :class:`PackedPairs`, for rows already in memory."""
-    return _pack(rows, tokenizer, report, PackedPairs(), chunk, max_prompt_tokens=max_prompt_tokens,
+    :class:`PackedPairs`; ``drop_rows``: free each packed chunk of ``rows`` (a list the caller gives away)."""
+    return _pack(rows, tokenizer, report, PackedPairs(), chunk, drop_rows=drop_rows, max_prompt_tokens=max_prompt_tokens,
                  max_response_tokens=max_response_tokens)
 
 
 def pack_sft(rows: Sequence, tokenizer, report: LoadReport | None = None, *, max_prompt_tokens: int = 512,
-             max_response_tokens: int = 53, chunk: int = 2048) -> PackedSFT:
-    """``tokenize_sft(rows, ...)`` as :class:`PackedSFT`, for rows already in memory."""
-    return _pack(rows, tokenizer, report, PackedSFT(), chunk, max_prompt_tokens=max_prompt_tokens,
+             max_response_tokens: int = 53, chunk: int = 2048, drop_rows: bool = False) -> PackedSFT:
+    """``tokenize_sft(rows, ...)`` as :class:`PackedSFT` (``drop_rows`` as in :func:`pack_pairs`)."""
+    return _pack(rows, tokenizer, report, PackedSFT(), chunk, drop_rows=drop_rows, max_prompt_tokens=max_prompt_tokens,
                  max_response_tokens=max_response_tokens)

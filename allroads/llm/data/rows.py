@@ -1,34 +1,8 @@
-r"""TL;DR data: loading (hub ids, local files, directories, synthetic), the paper's prompt format, batches.
+r"""TL;DR rows and their token ids: the row types, the paper's prompt format applied, batches.
 
-Sources (``source`` strings accepted by :func:`load_sft_rows` / :func:`load_comparison_rows`):
-
-* a hub dataset id, e.g. ``vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144``
-  (SFT), ``vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144`` (comparisons),
-  ``trl-lib/tldr`` / ``trl-lib/tldr-preference`` (pre-formatted ``prompt`` + ``completion`` /
-  ``chosen`` / ``rejected``, parsed back into subreddit/title/post), ``openai/summarize_from_feedback``
-  (config ``comparisons``; write ``id:config`` for another config). When no hub is reachable a
-  :class:`DataSourceError` says how to point at local files instead;
-* a local ``.jsonl`` / ``.json`` / ``.parquet`` file in the raw OpenAI schema (``tldr_3_filtered``:
-  id, subreddit, title, post, summary; ``comparisons``: info{post, title, subreddit},
-  summaries[{text}], choice) or in the pre-formatted ``prompt`` schema above;
-* a local directory: the files under it whose name starts with the split (``train.jsonl``,
-  ``data/train-00000-of-00001.parquet``, …);
-* ``synthetic[-TASK][:N[:SEED]]`` (``synthetic``, ``synthetic:N``, ``synthetic-lookup:N``, …): :mod:`allroads.llm.data.synthetic`
-  rows with a known score; TASK is ``facts`` (default), ``two_word`` or ``lookup``.
-
-The OpenAI release as local files (:mod:`allroads.llm.data.sources`): ``tldr_3_filtered/{train,valid,test}.jsonl``
-(``valid`` is the validation split) and ``comparisons/batch*.json`` (JSON lines whose ``split`` field is ``train``,
-``valid1`` or ``valid2``; validation = ``valid1`` ∪ ``valid2``); a hub dataset's parquet conversion
-(``<config>/<split>/*.parquet``) as a directory.
-
-Malformed rows. A line that is not UTF-8 or not JSON, a row that is not an object, lacks a required field, has
-a field of the wrong type (a number for a summary), an empty post or summary, or an invalid ``choice`` is named
-(``file:line``, ``file row i`` or ``hub_id[split] index i``) with its fix; every row is read first and one
-:class:`DataRowsError` reports them all (the first 20 named). Two cases are *skipped, counted and reported* in
-:class:`LoadReport`, as the paper's pipeline does: rows that are not TL;DR posts (the OpenAI comparisons
-validation split also holds CNN/DM articles, whose ``info`` has ``article`` and no ``post``, and
-trl-lib/tldr-preference's validation split holds them as ``TITLE: …`` prompts; the paper's 83.8K validation
-pairs are the TL;DR ones, Table 1), and pairs whose chosen and rejected texts are identical (no preference).
+Loading rows from hub ids, files, directories and the synthetic tasks is :mod:`allroads.llm.data.load`; this module
+holds what every stage that trains or scores needs and nothing that reads a source (so training code does not
+import the synthetic generator or the readers).
 
 Format (Table 1): the prompt template and the response encoding ``" " + summary + EOS`` live in
 :mod:`allroads.llm.data.tldr_format`. Responses longer than ``max_response_tokens`` (53, EOS included) are cut
@@ -36,18 +10,16 @@ to that many tokens (then they carry no EOS); the number cut is reported.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from allroads.llm.data.sources import BadRow, DataSourceError, iter_rows
-from allroads.llm.data.tldr_format import (PROMPT_TEMPLATE, TWO_WORD_PROMPT_TEMPLATE, _PROMPT_RE, encode_response, format_prompt)
+from allroads.llm.data.tldr_format import PROMPT_TEMPLATE, TWO_WORD_PROMPT_TEMPLATE, encode_response, format_prompt
 
 __all__ = [
-    "DataSourceError",
-    "DataRowsError",
-    "RowError",
     "LoadReport",
     "SFTRow",
     "PreferenceRow",
@@ -56,27 +28,14 @@ __all__ = [
     "PROMPT_TEMPLATE",
     "TWO_WORD_PROMPT_TEMPLATE",
     "format_prompt",
-    "load_sft_rows",
-    "load_comparison_rows",
     "tokenize_sft",
     "tokenize_pairs",
     "collate_sequences",
     "collate_sft",
     "collate_pairs",
+    "read_pairs",
     "nested_subset",
 ]
-
-class RowError(ValueError):
-    """One malformed row (the message names it and says how to fix it)."""
-
-
-class DataRowsError(ValueError):
-    """Malformed rows of one source: every one counted, the first :data:`MAX_REPORTED` named with their fix."""
-
-
-MAX_REPORTED = 20
-"""Malformed rows named in one :class:`DataRowsError` (all are counted)."""
-
 
 @dataclass
 class LoadReport:
@@ -138,145 +97,6 @@ class TokenizedPair:
 
 
 # ----------------------------------------------------------------------------------------- rows
-def _require(row, keys: Sequence[str], where: str, schema: str) -> None:
-    if isinstance(row, BadRow):
-        raise RowError(row.message)
-    if not isinstance(row, dict):
-        raise RowError(f"{where}: a row must be a JSON object with the {schema} fields, got a "
-                       f"{type(row).__name__} ({row!r:.80}); fix or remove this row")
-    missing = [k for k in keys if row.get(k) is None]
-    if missing:
-        raise RowError(f"{where}: missing field(s) {missing} (row keys: {sorted(row)}); expected the {schema} schema")
-
-
-def _text(row: dict, key: str, where: str, *, nonempty: bool = False) -> str:
-    """Field ``key`` of ``row`` as text: a string (``<|endoftext|>`` removed and stripped when ``nonempty``)."""
-    value = row[key]
-    if not isinstance(value, str):
-        raise RowError(f"{where}: field {key!r} must be text, got {type(value).__name__} {value!r:.80}; "
-                       "write it as a JSON string")
-    if nonempty:
-        value = value.replace("<|endoftext|>", "").strip()
-        if not value:
-            raise RowError(f"{where}: empty {key}; remove the row or fill in the {key}")
-    return value
-
-
-def _is_cnn_dm_prompt(prompt: str) -> bool:
-    """A pre-formatted CNN/DM prompt (``TITLE: …\n\n{article}\n\nTL;DR:``, in trl-lib/tldr-preference's validation
-    split), not a TL;DR post."""
-    return prompt.startswith("TITLE: ") and not prompt.startswith("SUBREDDIT:")
-
-
-def _parse_prompt(row: dict, where: str) -> tuple[str, str, str]:
-    m = _PROMPT_RE.match(_text(row, "prompt", where))
-    if not m:
-        raise RowError(f"{where}: 'prompt' is not in the format {PROMPT_TEMPLATE!r}; provide raw subreddit/title/post "
-                       "fields")
-    if not m["post"].strip():
-        raise RowError(f"{where}: empty post in 'prompt'; remove the row or fill in the post")
-    return m["subreddit"], m["title"], m["post"]
-
-
-def _fields(row: dict, where: str) -> tuple[str, str, str]:
-    """(subreddit, title, post) of a raw-schema row or ``info`` object."""
-    return _text(row, "subreddit", where), _text(row, "title", where), _text(row, "post", where, nonempty=True)
-
-
-def _sft_row(row, where: str, report: LoadReport | None = None) -> SFTRow | None:
-    """One SFT row; a CNN/DM prompt is skipped and counted when a ``report`` is given (None returned)."""
-    if isinstance(row, dict) and "prompt" in row and "post" not in row:
-        _require(row, ["prompt", "completion"], where, "prompt/completion (trl-lib/tldr)")
-        if report is not None and isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
-            report.skip("not a TL;DR post (CNN/DM article)")
-            return None
-        return SFTRow(*_parse_prompt(row, where), _text(row, "completion", where, nonempty=True), where)
-    _require(row, ["subreddit", "title", "post", "summary"], where, "tldr_3_filtered (id, subreddit, title, post, summary)")
-    return SFTRow(*_fields(row, where), _text(row, "summary", where, nonempty=True), where)
-
-
-def _comparison(row: dict, where: str, report: LoadReport) -> tuple | None:
-    """(subreddit, title, post, chosen, rejected) of an OpenAI ``comparisons`` row; None for a CNN/DM row (counted)."""
-    _require(row, ["info", "summaries", "choice"], where, "comparisons (info{post,title,subreddit}, summaries[{text}], choice)")
-    info = row["info"]
-    if not isinstance(info, dict):
-        raise RowError(f"{where}: 'info' must be an object with post, title, subreddit, got {type(info).__name__}")
-    if info.get("post") is None and info.get("article") is not None:
-        report.skip("not a TL;DR post (CNN/DM article)")
-        return None
-    _require(info, ["post", "title", "subreddit"], f"{where} info", "comparisons info")
-    summaries, choice = row["summaries"], row["choice"]
-    if not isinstance(summaries, list) or len(summaries) != 2 or any(
-            not isinstance(x, dict) or x.get("text") is None for x in summaries):
-        raise RowError(f"{where}: 'summaries' must be two objects with a 'text' field, got {summaries!r:.200}")
-    if type(choice) is not int or choice not in (0, 1):
-        raise RowError(f"{where}: 'choice' must be 0 or 1, got {choice!r}")
-    return (*_fields(info, f"{where} info"), _text(summaries[choice], "text", f"{where} summaries[{choice}]", nonempty=True),
-            _text(summaries[1 - choice], "text", f"{where} summaries[{1 - choice}]", nonempty=True))
-
-
-def _pref_row(row, where: str, report: LoadReport) -> PreferenceRow | None:
-    if isinstance(row, dict) and "prompt" in row and "info" not in row:
-        _require(row, ["prompt", "chosen", "rejected"], where, "prompt/chosen/rejected (trl-lib/tldr-preference)")
-        if isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
-            report.skip("not a TL;DR post (CNN/DM article)")
-            return None
-        fields = (*_parse_prompt(row, where), _text(row, "chosen", where, nonempty=True),
-                  _text(row, "rejected", where, nonempty=True))
-    else:
-        fields = _comparison(row, where, report)
-        if fields is None:
-            return None
-    if fields[3] == fields[4]:
-        report.skip("chosen == rejected (no preference)")
-        return None
-    p_w = row.get("p_w", 1.0)
-    if isinstance(p_w, bool) or not isinstance(p_w, (int, float)) or not 0.0 <= p_w <= 1.0:
-        raise RowError(f"{where}: 'p_w' must be a probability in [0, 1], got {p_w!r}")
-    return PreferenceRow(*fields, float(p_w), where)
-
-
-def _load(source: str, split: str, limit: int, synthetic, parse) -> tuple[list, LoadReport]:
-    """Parse every row of ``source``/``split`` with ``parse(raw, where, report)`` (None = skipped, counted); raise
-    one :class:`DataRowsError` naming up to :data:`MAX_REPORTED` malformed rows after reading them all."""
-    report = LoadReport(source=f"{source} [{split}]")
-    rows, errors = [], []
-    for where, raw in iter_rows(source, split, "--data", synthetic):
-        report.n_read += 1
-        try:
-            r = parse(raw, where, report)
-        except RowError as e:
-            errors.append(str(e))
-            continue
-        if r is not None:
-            rows.append(r)
-        if limit and len(rows) >= limit:
-            break
-    if errors:
-        shown = "" if len(errors) <= MAX_REPORTED else f" (the first {MAX_REPORTED} below)"
-        raise DataRowsError(f"{len(errors)} malformed row(s) of {report.n_read} read in {source} [{split}]{shown}; "
-                            "nothing was loaded. Fix or remove them:\n" + "\n".join(errors[:MAX_REPORTED]))
-    report.n_kept = len(rows)
-    return rows, report
-
-
-def load_sft_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[SFTRow], LoadReport]:
-    """Read SFT rows (module docstring lists the sources and the malformed-row policy).
-
-    ``limit`` > 0 keeps the first ``limit`` rows. Returns the rows and a :class:`LoadReport`.
-    """
-    from allroads.llm.data.synthetic import make_synthetic_sft
-
-    return _load(source, split, limit, make_synthetic_sft, _sft_row)
-
-
-def load_comparison_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[PreferenceRow], LoadReport]:
-    """Read comparison rows (chosen ≻ rejected); see the module docstring for sources and skips."""
-    from allroads.llm.data.synthetic import make_synthetic_comparisons
-
-    return _load(source, split, limit, make_synthetic_comparisons, _pref_row)
-
-
 # ----------------------------------------------------------------------------------------- format
 def tokenize_sft(rows: Sequence[SFTRow], tokenizer, report: LoadReport | None = None, *,
                  max_prompt_tokens: int = 512, max_response_tokens: int = 53) -> list[TokenizedSFT]:
@@ -355,3 +175,9 @@ def nested_subset(n: int, fraction: float, seed: int) -> list[int]:
     k = max(1, int(round(fraction * n)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[:k])
+
+
+def read_pairs(path: str | Path) -> list[TokenizedPair]:
+    """The preference pairs of a ``pairs.jsonl`` file (one :class:`TokenizedPair` as JSON per line), as the data
+    stages write them."""
+    return [TokenizedPair(**json.loads(line)) for line in Path(path).read_text().splitlines()]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from allroads.llm.data.synthetic import task_of
+
 __all__ = ["DataSourceError", "BadRow", "ROW_COLUMNS", "iter_rows", "row_split_matches"]
 
 _HUB_DEFAULT_CONFIG = {"openai/summarize_from_feedback": "comparisons"}
@@ -169,8 +171,6 @@ def iter_rows(source: str, split: str, flag: str, synthetic) -> Iterator[tuple[s
     """``(where, row)`` of ``split`` from ``source`` (module docstring); ``synthetic(n, seed, task)`` makes synthetic
     rows (``synthetic[-TASK][:N[:SEED]]``, :func:`allroads.llm.data.synthetic.task_of`)."""
     if source.startswith("synthetic"):
-        from allroads.llm.data.synthetic import task_of
-
         task, parts = task_of(source), source.split(":")
         n = int(parts[1]) if len(parts) > 1 else 512
         seed = int(parts[2]) if len(parts) > 2 else 0

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import re
 
-from allroads.llm.model.sample import Completion
-
 __all__ = ["PROMPT_TEMPLATE", "TWO_WORD_PROMPT_TEMPLATE", "format_prompt", "cut_post_once", "encode_prompt",
-           "encode_response", "completion_from_text"]
+           "encode_response"]
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 """The paper's prompt (Table 1)."""
 TWO_WORD_PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTwo-Word TL;DR:"
 """Fig. 10 (App. B.1): the standard prompt with "TL;DR:" replaced by "Two-Word TL;DR:"."""
-_PROMPT_RE = re.compile(r"^SUBREDDIT: r/(?P<subreddit>.*?)\n\nTITLE: (?P<title>.*?)\n\nPOST: (?P<post>.*)\n\nTL;DR:\s*$", re.S)
+PROMPT_RE = re.compile(r"^SUBREDDIT: r/(?P<subreddit>.*?)\n\nTITLE: (?P<title>.*?)\n\nPOST: (?P<post>.*)\n\nTL;DR:\s*$", re.S)
 
 
 def _n_tokens(tokenizer, text: str) -> int:
@@ -82,8 +80,3 @@ def encode_response(text: str, tokenizer, max_tokens: int | None = None) -> tupl
     if max_tokens is None:
         return ids, False
     return ids[:max_tokens], len(ids) > max_tokens
-
-
-def completion_from_text(text: str, tokenizer) -> Completion:
-    """``text`` (e.g. a reference summary) as a finished completion ``" " + text + EOS``."""
-    return Completion(text, tuple(encode_response(text, tokenizer)[0]), True)

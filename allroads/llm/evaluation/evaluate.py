@@ -23,14 +23,16 @@ from typing import Any, Sequence
 
 import torch
 
-from allroads.losses import bt_logits, select_best_of_n
+from allroads.llm.data.rouge import rouge_l_f1_batch
+from allroads.llm.judge.judge import judge_win_rate
 from allroads.llm.model.backend import DPORM, LLMBackend
+from allroads.losses import bt_logits, select_best_of_n
 
-__all__ = ["BTValidation", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
+__all__ = ["BTValidation", "standard_error", "bt_validation", "validation_likelihood", "policy_samples", "policy_win_rate",
            "policy_rouge", "best_of_n_curve", "Eq2Estimate", "eq2_objective", "on_policy_log_ratio"]
 
 
-def _sem(x: torch.Tensor) -> float:
+def standard_error(x: torch.Tensor) -> float:
     """Standard error of the mean of a 1-D sample (NaN for one value)."""
     return float(x.std() / math.sqrt(x.numel())) if x.numel() > 1 else float("nan")
 
@@ -58,7 +60,7 @@ def bt_validation(r_w: torch.Tensor, r_l: torch.Tensor) -> BTValidation:
         raise ValueError(f"need two equal non-empty 1-D score vectors, got {tuple(r_w.shape)} and {tuple(r_l.shape)}")
     ll = torch.nn.functional.logsigmoid(bt_logits(r_w.double(), r_l.double()))
     acc = ((r_w > r_l).double() + 0.5 * (r_w == r_l).double()).mean()
-    return BTValidation(float(ll.mean()), _sem(ll), float(acc), int(ll.numel()))
+    return BTValidation(float(ll.mean()), standard_error(ll), float(acc), int(ll.numel()))
 
 
 def validation_likelihood(backend: LLMBackend, scorer, prompts: Sequence[str], chosen: Sequence[str],
@@ -99,8 +101,6 @@ def policy_win_rate(backend: LLMBackend, policy, judge, prompts: Sequence[str], 
     One sample per prompt at T = 0.01 (``max_new_tokens``: the backend's budget unless given; 5 for the
     two-word TL;DR of Fig. 10). Returns the judge's summary (wins, losses, unparseable, errors, win_rate)
     plus ``unfinished`` (samples cut at the budget) and ``empty`` (empty summaries)."""
-    from allroads.llm.judge.judge import judge_win_rate
-
     comps, unfinished = policy_samples(backend, policy, prompts, n=1, temperature=temperature, seed=seed,
                                        max_new_tokens=max_new_tokens)
     texts = [row[0].text for row in comps]
@@ -118,15 +118,13 @@ def policy_rouge(backend: LLMBackend, policy, prompts: Sequence[str], references
     comparisons) is sampled once and its sample is scored against each row's reference, so every row counts
     once. Returns the mean over rows, its standard error, ``n`` rows, ``n_prompts`` distinct prompts and
     ``unfinished`` (of the distinct samples)."""
-    from allroads.llm.data.rouge import rouge_l_f1_batch
-
     if len(prompts) != len(references) or not prompts:
         raise ValueError(f"policy_rouge: {len(prompts)} prompts and {len(references)} references; need equal, non-zero")
     distinct = list(dict.fromkeys(prompts))
     comps, unfinished = policy_samples(backend, policy, distinct, n=1, temperature=temperature, seed=seed)
     text = {p: row[0].text for p, row in zip(distinct, comps)}
     f1 = torch.tensor(rouge_l_f1_batch([text[p] for p in prompts], list(references)), dtype=torch.float64)
-    return {"rouge_l": float(f1.mean()), "se": _sem(f1), "n": len(f1), "n_prompts": len(distinct),
+    return {"rouge_l": float(f1.mean()), "se": standard_error(f1), "n": len(f1), "n_prompts": len(distinct),
             "unfinished": unfinished}
 
 
@@ -145,8 +143,6 @@ def best_of_n_curve(backend: LLMBackend, policy, scorers: dict[str, Any], judge,
         raise ValueError(f"ns={ns}: need N >= 1")
     comps, unfinished = policy_samples(backend, policy, prompts, n=ns[-1], temperature=temperature, seed=seed)
     out: dict = {"unfinished": unfinished, "n_prompts": len(prompts), "curves": {}}
-    from allroads.llm.judge.judge import judge_win_rate
-
     for name, scorer in scorers.items():
         scores = backend.score(scorer, list(prompts), comps)  # (B, N_max)
         curve = {}
@@ -201,4 +197,4 @@ def eq2_objective(backend: LLMBackend, policy, ref, *, beta: float, pair_prompts
     val = validation_likelihood(backend, DPORM(policy, ref, beta), pair_prompts, chosen, rejected)
     ratio, _, unfinished = on_policy_log_ratio(backend, policy, ref, kl_prompts, n=n_samples, seed=seed)  # (B, n)
     flat = ratio.reshape(-1)
-    return Eq2Estimate(-val.loglik, float(flat.mean()), _sem(flat), beta, int(flat.numel()), unfinished)
+    return Eq2Estimate(-val.loglik, float(flat.mean()), standard_error(flat), beta, int(flat.numel()), unfinished)

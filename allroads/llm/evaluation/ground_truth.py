@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from allroads.llm.evaluation.evaluate import _sem, on_policy_log_ratio, policy_samples
+from allroads.llm.evaluation.evaluate import on_policy_log_ratio, policy_samples, standard_error
 
 __all__ = ["ground_truth_eval", "known_win_counts", "rm_score_eval"]
 
@@ -29,7 +29,7 @@ __all__ = ["ground_truth_eval", "known_win_counts", "rm_score_eval"]
 def _mean_se(x: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of the mean of a 1-D tensor (se NaN for one value)."""
     x = x.double()
-    return float(x.mean()), _sem(x)
+    return float(x.mean()), standard_error(x)
 
 
 def known_win_counts(scores: Sequence[float], ref_scores: Sequence[float]) -> dict:

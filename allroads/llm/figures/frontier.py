@@ -28,18 +28,18 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from allroads.llm.core.atomic import write_json
+from allroads.llm.evaluation.evaluate import on_policy_log_ratio, policy_samples, policy_win_rate, validation_likelihood
+from allroads.llm.evaluation.ground_truth import ground_truth_eval, rm_score_eval
+from allroads.llm.figures.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
+from allroads.llm.model.backend import DPORM, GlobalRM
 from allroads.llm.pipeline import data_stages as G
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.core.atomic import write_json
-from allroads.llm.model.backend import DPORM, GlobalRM
-from allroads.llm.evaluation.evaluate import (on_policy_log_ratio, policy_samples, policy_win_rate, validation_likelihood)
-from allroads.llm.figures.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
-from allroads.llm.evaluation.ground_truth import ground_truth_eval, rm_score_eval
-from allroads.llm.train.online_data import is_prefix_pair, train_online_dpo
 from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
 from allroads.llm.pipeline.settings import stage_config
-from allroads.llm.train.methods import train_dpo
+from allroads.llm.train.methods import train_dpo, train_online_dpo
+from allroads.llm.train.online_data import is_prefix_pair
 
 __all__ = ["METHODS", "ONLINE_LABELS", "frontier_curve", "evaluate_point", "global_rm", "premise", "figure_frontier"]
 
@@ -121,7 +121,7 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
     # epochs is the e-epoch model (the paper's linear decay would tie every point to the sweep's length)
     cfg = dataclasses.replace(cfg, save_every=per_epoch, schedule="constant")
 
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
         run = dataclasses.replace(cfg, output_dir=str(out / "run"))
         fit, model = _trainer(pipe, kind, start, pairs, run, label)
         sft_model, rm_model, points = pipe.policy(sft), pipe.reward_model(rm), []
@@ -134,18 +134,15 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
             pipe.log(f"[frontier_{kind}] lr {lr:g} epoch {e}: " + _point_line(points[-1]))
         write_json(out / "points.json", points)
 
-    spec = {"cfg": cfg, "label": label, "temper_policy": pipe.s.online.temper_policy, "seed": seed,
-            "eval": _eval_spec(pipe)}
     inputs = [start, sft, rm] + ([pairs] if pairs is not None else [])
-    return pipe.run(f"frontier_{kind}", spec, inputs, build)
+    reads = EVAL_READS + (("pft_limit",) if kind == "dpo" else ("online",))
+    return pipe.stage(f"frontier_{kind}", reads, inputs, build, cfg=cfg, label=label, seed=seed)
 
 
-def _eval_spec(pipe: Pipeline) -> dict:
-    s = pipe.s
-    return {"T": s.eval_sampling_temperature, "tokens": s.max_response_tokens, "n_kl": s.known_kl_samples,
-            "beta": s.dpo.beta, "known": s.known_score, "task": s.sft_data.split(":")[0], "n_test": s.n_test,
-            "eval_prompt_seed": s.eval_prompt_seed, "valid_limit": s.valid_limit, "pft": s.pft_data,
-            "judge": s.judge_id if not s.known_score else None, "sampler": pipe.sampler()}
+EVAL_READS = ("tokenizer", "model", "max_prompt_tokens", "max_response_tokens", "sampler", "online", "eval_micro_batch",
+              "device", "dtype", "sft_data", "n_test", "eval_prompt_seed", "eval_sampling_temperature", "judge_id",
+              "known_score", "dpo", "known_kl_samples", "valid_limit", "pft_data")
+"""The Settings fields :func:`evaluate_point` reads (every frontier stage's key holds them)."""
 
 
 def _point_line(p: dict) -> str:
@@ -168,13 +165,13 @@ def _sweep(pipe: Pipeline, fig, curve: Callable[[float], Artifact]) -> tuple[lis
 
 
 def _sft_point(pipe: Pipeline, sft: Artifact, rm: Artifact, seed: int) -> dict:
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
         model = pipe.policy(sft)
         model.eval()
         write_json(out / "point.json", {"lr": 0.0, "epochs": 0, "seed": seed,
                                         **evaluate_point(pipe, model, pipe.policy(sft), pipe.reward_model(rm), seed)})
 
-    art = pipe.run("frontier_sft", {"seed": seed, "eval": _eval_spec(pipe)}, [sft, rm], build)
+    art = pipe.stage("frontier_sft", EVAL_READS, [sft, rm], build, seed=seed)
     return json.loads((art.path / "point.json").read_text())
 
 

@@ -2,26 +2,35 @@ r"""The paper's TL;DR figures 3–12 as functions over the cached stage graph (:
 
 ``figure_N(pipe, fig) -> dict`` composes the stage functions it needs (:mod:`allroads.llm.pipeline.train_stages`,
 :mod:`allroads.llm.pipeline.data_stages`, :mod:`allroads.llm.pipeline.eval_stages`; each runs once and is cached by its config,
-inputs and code) and returns the figure's numbers: ``bars`` (mean ± s.e.
-over seeds) or ``curves``. :func:`run_figure` writes ``<figure>.json`` and ``<figure>.png``;
-:class:`FigureConfig` is one figure's experiment (``experiments/llm/configs/fig*.json``).
+inputs and code) and returns the figure's numbers: ``bars`` (mean ± s.e. over seeds) or ``curves``. :data:`FIGURES`
+holds one entry per figure; :func:`run_figure` writes ``<figure>.json`` and ``<figure>.png``; :class:`FigureConfig`
+is one figure's experiment (``experiments/llm/configs/<figure>.json``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from allroads.llm.core.atomic import write_json
+from allroads.llm.figures.frontier import figure_frontier
+from allroads.llm.figures.frontier_plot import draw_frontier
+from allroads.llm.figures.frontier_rules import RULES
 from allroads.llm.figures.plot import plot_figure
+from allroads.llm.figures.registry import FigureSpec, read_config, seed_problems
+from allroads.llm.figures.summary import (
+    add_curves,
+    frontier_lines,
+    judged_point,
+    mean_se,
+    summarise_curves,
+    summarise_online,
+)
 from allroads.llm.pipeline import data_stages as G
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.figures.frontier import figure_frontier
-from allroads.llm.figures.frontier_rules import RULES
 from allroads.llm.pipeline.context import Artifact, Pipeline
 
 __all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
@@ -60,46 +69,24 @@ class FigureConfig:
     notes: str = ""
     """What the figure shows (copied into its JSON)."""
 
+    def problems(self) -> list[str]:
+        """Every inconsistency of this config, one message each (empty when it is valid)."""
+        lrs = self.frontier_lrs
+        return seed_problems(self.seeds) + [message for ok, message in (
+            (self.figure in FIGURES, f"figure={self.figure!r}; known: {', '.join(FIGURES)}"),
+            (bool(lrs) and min(lrs) > 0 and self.frontier_max_epochs >= 1, f"frontier_lrs={lrs} must be positive, "
+             f"frontier_max_epochs={self.frontier_max_epochs} >= 1"),
+            (self.rule_pick in RULES, f"rule_pick={self.rule_pick!r}; use one of {RULES}"),
+            (all(0 < f <= 1 for f in self.fractions), f"fractions={self.fractions}: each must be in (0, 1]"),
+            (bool(self.policy_sizes and self.rm_sizes),
+             "policy_sizes and rm_sizes: need at least one size each (Fig. 9)"),
+            (bool(self.bon_ns) and min(self.bon_ns) >= 1, f"bon_ns={self.bon_ns}: need N >= 1"),
+        ) if not ok]
+
     def validate(self) -> None:
-        if self.figure not in FIGURES:
-            raise ValueError(f"figure={self.figure!r}; known: {sorted(FIGURES)}")
-        if not self.seeds:
-            raise ValueError("seeds: need at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds={self.seeds}: a seed twice would count one run twice (n doubles, s.e. shrinks); "
-                             "give distinct seeds")
-        if not self.frontier_lrs or min(self.frontier_lrs) <= 0 or self.frontier_max_epochs < 1:
-            raise ValueError(f"frontier_lrs={self.frontier_lrs} must be positive, frontier_max_epochs="
-                             f"{self.frontier_max_epochs} >= 1")
-        if self.rule_pick not in RULES:
-            raise ValueError(f"rule_pick={self.rule_pick!r}; use one of {RULES}")
-        if any(not 0 < f <= 1 for f in self.fractions):
-            raise ValueError(f"fractions={self.fractions}: each must be in (0, 1]")
-        if not self.policy_sizes or not self.rm_sizes:
-            raise ValueError("policy_sizes and rm_sizes: need at least one size each (Fig. 9)")
-        if not self.bon_ns or min(self.bon_ns) < 1:
-            raise ValueError(f"bon_ns={self.bon_ns}: need N >= 1")
-
-
-def _mean_se(xs: list[float]) -> dict:
-    xs = [x for x in xs if x is not None and x == x]  # NaN win rates (no decided pair) are left out, counted in n
-    if not xs:
-        return {"mean": None, "se": None, "n": 0, "values": []}
-    m = sum(xs) / len(xs)
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
-    return {"mean": m, "se": se, "n": len(xs), "values": xs}
-
-
-_JUDGE_COUNTS = (("n", "n_pairs"), ("wins", "wins"), ("losses", "losses"), ("errors", "errors"),
-                 ("unparseable", "unparseable"))
-
-
-def _judged_point(results: list[dict]) -> dict:
-    """Mean ± s.e. over seeds of judged win rates, with the judge's counts summed over the seeds under ``judged``
-    (``n`` pairs, ``wins``, ``losses``, ``errors``, ``unparseable``)."""
-    point = _mean_se([r["win_rate"] for r in results])
-    point["judged"] = {name: sum(r[key] for r in results) for name, key in _JUDGE_COUNTS}
-    return point
+        """Raise a ValueError naming every one of :meth:`problems`."""
+        if self.problems():
+            raise ValueError("; ".join(self.problems()))
 
 
 def _methods(pipe: Pipeline, seed: int, sft: Artifact, *, augment: bool = False) -> dict[str, Artifact]:
@@ -139,11 +126,11 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
             add(name, rate(art, seed))
             truth and truth.add(name, art, seed)
             _add_online(online, name, art)
-    out = {"metric": "win rate vs reference (judge)", "bars": {k: _judged_point(v) for k, v in vals.items()}}
+    out = {"metric": "win rate vs reference (judge)", "bars": {k: judged_point(v) for k, v in vals.items()}}
     if online:
-        out["online_dpo"] = _summarise_online(online)
+        out["online_dpo"] = summarise_online(online)
     if extra:
-        out["known_score"] = {k: _mean_se(v) for k, v in extra.items()}
+        out["known_score"] = {k: mean_se(v) for k, v in extra.items()}
     if truth:
         out["ground_truth"] = truth.bars()
     return out
@@ -176,7 +163,7 @@ class _GroundTruth:
 
     def bars(self) -> dict:
         """``{label: {policy: mean ± s.e. over seeds}}``."""
-        return {label: {name: _mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
+        return {label: {name: mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
                 for key, label in self._quantities()}
 
     def _quantities(self) -> list[tuple[str, str]]:
@@ -187,7 +174,7 @@ class _GroundTruth:
         out: dict = {}
         for key, label in self._quantities():
             for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-                out.setdefault(label, {}).setdefault(name, {})[str(x)] = _mean_se([r[key] for r in rs])
+                out.setdefault(label, {}).setdefault(name, {})[str(x)] = mean_se([r[key] for r in rs])
         return out
 
 
@@ -196,27 +183,6 @@ def _add_online(online: dict, name: str, art: Artifact) -> None:
     record = T.online_record(art)
     if record is not None:
         online.setdefault(name, []).append(record)
-
-
-def _summarise_online(online: dict) -> dict:
-    """``{policy: {"n_pairs": [per seed], "steps": [per seed], "batch_size": b}}``: how much online data each online
-    DPO had; ``steps`` 0 means too few pairs for one batch, so the policy is its start (``train_stages.online_dpo``)."""
-    return {name: {"n_pairs": [r["n_pairs"] for r in rs], "steps": [r["steps"] for r in rs],
-                   "batch_size": rs[0]["batch_size"]} for name, rs in online.items()}
-
-
-def _add_curves(curves: dict, panel: str, bon_result: dict) -> None:
-    """Append one seed's BoN win rates (``eval_stages.bon`` output) to ``curves[panel][rm][N]``."""
-    for rm_name, curve in bon_result["curves"].items():
-        for n, summ in curve.items():
-            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ)
-
-
-def _summarise_curves(curves: dict) -> dict:
-    """``{panel: {curve: {x: [judge summaries over seeds]}}}`` → the same with :func:`_judged_point` per point, x
-    sorted."""
-    return {panel: {name: {str(x): _judged_point(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
-            for panel, d in curves.items()}
 
 
 def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -233,7 +199,7 @@ def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
         m = _methods(pipe, seed, sft)
         for name in ("DPO", "Online DPO (DPO)"):
             vals.setdefault(name, []).append(E.eq2(pipe, m[name], sft, seed)["objective"])
-    return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: _mean_se(v) for k, v in vals.items()}}
+    return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: mean_se(v) for k, v in vals.items()}}
 
 
 def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -258,8 +224,8 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
             r = E.validation(pipe, kind, art, sft)
             vals.setdefault(kind, []).append(r["loglik"])
             acc.setdefault(kind, []).append(r["accuracy"])
-    out = {"metric": "validation log-likelihood", "bars": {k: _mean_se(v) for k, v in vals.items()},
-           "accuracy": {k: _mean_se(v) for k, v in acc.items()}}
+    out = {"metric": "validation log-likelihood", "bars": {k: mean_se(v) for k, v in vals.items()},
+           "accuracy": {k: mean_se(v) for k, v in acc.items()}}
     if pipe.s.known_score:
         out["labels"] = "known score: the synthetic validation pairs are labelled by the task's score"
     return out
@@ -274,14 +240,14 @@ def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
         rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
             res = E.bon(pipe, base, rms, sft, fig.bon_ns, seed)
-            _add_curves(curves, base_name, res)
+            add_curves(curves, base_name, res)
             for rm_name, curve in res.get("known_score", {}).items():
                 for n, v in curve.items():
                     known.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(v)
-    out = {"metric": "BoN win rate vs reference", "curves": _summarise_curves(curves)}
+    out = {"metric": "BoN win rate vs reference", "curves": summarise_curves(curves)}
     if known:
         out["ground_truth"] = {f"known score of the BoN pick, samples from {base}": {
-            rm: {str(n): _mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
+            rm: {str(n): mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
             for base, d in known.items()}
     return out
 
@@ -302,8 +268,8 @@ def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
             truth.add("DPO", dpo, seed, f)
             truth.add("Online DPO (SFT)", online, seed, f)
             _add_online(online_data, f"Online DPO (SFT), fraction {f:g}", online)
-    out = {"metric": "win rate vs reference", "curves": _summarise_curves({"SFT": curves}),
-           "online_dpo": _summarise_online(online_data)}
+    out = {"metric": "win rate vs reference", "curves": summarise_curves({"SFT": curves}),
+           "online_dpo": summarise_online(online_data)}
     if truth:
         out["ground_truth"] = truth.curves()
     return out
@@ -337,10 +303,10 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
     for seed in fig.seeds:
         rms = {f"RM {r}": T.rm(sized[r], sfts[r], seed) for r in fig.rm_sizes}
         for p in fig.policy_sizes:
-            _add_curves(curves, f"policy {p}",
+            add_curves(curves, f"policy {p}",
                         E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
     return {"metric": "BoN win rate vs reference (global RM per size)",
-            "models": {label: pipe.s.size_model(label) for label in sized}, "curves": _summarise_curves(curves)}
+            "models": {label: pipe.s.size_model(label) for label in sized}, "curves": summarise_curves(curves)}
 
 
 def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -375,52 +341,62 @@ def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
         for name, art in arts.items():
             vals.setdefault(name, []).append(E.rouge(pipe, art, seed)["rouge_l"])
     return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
-            "bars": {k: _mean_se(v) for k, v in vals.items()},
+            "bars": {k: mean_se(v) for k, v in vals.items()},
             "data": json.loads((data.path / "report.json").read_text())}
 
 
-FIGURES: dict[str, Callable[[Pipeline, FigureConfig], dict]] = {
-    "fig3": figure_3,
-    "fig4": figure_4,
-    "fig5": figure_5,
-    "fig6": figure_6,
-    "fig7": figure_7,
-    "fig8": figure_8,
-    "fig9": figure_9,
-    "fig10": figure_10,
-    "fig11": figure_11,
-    "fig12": figure_12,
-    "frontier": figure_frontier,
-}
+WIN_RATE = "win rate vs reference summaries (judge)"
+STANDARD = ("standard",)
+BON = {"quantity": "best-of-N win rate vs reference (judge)", "xlabel": "N (best of N)", "log_x": True,
+       "panel_title": "samples from {}", "judge_variants": STANDARD}
+FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
+    FigureSpec("fig3", figure_3, WIN_RATE, from_zero=True, judge_variants=STANDARD),
+    FigureSpec("fig4", figure_4, "Eq. 2 objective: KL(P_D‖P_π) + β·KL(P_π‖P_ref)", "lower"),
+    FigureSpec("fig5", figure_5, WIN_RATE, from_zero=True, judge_variants=STANDARD),
+    FigureSpec("fig6", figure_6, WIN_RATE, from_zero=True, judge_variants=STANDARD),
+    FigureSpec("fig7", figure_7, "validation log-likelihood, mean log σ(r_w − r_l)"),
+    FigureSpec("fig8", figure_8, **BON),
+    FigureSpec("fig9", figure_9, **BON),
+    FigureSpec("fig10", figure_10, "two-word win rate vs judge-written reference", from_zero=True,
+               judge_variants=("two_word",)),
+    FigureSpec("fig11", figure_11, "ROUGE-L F1 vs preferred completion", from_zero=True),  # no judge
+    FigureSpec("fig12", figure_12, WIN_RATE, xlabel="fraction of the preference data", from_zero=True,
+               judge_variants=STANDARD),
+    FigureSpec("frontier", figure_frontier, "value against KL(π‖π_sft)", judge_variants=STANDARD,  # where r* unknown
+               draw=draw_frontier, lines=frontier_lines),
+)}
+"""Every figure, one entry each (:class:`~allroads.llm.figures.registry.FigureSpec`): the PNG, the summary and the
+input checks read from it; its default config is ``experiments/llm/configs/<name>.json``."""
 
 
 def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset: str = "",
                extra: dict | None = None) -> dict:
-    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png``; return the numbers.
-    ``preset`` (``tiny`` / ``small`` / ``paper``) is recorded in the JSON and shown on the figure; ``extra`` (e.g.
-    the hyperparameter selection record) is copied into the JSON."""
+    """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png`` (each atomically: a reader
+    sees the old file or the new one); return the numbers. ``preset`` (``tiny`` / ``small`` / ``paper``) is recorded
+    in the JSON and shown on the figure; ``extra`` (e.g. the hyperparameter selection record) is copied into the
+    JSON. ``stages`` lists what the stage cache did for this figure (ran, reused, …), where the cache records it."""
     fig.validate()
-    numbers = FIGURES[fig.figure](pipe, fig)
+    spec = FIGURES[fig.figure]
+    records = getattr(pipe.cache, "records", None)
+    first = len(records) if records is not None else 0
+    numbers = spec.build(pipe, fig)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"figure": fig.figure, "preset": preset, "config": dataclasses.asdict(fig),
               "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **(extra or {}), **numbers}
+    if records is not None:
+        result["stages"] = [dict(r) for r in records[first:]]
     write_json(out / f"{fig.figure}.json", result)
-    plot_figure(result, out / f"{fig.figure}.png")
+    plot_figure(result, out / f"{fig.figure}.png", spec)
     return result
 
 
 def load_figure_config(path: str | Path, **overrides) -> FigureConfig:
-    """A :class:`FigureConfig` from JSON (lists become tuples); unknown keys raise a ValueError."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"figure config {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                         "fix the file") from e
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(FigureConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{path}: unknown FigureConfig field(s) {unknown}; valid: {sorted(names)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return FigureConfig(**values)
+    """A :class:`FigureConfig` from JSON (lists become tuples) with ``overrides`` (``None`` values skipped); a
+    ValueError listing every problem (not JSON, unknown fields, a field of the wrong type, each of
+    :meth:`FigureConfig.problems`), one line each naming the file."""
+    fig, problems = read_config(FigureConfig, path, overrides)
+    problems += [f"{path}: {p}" for p in (fig.problems() if fig is not None else [])]
+    if problems:
+        raise ValueError("\n".join(problems))
+    return fig

@@ -1,23 +1,29 @@
-r"""Everything a TL;DR run will need, checked before its first stage trains: every data file and split it reads
-(rows validated), the base models (their configs) and the tokenizer, and the judges (settings, API key present).
+r"""Everything a TL;DR run will need, checked before its first stage trains.
 
-:func:`check_inputs` runs every check and reports every problem in one :class:`PreflightError`, so a malformed
-preference file fails in seconds, not after hours of SFT.
+Before anything is built (:func:`run_problems`): the figure names (each a figure of
+:data:`~allroads.llm.figures.paper.FIGURES` or a JSON config path), every figure config (loaded and type-checked
+against :class:`~allroads.llm.figures.paper.FigureConfig`'s field types, its seeds distinct and non-empty, also after
+a seeds override) and the output and cache directories (a file can be created and removed there). Then, with the
+pipeline built (:func:`check_inputs`): every data file and split the run reads (rows validated), the base models
+(their configs) and the tokenizer, and the judges the figures' entries name (settings, API key present).
+
+Each step reports every problem it finds at once, so a malformed preference file or a typo in a config fails in
+seconds, not after hours of SFT.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterable
 
-from allroads.llm.figures.paper import FigureConfig
+from allroads.llm.figures.paper import FIGURES, FigureConfig, load_figure_config
+from allroads.llm.figures.registry import seed_problems
 from allroads.llm.pipeline.context import Pipeline
 
-__all__ = ["PreflightError", "JUDGE_VARIANTS_OF", "check_inputs"]
-
-JUDGE_VARIANTS_OF = {"fig3": ("standard",), "fig5": ("standard",), "fig6": ("standard",), "fig8": ("standard",),
-                     "fig9": ("standard",), "fig10": ("two_word",), "fig12": ("standard",),
-                     "frontier": ("standard",)}
-"""The judge prompts each figure uses (Figs. 4, 7 and 11 use no judge; the frontier asks it only where r* is
-unknown)."""
+__all__ = ["PreflightError", "judge_variants", "figure_paths", "load_figures", "writable_problem", "run_problems",
+           "check_inputs"]
 
 
 class PreflightError(ValueError):
@@ -33,6 +39,65 @@ def _check_model(name: str) -> None:
     AutoConfig.from_pretrained(name)
 
 
+def judge_variants(names: Iterable[str]) -> list[str]:
+    """The judge prompts the figures ``names`` ask, sorted (from each figure's entry in
+    :data:`~allroads.llm.figures.paper.FIGURES`; unknown names ask none)."""
+    return sorted({v for n in names if n in FIGURES for v in FIGURES[n].judge_variants})
+
+
+def figure_paths(names: Iterable[str], configs: Path) -> tuple[list[Path], list[str]]:
+    """Each of ``names`` as a config file: a ``.json`` path as given, a figure name as ``configs/<name>.json``; and a
+    problem for each name that is neither (listing the valid names)."""
+    paths, problems = [], []
+    for name in names:
+        if name.endswith(".json"):
+            paths.append(Path(name))
+        elif name in FIGURES:
+            paths.append(Path(configs) / f"{name}.json")
+        else:
+            problems.append(f"unknown figure {name!r}; valid: {', '.join(FIGURES)} (or a path to a .json config)")
+    return paths, problems
+
+
+def load_figures(paths: Iterable[Path], seeds: tuple[int, ...] | None = None) -> tuple[list[FigureConfig], list[str]]:
+    """Every config of ``paths`` (each checked as written: types, seeds, every field's range), with ``seeds``, if
+    given, in place of each file's; and every problem of them, each naming its file (``seeds`` by name)."""
+    figs, problems = [], []
+    for path in paths:
+        try:
+            fig = load_figure_config(path)
+        except ValueError as e:
+            problems += str(e).splitlines()
+            continue
+        figs.append(fig if seeds is None else dataclasses.replace(fig, seeds=tuple(seeds)))
+    if seeds is not None:
+        problems += seed_problems(tuple(seeds), "the seeds override")
+    return figs, problems
+
+
+def writable_problem(directory: Path, what: str) -> str | None:
+    """``None`` if ``directory`` exists or can be made and a file can be created and removed in it; else why not."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"{what} {directory}: not writable ({type(e).__name__}: {e.strerror or e}); choose another directory"
+    return None
+
+
+def run_problems(names: Iterable[str], configs: Path, *, seeds: tuple[int, ...] | None, out: Path,
+                 root: Path) -> tuple[list[FigureConfig], list[str]]:
+    """The figure configs of ``names`` (:func:`figure_paths`, :func:`load_figures`) and every problem of them, of
+    ``seeds`` and of the ``out`` (figures) and ``root`` (stage cache) directories; nothing is built."""
+    paths, problems = figure_paths(names, configs)
+    figs, more = load_figures(paths, seeds)
+    problems += more
+    problems += [p for p in (writable_problem(out, "--out"), writable_problem(root, "--root")) if p]
+    return figs, problems
+
+
 def _checks(pipe: Pipeline, figures: Iterable[FigureConfig]) -> list[tuple[str, Callable[[], object]]]:
     s, figs = pipe.s, list(figures)
     names = {f.figure for f in figs}
@@ -46,8 +111,7 @@ def _checks(pipe: Pipeline, figures: Iterable[FigureConfig]) -> list[tuple[str, 
         (f"preference data {s.pft_data!r} [train]", lambda: pipe.pft_rows("train", s.pft_limit)),
         (f"preference data {s.pft_data!r} [validation]", lambda: pipe.pft_rows("validation", s.valid_limit)),
     ]
-    variants = sorted({v for n in names for v in JUDGE_VARIANTS_OF.get(n, ())})
-    checks += [(f"judge ({v} prompt)", lambda v=v: pipe.judge(v)) for v in variants]
+    checks += [(f"judge ({v} prompt)", lambda v=v: pipe.judge(v)) for v in judge_variants(names)]
     return checks
 
 

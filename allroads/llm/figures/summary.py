@@ -1,8 +1,60 @@
-r"""A short console summary of one figure's numbers (:func:`allroads.llm.figures.paper.run_figure` output): one line per
-bar or curve point, with the judge's counts where the numbers are judged win rates."""
+r"""A figure's numbers summarised: over seeds (:func:`mean_se`, :func:`judged_point`, :func:`summarise_curves`: what
+the figure JSON holds per bar or curve point), and on the console (:func:`summary_lines` of
+:func:`allroads.llm.figures.paper.run_figure` output: one line per bar or curve point, with the judge's counts where
+the numbers are judged win rates)."""
 from __future__ import annotations
 
-__all__ = ["summary_lines", "frontier_lines"]
+import math
+
+from allroads.llm.figures.registry import FigureSpec
+
+__all__ = ["summary_lines", "frontier_lines", "mean_se", "judged_point", "summarise_online", "add_curves",
+           "summarise_curves"]
+
+
+def mean_se(xs: list[float]) -> dict:
+    """Mean ± s.e. over seeds of ``xs`` (``{"mean", "se", "n", "values"}``; s.e. None with one value, all None with
+    none); None and NaN values are left out."""
+    xs = [x for x in xs if x is not None and x == x]  # NaN win rates (no decided pair) are left out, counted in n
+    if not xs:
+        return {"mean": None, "se": None, "n": 0, "values": []}
+    m = sum(xs) / len(xs)
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
+    return {"mean": m, "se": se, "n": len(xs), "values": xs}
+
+
+JUDGE_COUNTS = (("n", "n_pairs"), ("wins", "wins"), ("losses", "losses"), ("errors", "errors"),
+                ("unparseable", "unparseable"))
+"""The judge's counts a judged point sums over seeds: name in the figure JSON, key in a win-rate result."""
+
+
+def judged_point(results: list[dict]) -> dict:
+    """Mean ± s.e. over seeds of judged win rates, with the judge's counts summed over the seeds under ``judged``
+    (``n`` pairs, ``wins``, ``losses``, ``errors``, ``unparseable``)."""
+    point = mean_se([r["win_rate"] for r in results])
+    point["judged"] = {name: sum(r[key] for r in results) for name, key in JUDGE_COUNTS}
+    return point
+
+
+def summarise_online(online: dict) -> dict:
+    """``{policy: {"n_pairs": [per seed], "steps": [per seed], "batch_size": b}}``: how much online data each online
+    DPO had; ``steps`` 0 means too few pairs for one batch, so the policy is its start (``train_stages.online_dpo``)."""
+    return {name: {"n_pairs": [r["n_pairs"] for r in rs], "steps": [r["steps"] for r in rs],
+                   "batch_size": rs[0]["batch_size"]} for name, rs in online.items()}
+
+
+def add_curves(curves: dict, panel: str, bon_result: dict) -> None:
+    """Append one seed's BoN win rates (``eval_stages.bon`` output) to ``curves[panel][rm][N]``."""
+    for rm_name, curve in bon_result["curves"].items():
+        for n, summ in curve.items():
+            curves.setdefault(panel, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(summ)
+
+
+def summarise_curves(curves: dict) -> dict:
+    """``{panel: {curve: {x: [judge summaries over seeds]}}}`` → the same with :func:`judged_point` per point, x
+    sorted."""
+    return {panel: {name: {str(x): judged_point(v) for x, v in sorted(c.items())} for name, c in sorted(d.items())}
+            for panel, d in curves.items()}
 
 
 def _value(point: dict) -> str:
@@ -21,13 +73,14 @@ def _counts(point: dict) -> str:
             f"{j['unparseable']} unparseable)")
 
 
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: dict, spec: FigureSpec | None = None) -> list[str]:
     """``<figure>: <metric>``, then ``  <bar>  mean ± s.e. (seeds; judged pairs, wins, losses, errors,
     unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve; then
-    the online DPO stages' pairs and optimizer steps per seed, and the ground-truth blocks."""
+    the online DPO stages' pairs and optimizer steps per seed, and the ground-truth blocks. A figure whose entry
+    ``spec`` has lines of its own (the frontier's :func:`frontier_lines`) gets those after the first line."""
     lines = [f"{result['figure']}: {result.get('metric', '')}"]
-    if result["figure"] == "frontier":
-        return lines + frontier_lines(result)
+    if spec is not None and spec.lines is not None:
+        return lines + spec.lines(result)
     if "bars" in result:
         width = max((len(k) for k in result["bars"]), default=0)
         lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}" for name, p in result["bars"].items()]

@@ -1,32 +1,36 @@
 r"""The judge's connection to an OpenAI-compatible chat API: config, client, answer cache and usage log.
 
 * :class:`JudgeConfig` — the model (a dated snapshot by default, :data:`DEFAULT_JUDGE_MODEL`), prompt variant,
-  seed, sampling parameters, retries, cache and log paths.
+  seed, sampling parameters, retries, the circuit breaker, cache and log paths.
 * :func:`make_client` — an ``openai.OpenAI`` client that retries as the openai client does (408, 409, 429, 5xx
   and connection errors; ``retry-after-ms`` / ``retry-after`` honoured; exponential backoff with jitter; at most
   ``max_retries`` times) except on a 429 whose error code is ``insufficient_quota``: no retry can succeed then,
   so it fails at once (a response hook marks it ``x-should-retry: false``, which the client obeys).
-* :class:`ResponseCache` — sqlite answers keyed by endpoint, model, sampling parameters and prompt.
+* :class:`~allroads.llm.judge.store.ResponseCache` — sqlite answers keyed by endpoint, model, sampling parameters
+  and prompt (:mod:`allroads.llm.judge.store`, with the usage log).
 * :class:`ChatClient` — one chat completion through the cache, with a JSONL usage log (tokens, the model that
-  answered, ``system_fingerprint``). The API key is never logged or written to disk.
+  answered, ``system_fingerprint``), and :meth:`ChatClient.map_requests`, a batch of them on a thread pool that
+  stops at once on :class:`~allroads.llm.judge.errors.JudgeCacheError` (a local file fault) or
+  :class:`~allroads.llm.judge.errors.JudgeUnavailable` (``max_consecutive_failures`` failed requests in a row).
+  The API key is never logged or written to disk.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sqlite3
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
+from allroads.llm.judge.errors import JudgeCacheError, JudgeStopped, JudgeUnavailable, describe_error
+from allroads.llm.judge.store import ResponseCache, UsageLog
 
 __all__ = ["DEFAULT_JUDGE_MODEL", "OPENAI_BASE_URL", "JUDGE_VARIANTS", "JudgeConfig", "make_client", "ResponseCache",
-           "ChatReply", "ChatClient", "endpoint_id"]
+           "ChatReply", "ChatClient", "endpoint_id", "JudgeCacheError", "JudgeStopped", "JudgeUnavailable"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 """OpenAI's endpoint; answers cached for it before endpoints were part of the cache key stay readable."""
@@ -56,10 +60,17 @@ class JudgeConfig:
     """Concurrent requests (threads)."""
     max_retries: int = 6
     """Retries of one request by the openai client (:func:`make_client`); then the pair is an error."""
+    max_consecutive_failures: int = 5
+    """Circuit breaker: after this many requests in a row that failed after all their retries (connection refused,
+    timeouts, 5xx, 429, 401/403/404; not a 400/413/422 refusal of one request, which says nothing about the
+    endpoint), the batch stops with :class:`~allroads.llm.judge.errors.JudgeUnavailable` instead of spending every
+    remaining pair's retries on a dead endpoint. One success resets the count."""
     timeout_s: float = 120.0
     """HTTP timeout of one request, seconds."""
     cache_path: str = ""
-    """sqlite file of answers (key: endpoint, model, temperature, token budget, sample index, prompt); "" = none."""
+    """sqlite file of answers (key: endpoint, model, temperature, token budget, sample index, prompt); "" = none.
+    A file that cannot be opened, read or written stops judging with
+    :class:`~allroads.llm.judge.errors.JudgeCacheError`."""
     usage_log_path: str = ""
     """JSONL file, one line per paid API call with its token usage and the answering model; "" = no log."""
     base_url: str = ""
@@ -73,7 +84,7 @@ class JudgeConfig:
             problems.append("model='' (name the judge model)")
         if self.temperature < 0:
             problems.append(f"temperature={self.temperature} (must be >= 0)")
-        for name in ("max_completion_tokens", "max_workers"):
+        for name in ("max_completion_tokens", "max_workers", "max_consecutive_failures"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.max_retries < 0:
@@ -126,51 +137,6 @@ def endpoint_id(base_url: str) -> str:
     return url
 
 
-class ResponseCache:
-    """Append-only sqlite cache of judge answers; safe to share between threads of one process.
-
-    Each ``put`` is one committed transaction, so an interrupted run keeps every answer it paid for. The
-    stored row holds the model, the prompt, the answer and its usage — never credentials.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, prompt TEXT, "
-            "content TEXT, usage TEXT, created REAL)"
-        )
-
-    @staticmethod
-    def key(model: str, temperature: float, max_tokens: int, sample_index: int, prompt: str, endpoint: str = "") -> str:
-        """SHA-256 of the request; ``endpoint`` (:func:`endpoint_id`) is left out for OpenAI's, as keys were
-        before endpoints were part of them."""
-        parts = [model, temperature, max_tokens, sample_index, prompt] + ([endpoint] if endpoint else [])
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-    def get(self, key: str) -> tuple[str, dict] | None:
-        with self._lock:
-            row = self._db.execute("SELECT content, usage FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
-
-    def put(self, key: str, model: str, prompt: str, content: str, usage: dict, *, replace: bool = False) -> None:
-        """Store an answer; an existing one under ``key`` is kept unless ``replace`` (a re-asked unusable answer)."""
-        with self._lock:
-            self._db.execute(
-                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers VALUES (?, ?, ?, ?, ?, ?)",
-                (key, model, prompt, content, json.dumps(usage), time.time()),
-            )
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
 @dataclass(frozen=True)
 class ChatReply:
     """One judge answer: its text, whether it came from the cache, the API's token usage."""
@@ -180,8 +146,22 @@ class ChatReply:
     usage: dict
 
 
+
+
+REQUEST_REFUSED = (400, 413, 422)
+"""HTTP statuses that refuse one request (its content or size), not the endpoint: not counted by the breaker."""
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
 class ChatClient:
-    """Chat completions of single user messages through the cache, with a usage log.
+    """Chat completions of single user messages through the cache, with a usage log and a circuit breaker.
+
+    A local file fault (cache or log; :class:`~allroads.llm.judge.errors.JudgeCacheError`) or
+    ``cfg.max_consecutive_failures`` failed requests in a row (:class:`~allroads.llm.judge.errors.JudgeUnavailable`)
+    stops this client: every later :meth:`complete` raises the same error at once, until the next
+    :meth:`map_requests` batch starts afresh.
 
     Args:
         cfg: :class:`JudgeConfig`.
@@ -192,18 +172,23 @@ class ChatClient:
     def __init__(self, cfg: JudgeConfig, *, client=None):
         self.cfg = cfg
         self.client = client if client is not None else make_client(cfg)
-        self.endpoint = endpoint_id(str(getattr(self.client, "base_url", "")))
+        self.base_url = str(getattr(self.client, "base_url", ""))
+        self.endpoint = endpoint_id(self.base_url)
         self.cache = ResponseCache(cfg.cache_path) if cfg.cache_path else None
-        self._log_lock = threading.Lock()
-        self._log = None
-        if cfg.usage_log_path:
-            Path(cfg.usage_log_path).parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(cfg.usage_log_path, "a", encoding="utf-8")
+        try:
+            self._log = UsageLog(cfg.usage_log_path) if cfg.usage_log_path else None
+        except JudgeCacheError:
+            self.close()
+            raise
+        self._state = threading.Lock()
+        self._failures_in_row = 0
+        self._stopped: JudgeStopped | None = None
+        self._unstored: list[dict] = []
 
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
-        if self._log is not None:
+        if getattr(self, "_log", None) is not None:
             self._log.close()
 
     def __enter__(self):
@@ -212,16 +197,14 @@ class ChatClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _log_usage(self, prompt: str, usage: dict, sample_index: int, response) -> None:
-        if self._log is None:
-            return
-        line = {"time": time.time(), "model": self.cfg.model, "response_model": getattr(response, "model", None),
-                "system_fingerprint": getattr(response, "system_fingerprint", None), "endpoint": self.endpoint,
-                "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "sample_index": sample_index, **usage}
-        with self._log_lock:
-            self._log.write(json.dumps(line) + "\n")
-            self._log.flush()
+    def n_cached(self) -> int | None:
+        """Answers in the cache file; None without a cache or when it cannot be read."""
+        try:
+            return None if self.cache is None else len(self.cache)
+        except JudgeCacheError:
+            return None
 
+    # --- one request ------------------------------------------------------------------------------
     def complete(self, prompt: str, *, sample_index: int = 0, temperature: float | None = None,
                  reask_if: Callable[[str], bool] | None = None) -> ChatReply:
         """One chat completion for a single user message, through the cache.
@@ -229,22 +212,109 @@ class ChatClient:
         ``sample_index`` distinguishes repeated samples of the same prompt in the cache (two-word summary
         generation asks twice); ``temperature`` overrides ``cfg.temperature`` for this call; a cached answer
         for which ``reask_if(answer)`` is True (e.g. unparseable) is asked again and replaced. Raises the
-        openai exception when the request fails after the client's retries.
+        openai exception when the request fails after the client's retries;
+        :class:`~allroads.llm.judge.errors.JudgeCacheError` when the cache or the log fails (the answer is then
+        still written where it can be: the log, the cache, ``error.unstored``);
+        :class:`~allroads.llm.judge.errors.JudgeUnavailable` when this was the ``max_consecutive_failures``-th
+        failed request in a row, or when the client has stopped.
         """
-        temperature = self.cfg.temperature if temperature is None else temperature
+        with self._state:
+            if self._stopped is not None:
+                raise self._stopped
+        try:
+            return self._complete(prompt, sample_index, self.cfg.temperature if temperature is None else temperature,
+                                  reask_if)
+        except JudgeStopped as err:
+            with self._state:
+                self._stopped = self._stopped or err
+            raise self._finish(err, [])
+
+    def _complete(self, prompt: str, sample_index: int, temperature: float, reask_if) -> ChatReply:
         key = ResponseCache.key(self.cfg.model, temperature, self.cfg.max_completion_tokens, sample_index, prompt,
                                 self.endpoint)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None and not (reask_if is not None and reask_if(hit[0])):
             return ChatReply(content=hit[0], cached=True, usage=hit[1])
-        response = self.client.chat.completions.create(
-            model=self.cfg.model, messages=[{"role": "user", "content": prompt}], temperature=temperature,
-            max_completion_tokens=self.cfg.max_completion_tokens, seed=self.cfg.seed + sample_index)
+        response = self._request(prompt, sample_index, temperature)
         content = response.choices[0].message.content or ""
         usage = {}
         if response.usage is not None:
             usage = {k: getattr(response.usage, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        self._log_usage(prompt, usage, sample_index, response)
-        if self.cache is not None:
-            self.cache.put(key, self.cfg.model, prompt, content, usage, replace=hit is not None)
+        self._keep(key, prompt, content, usage, sample_index, response, replace=hit is not None)
         return ChatReply(content=content, cached=False, usage=usage)
+
+    def _request(self, prompt: str, sample_index: int, temperature: float):
+        """The API call, counted by the circuit breaker."""
+        try:
+            response = self.client.chat.completions.create(
+                model=self.cfg.model, messages=[{"role": "user", "content": prompt}], temperature=temperature,
+                max_completion_tokens=self.cfg.max_completion_tokens, seed=self.cfg.seed + sample_index)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) not in REQUEST_REFUSED:
+                with self._state:
+                    self._failures_in_row += 1
+                    n = self._failures_in_row
+                if n >= self.cfg.max_consecutive_failures:
+                    raise JudgeUnavailable(self.base_url, n, describe_error(exc), cache_path=self.cfg.cache_path,
+                                           retries=getattr(self.client, "max_retries", self.cfg.max_retries)) from exc
+            raise
+        with self._state:
+            self._failures_in_row = 0
+        return response
+
+    def _keep(self, key: str, prompt: str, content: str, usage: dict, sample_index: int, response, *,
+              replace: bool) -> None:
+        """Write a paid answer to the cache and the usage log; each is tried even when the other fails, then the
+        first failure is raised (an answer the cache could not take is kept in the error's ``unstored``)."""
+        failures = []
+        if self.cache is not None:
+            try:
+                self.cache.put(key, self.cfg.model, prompt, content, usage, replace=replace)
+            except JudgeCacheError as err:
+                with self._state:
+                    self._unstored.append({"prompt": prompt, "content": content, "usage": usage})
+                failures.append(err)
+        if self._log is not None:
+            line = {"time": time.time(), "model": self.cfg.model, "response_model": getattr(response, "model", None),
+                    "system_fingerprint": getattr(response, "system_fingerprint", None), "endpoint": self.endpoint,
+                    "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "sample_index": sample_index,
+                    **usage}
+            try:
+                self._log.write(line)
+            except JudgeCacheError as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]
+
+    # --- a batch ----------------------------------------------------------------------------------
+    def map_requests(self, fn: Callable[[Job], Result], jobs: Sequence[Job]) -> list[Result]:
+        """``[fn(job) for job in jobs]`` on ``cfg.max_workers`` threads, where ``fn`` calls :meth:`complete`.
+
+        ``fn`` records ordinary request failures itself; a :class:`~allroads.llm.judge.errors.JudgeStopped` it lets
+        through stops the batch at once: jobs not yet started never run, requests in flight finish, and the
+        first such error is raised with ``n_cached``, ``completed`` (the results of the finished jobs) and, for a
+        cache error, ``unstored`` filled in. The circuit breaker starts afresh with each batch.
+        """
+        with self._state:
+            self._stopped, self._failures_in_row = None, 0
+        pool = ThreadPoolExecutor(max_workers=self.cfg.max_workers)
+        try:
+            futures = [pool.submit(fn, job) for job in jobs]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finished = [f for f in futures if not f.cancelled()]
+        if self._stopped is not None:
+            raise self._finish(self._stopped, [f.result() for f in finished if f.exception() is None])
+        for f in finished:
+            if f.exception() is not None:
+                raise f.exception()
+        return [f.result() for f in futures]
+
+    def _finish(self, err: JudgeStopped, completed: list) -> JudgeStopped:
+        """``err`` with the batch's final counts."""
+        err.n_cached, err.completed = self.n_cached(), tuple(completed)
+        if isinstance(err, JudgeCacheError):
+            with self._state:
+                err.unstored = list(self._unstored)
+        return err

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
+from allroads.llm.data.synthetic import synthetic_two_word_summary, task_score
+from allroads.llm.judge.client import make_client
+from allroads.llm.judge.judge import Judge, JudgeConfig
+from allroads.llm.judge.rule_server import RuleJudgeServer
 
 __all__ = ["JudgeFactory"]
 
@@ -26,9 +30,6 @@ class JudgeFactory:
         self.server = None
 
     def __call__(self, variant: str):
-        from allroads.llm.judge.judge import Judge, JudgeConfig
-        from allroads.llm.judge.client import make_client
-
         cfg = JudgeConfig(model=self.model if self.preset == "paper" else f"rule-judge-{self.task}", variant=variant,
                           base_url=self.base_url if self.preset == "paper" else "",
                           cache_path=str(self.root / f"judge-{self.preset}-{variant}.sqlite"),
@@ -36,9 +37,6 @@ class JudgeFactory:
                           max_workers=8 if self.preset == "paper" else 2)
         if self.preset == "paper":
             return Judge(cfg)
-        from allroads.llm.judge.rule_server import RuleJudgeServer
-        from allroads.llm.data.synthetic import synthetic_two_word_summary, task_score
-
         if self.server is None:
             self.server = RuleJudgeServer(score=task_score(self.task), write=synthetic_two_word_summary).start()
         return Judge(cfg, client=make_client(cfg, base_url=self.server.base_url, api_key="loopback-placeholder"))

@@ -13,7 +13,9 @@ rank two-word summaries for Fig. 10 (Appendix B.1). This module provides
 * :class:`Judge`: the ``openai`` client (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` from the environment,
   so any OpenAI-compatible server works; retries as :mod:`allroads.llm.judge.client` says), a thread pool, an
   sqlite cache keyed by (endpoint, model, sampling parameters, prompt) so that a rerun pays for nothing twice,
-  and a JSONL usage log. The API key is never logged or written to disk;
+  and a JSONL usage log. The API key is never logged or written to disk. A failed request is recorded and
+  counted; a local file fault (:class:`~allroads.llm.judge.errors.JudgeCacheError`) or a dead endpoint
+  (:class:`~allroads.llm.judge.errors.JudgeUnavailable`) stops the judging at once;
 * :meth:`Judge.compare` with the A/B order of each pair a function of (seed, post, the two texts), so a
   subset or a reordering of judged pairs asks the same prompts (and hits the cache), and the helpers
   :func:`judge_win_rate`, :func:`gpt_label_dataset` (Fig. 6), :func:`two_word_preference_dataset` and
@@ -30,18 +32,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Sequence
 
 from allroads.llm.judge.client import ChatClient, ChatReply, JudgeConfig, ResponseCache
+from allroads.llm.judge.errors import JudgeCacheError, JudgeStopped, JudgeUnavailable, describe_error
+from allroads.llm.judge.results import PairRecord, PairwiseResult
 
 __all__ = [
     "STANDARD_JUDGE_TEMPLATE", "TWO_WORD_JUDGE_TEMPLATE", "TWO_WORD_SUMMARY_TEMPLATE",
     "render_judge_prompt", "render_two_word_summary_prompt", "parse_preferred", "parse_summary", "first_shown_as_a",
     "JudgeConfig", "Judge", "ChatReply", "PairRecord", "PairwiseResult", "ResponseCache",
     "judge_win_rate", "preference_rows", "gpt_label_dataset", "two_word_preference_dataset",
-    "generate_two_word_summaries",
+    "generate_two_word_summaries", "JudgeCacheError", "JudgeStopped", "JudgeUnavailable",
 ]
 
 # ------------------------------------------------------------------------------------------------
@@ -169,80 +171,6 @@ def parse_summary(answer: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Results
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PairRecord:
-    """One judged pair. ``first`` is the candidate (policy sample), ``second`` the reference / other sample."""
-
-    index: int
-    """Position of the pair in the inputs."""
-    first_is_a: bool
-    """True when ``first`` was shown as Summary A (:func:`first_shown_as_a` of the result's seed)."""
-    preferred: str | None
-    """The parsed ``Preferred:`` label, ``"A"``/``"B"``, or None (unparseable or error)."""
-    first_wins: bool | None
-    """De-randomised outcome; None when unparseable or failed."""
-    answer: str
-    """The judge's raw answer ("" on error)."""
-    cached: bool
-    """Whether the answer came from the cache (no request sent)."""
-    error: str = ""
-    """The last exception's text when all retries failed; "" otherwise."""
-
-
-@dataclass(frozen=True)
-class PairwiseResult:
-    """Outcome of :meth:`Judge.compare`: counts from the point of view of ``first``."""
-
-    seed: int
-    model: str
-    variant: str
-    records: tuple[PairRecord, ...] = field(repr=False)
-
-    @property
-    def n_pairs(self) -> int:
-        return len(self.records)
-
-    @property
-    def wins(self) -> int:
-        return sum(r.first_wins is True for r in self.records)
-
-    @property
-    def losses(self) -> int:
-        return sum(r.first_wins is False for r in self.records)
-
-    @property
-    def unparseable(self) -> int:
-        """Answers received but without a valid ``Preferred:`` line."""
-        return sum(r.first_wins is None and not r.error for r in self.records)
-
-    @property
-    def errors(self) -> int:
-        """Pairs whose request failed after all retries (not cached; a rerun retries them)."""
-        return sum(bool(r.error) for r in self.records)
-
-    @property
-    def n_cached(self) -> int:
-        return sum(r.cached for r in self.records)
-
-    @property
-    def decided_win_rate(self) -> float:
-        """wins / (wins + losses): unparseable and failed pairs are excluded (and reported by count).
-        NaN when no pair was decided."""
-        decided = self.wins + self.losses
-        return self.wins / decided if decided else float("nan")
-
-    def summary(self) -> dict:
-        """JSON-ready counts for logs and result files."""
-        return {
-            "model": self.model, "variant": self.variant, "seed": self.seed, "n_pairs": self.n_pairs,
-            "wins": self.wins, "losses": self.losses, "unparseable": self.unparseable, "errors": self.errors,
-            "cached": self.n_cached, "win_rate": self.decided_win_rate,
-        }
-
-
-# ------------------------------------------------------------------------------------------------
 # The judge
 # ------------------------------------------------------------------------------------------------
 class Judge(ChatClient):
@@ -267,6 +195,10 @@ class Judge(ChatClient):
         a pair whose request fails after all retries is recorded with its error and counted, not raised,
         so that the answers already paid for are kept (and cached); check ``result.errors``. An unparseable answer
         is cached and counted, and asked again by the next ``compare`` of the same pair.
+
+        Raises :class:`~allroads.llm.judge.errors.JudgeCacheError` (the cache or usage log failed) or
+        :class:`~allroads.llm.judge.errors.JudgeUnavailable` (``cfg.max_consecutive_failures`` failed requests in a
+        row) at once, with ``error.partial``: the :class:`PairwiseResult` of the pairs finished before the stop.
         """
         _check_texts("Judge.compare", posts=posts, first=first, second=second)
         orders = [first_shown_as_a(self.cfg.seed, p, f, o) for p, f, o in zip(posts, first, second)]
@@ -276,16 +208,24 @@ class Judge(ChatClient):
             prompt = render_judge_prompt(posts[i], a, b, variant=self.cfg.variant)
             try:
                 reply = self.complete(prompt, reask_if=lambda answer: parse_preferred(answer) is None)
+            except JudgeStopped:
+                raise
             except Exception as exc:  # noqa: BLE001 (recorded in the result, counted in .errors)
-                code = f" ({exc.code})" if getattr(exc, "code", None) else ""
-                return PairRecord(i, orders[i], None, None, "", False, error=f"{type(exc).__name__}{code}: {exc}")
+                return PairRecord(i, orders[i], None, None, "", False, error=describe_error(exc))
             label = parse_preferred(reply.content)
             first_wins = None if label is None else (label == "A") == orders[i]
             return PairRecord(i, orders[i], label, first_wins, reply.content, reply.cached)
 
-        with ThreadPoolExecutor(max_workers=self.cfg.max_workers) as pool:
-            records = tuple(pool.map(one, range(len(posts))))
-        return PairwiseResult(seed=self.cfg.seed, model=self.cfg.model, variant=self.cfg.variant, records=records)
+        try:
+            records = self.map_requests(one, range(len(posts)))
+        except JudgeStopped as err:
+            err.partial = self._result(err.completed)
+            raise
+        return self._result(records)
+
+    def _result(self, records: Sequence[PairRecord]) -> PairwiseResult:
+        cfg = self.cfg
+        return PairwiseResult(seed=cfg.seed, model=cfg.model, variant=cfg.variant, records=tuple(records))
 
 
 def _check_texts(where: str, **lists: Sequence[str]) -> None:
@@ -369,7 +309,8 @@ def generate_two_word_summaries(
 
     Returns ``out[i][k]``: the parsed ``Summary:`` value, or None when the answer had no valid
     ``Summary:`` line or the request failed (the caller counts and drops those). The paper does not give
-    the sampling temperature; the default 1.0 makes the two samples differ. Cached per (prompt, k).
+    the sampling temperature; the default 1.0 makes the two samples differ. Cached per (prompt, k). A local file
+    fault or a dead endpoint raises as in :meth:`Judge.compare`.
     """
     _check_texts("generate_two_word_summaries", posts=posts)
     if n < 1:
@@ -379,11 +320,12 @@ def generate_two_word_summaries(
         i, k = job
         try:
             reply = judge.complete(render_two_word_summary_prompt(posts[i]), sample_index=k, temperature=temperature)
+        except JudgeStopped:
+            raise
         except Exception:  # noqa: BLE001 (reported as None, counted by the caller)
             return None
         return parse_summary(reply.content)
 
     jobs = [(i, k) for i in range(len(posts)) for k in range(n)]
-    with ThreadPoolExecutor(max_workers=judge.cfg.max_workers) as pool:
-        flat = list(pool.map(one, jobs))
+    flat = judge.map_requests(one, jobs)
     return [flat[i * n:(i + 1) * n] for i in range(len(posts))]

@@ -10,10 +10,9 @@ the prompt asks for::
     Preferred: A
 
 so that :func:`allroads.llm.judge.judge.parse_preferred` works on its answers. Like an API that resolves a model alias,
-it answers as model ``<requested>-snapshot`` with ``system_fingerprint`` ``fp_loopback``. Failure injection for tests:
-the first ``fail_first`` requests get HTTP ``fail_status`` (429 or 5xx); prompts for which ``malformed``
-returns True get an answer without a valid ``Preferred:`` line; ``fail_code`` and ``fail_headers`` shape those
-failures (``insufficient_quota``, ``retry-after-ms``). Every request is counted and its JSON body kept.
+it answers as model ``<requested>-snapshot`` with ``system_fingerprint`` ``fp_loopback``. The tiny and small presets
+judge with it (:class:`~allroads.llm.judge.factory.JudgeFactory`); a subclass can count requests or inject failures
+by overriding :meth:`RuleJudgeServer.handle` and :meth:`RuleJudgeServer.answer`.
 
 Only loopback addresses are accepted; the server runs in a daemon thread until :meth:`stop` (or the end of
 a ``with`` block).
@@ -25,6 +24,7 @@ Example::
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -78,12 +78,6 @@ class RuleJudgeServer:
             (ties go to A). Default :func:`overlap_score`.
         respond: ``respond(prompt) -> str`` overriding the whole answer (e.g. for generation prompts);
             when given, ``score`` is not used.
-        fail_first: answer the first ``fail_first`` requests with HTTP ``fail_status`` (an OpenAI-style
-            error body) before answering normally.
-        fail_status: the status used by ``fail_first`` (408, 409, 429 rate limit, or a 5xx server error).
-        fail_code: the error body's ``code`` of those failures (e.g. ``insufficient_quota``); "" = none.
-        fail_headers: headers sent with those failures (e.g. ``{"retry-after-ms": "10"}``).
-        malformed: ``malformed(prompt) -> bool``; when True the answer has no valid ``Preferred:`` line.
         write: ``write(post, k) -> str``, the stand-in writer of two-word summaries: a two-word summary-writing
             prompt (App. B.1) is answered ``Summary: <write(post, k)>`` where k is the request's ``seed`` (the
             judge client sends seed + sample index, so the two samples of one post differ and each always gets
@@ -91,9 +85,6 @@ class RuleJudgeServer:
             requests of the same prompt. None: such prompts get the "could not find" answer.
         host: a loopback address; anything else raises ValueError.
         port: 0 = a free port chosen by the OS.
-
-    Attributes (read them after requests): ``n_requests`` (every POST, failed ones included),
-    ``n_answered`` (200 answers), ``prompts`` (the user message of every answered request, in order).
     """
 
     def __init__(
@@ -101,11 +92,6 @@ class RuleJudgeServer:
         score: Callable[[str, str], float] = overlap_score,
         *,
         respond: Callable[[str], str] | None = None,
-        fail_first: int = 0,
-        fail_status: int = 429,
-        fail_code: str = "",
-        fail_headers: dict[str, str] | None = None,
-        malformed: Callable[[str], bool] | None = None,
         write: Callable[[str, int], str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -115,23 +101,11 @@ class RuleJudgeServer:
                 f"RuleJudgeServer(host={host!r}): only loopback addresses {LOOPBACK_HOSTS} are allowed; "
                 "this test server must not be reachable from other machines."
             )
-        if fail_first < 0:
-            raise ValueError(f"RuleJudgeServer(fail_first={fail_first}): must be >= 0.")
-        if not (fail_status in (408, 409, 429) or 500 <= fail_status <= 599):
-            raise ValueError(
-                f"RuleJudgeServer(fail_status={fail_status}): use 408, 409, 429 (rate limit) or a 5xx server error."
-            )
-        self.score, self.respond, self.malformed, self.write = score, respond, malformed, write
+        self.score, self.respond, self.write = score, respond, write
         self._written: dict[str, int] = {}
-        self.fail_first, self.fail_status = fail_first, fail_status
-        self.fail_code, self.fail_headers = fail_code, dict(fail_headers or {})
-        self.requests: list[dict] = []
-        """The JSON body of every well-formed request, in order (model, sampling parameters, messages)."""
-        self.n_requests = 0
-        self.n_answered = 0
-        self.prompts: list[str] = []
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -164,7 +138,7 @@ class RuleJudgeServer:
 
     # --- answering -------------------------------------------------------------------------------
     def answer(self, prompt: str, seed: int | None = None) -> str:
-        """The assistant message for ``prompt`` (no failure injection); ``seed``: the request's seed, if any."""
+        """The assistant message for ``prompt``; ``seed``: the request's seed, if any."""
         if self.respond is not None:
             return self.respond(prompt)
         if self.write is not None and (post := split_summary_prompt(prompt)) is not None:
@@ -172,8 +146,6 @@ class RuleJudgeServer:
                 k = self._written.get(prompt, 0)
                 self._written[prompt] = k + 1
             return f"Summary: {self.write(post, k if seed is None else int(seed))}"
-        if self.malformed is not None and self.malformed(prompt):
-            return "Comparison: Both summaries are fine.\nPreferred: both"
         split = split_judge_prompt(prompt)
         if split is None:
             return "Comparison: I could not find a post and two summaries.\nPreferred: none"
@@ -181,68 +153,58 @@ class RuleJudgeServer:
         choice = "A" if self.score(post, a) >= self.score(post, b) else "B"
         return f"Comparison: Summary {choice} scores higher under the rule.\nPreferred: {choice}"
 
-    def _handler_class(self):
-        server = self
+    def handle(self, path: str, body: bytes) -> tuple[int, dict, dict[str, str]]:
+        """The HTTP status, JSON body and extra headers of the response to one ``POST`` of ``body`` to ``path``."""
+        if path.rstrip("/") != "/v1/chat/completions":
+            return 404, {"error": {"message": f"unknown path {path}", "type": "not_found"}}, {}
+        try:
+            req = json.loads(body)
+            prompt = "\n".join(m["content"] for m in req["messages"] if m["role"] == "user")
+        except (ValueError, KeyError, TypeError) as e:
+            return 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}}, {}
+        return 200, self.completion(req, self.answer(prompt, req.get("seed"))), {}
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
+    def completion(self, req: dict, content: str) -> dict:
+        """The ``chat.completion`` body answering ``req`` with ``content`` (usage: whitespace-separated words)."""
+        prompt = "\n".join(m["content"] for m in req["messages"] if m["role"] == "user")
+        prompt_tokens, completion_tokens = len(prompt.split()), len(content.split())
+        return {
+            "id": f"chatcmpl-local-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": f"{req.get('model', 'rule-judge')}-snapshot",
+            "system_fingerprint": "fp_loopback",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
-            def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length", 0))
-                raw = self.rfile.read(length)
-                with server._lock:
-                    server.n_requests += 1
-                    fail = server.n_requests <= server.fail_first
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"unknown path {self.path}", "type": "not_found"}})
-                    return
-                if fail:
-                    kind = "rate_limit_error" if server.fail_status == 429 else "server_error"
-                    error = {"message": "injected failure", "type": kind, "code": server.fail_code or None}
-                    self._send(server.fail_status, {"error": error}, server.fail_headers)
-                    return
-                try:
-                    req = json.loads(raw)
-                    prompt = "\n".join(m["content"] for m in req["messages"] if m["role"] == "user")
-                except (ValueError, KeyError, TypeError) as e:
-                    self._send(400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
-                    return
-                with server._lock:
-                    server.requests.append(req)
-                content = server.answer(prompt, req.get("seed"))
-                with server._lock:
-                    server.n_answered += 1
-                    server.prompts.append(prompt)
-                    n = server.n_answered
-                prompt_tokens, completion_tokens = len(prompt.split()), len(content.split())
-                self._send(200, {
-                    "id": f"chatcmpl-local-{n}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": f"{req.get('model', 'rule-judge')}-snapshot",
-                    "system_fingerprint": "fp_loopback",
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    },
-                })
+def _handler_class(server: RuleJudgeServer):
+    """The request handler of ``server``: every POST answered by :meth:`RuleJudgeServer.handle`."""
 
-        return Handler
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, body, headers = server.handle(self.path, raw)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

@@ -29,10 +29,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from allroads.llm.data.rouge import rouge_l_f1
 from allroads.llm.data.rows import collate_sequences
+from allroads.llm.data.tldr_format import encode_prompt, encode_response
 from allroads.llm.model.models import rewards, sequence_logps
 from allroads.llm.model.sample import Completion, SamplingConfig, sample
-from allroads.llm.data.tldr_format import completion_from_text, encode_prompt
 
 __all__ = ["LLMBackend", "GlobalRM", "LocalRM", "DPORM", "RougeRM", "FunctionRM", "Completions"]
 
@@ -206,8 +207,6 @@ class RougeRM:
     in several preference rows, each with its own preferred completion)."""
 
     def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
-        from allroads.llm.data.rouge import rouge_l_f1
-
         if isinstance(self.references, dict):
             missing = [i for i, p in enumerate(prompts) if p not in self.references]
             if missing:
@@ -232,3 +231,8 @@ class FunctionRM:
     def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
         return torch.tensor([[float(self.fn(p, c.text)) for c in row] for p, row in zip(prompts, completions)],
                             dtype=torch.float64)
+
+
+def completion_from_text(text: str, tokenizer) -> Completion:
+    """``text`` (e.g. a reference summary) as a finished completion ``" " + text + EOS``."""
+    return Completion(text, tuple(encode_response(text, tokenizer)[0]), True)

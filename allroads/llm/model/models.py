@@ -24,8 +24,6 @@ __all__ = [
     "HubUnreachableError",
     "tiny_config",
     "tiny_shape",
-    "load_tokenizer",
-    "build_tiny_tokenizer",
     "load_policy",
     "load_reward_model",
     "reward_model_from_policy",
@@ -42,7 +40,7 @@ class HubUnreachableError(RuntimeError):
     """A hub model/tokenizer id could not be opened (offline, no cache)."""
 
 
-def _hub_error(name: str, what: str, err: Exception) -> HubUnreachableError:
+def hub_error(name: str, what: str, err: Exception) -> HubUnreachableError:
     return HubUnreachableError(
         f"could not load {what} {name!r}: {type(err).__name__}: {str(err)[:300]}\n"
         f"No hub reachable (or HF_HUB_OFFLINE=1)? Download it where the hub is reachable "
@@ -64,27 +62,6 @@ def tiny_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: in
     )
 
 
-def build_tiny_tokenizer(words: list[str] | None = None):
-    """An offline word-level tokenizer over the synthetic vocabulary (whitespace-split words).
-
-    Ids: ``<|endoftext|>`` = 0 (EOS, as in Pythia), ``<|padding|>`` = 1, ``<unk>`` = 2, then ``words``.
-    Decoding joins words with single spaces (newlines are not kept).
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from allroads.llm.data.synthetic import synthetic_vocabulary
-
-    words = words if words is not None else synthetic_vocabulary()
-    vocab = {"<|endoftext|>": 0, "<|padding|>": 1, "<unk>": 2}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|padding|>",
-                                   unk_token="<unk>")
-
-
 def quiet_progress_bars() -> None:
     """Turn off the load/save progress bars of transformers and huggingface_hub (stage logs keep their own lines)."""
     from huggingface_hub.utils import disable_progress_bars
@@ -94,37 +71,13 @@ def quiet_progress_bars() -> None:
     disable_progress_bars()
 
 
-def load_tokenizer(name: str):
-    """``"tiny"`` → :func:`build_tiny_tokenizer`; a ``tokenizer.json`` path → the GPT-NeoX-20B BPE from a
-    file; otherwise ``AutoTokenizer.from_pretrained(name)``. A pad token
-    distinct from EOS is ensured (Pythia: ``<|padding|>`` = 1)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if name == "tiny":
-        return build_tiny_tokenizer()
-    if name.endswith(".json"):
-        return PreTrainedTokenizerFast(tokenizer_file=name, eos_token="<|endoftext|>", pad_token="<|padding|>")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except Exception as err:  # noqa: BLE001
-        if Path(name).exists():
-            raise
-        raise _hub_error(name, "tokenizer", err) from err
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        if "<|padding|>" in tok.get_vocab():
-            tok.pad_token = "<|padding|>"
-        else:
-            tok.add_special_tokens({"pad_token": "<|padding|>"})
-    return tok
-
-
 def _from_pretrained(cls, name: str, what: str, **kw):
     try:
         return cls.from_pretrained(name, **kw)
     except Exception as err:  # noqa: BLE001
         if Path(name).exists():
             raise
-        raise _hub_error(name, what, err) from err
+        raise hub_error(name, what, err) from err
 
 
 def tiny_shape(name: str) -> tuple[int, int] | None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gc
 
+from allroads.llm.model.completions import PromptSamples, SamplingResult, make_completion
+
 __all__ = ["request_params", "engine", "release_engine", "sample_vllm"]
 
 _ENGINE: dict = {}  # one engine at a time: {(path, logprobs, gpu_memory): vllm.LLM}
@@ -70,8 +72,6 @@ def sample_vllm(llm, tokenizer, prompts: list[str], encoded: list[list[int]], cf
     """Sample with the engine ``llm``; returns a :class:`allroads.llm.model.sample.SamplingResult`."""
     from vllm.inputs import TokensPrompt
 
-    from allroads.llm.model.sample import PromptSamples, SamplingResult, _completion
-
     requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in encoded]
     outputs = llm.generate(requests, request_params(len(prompts), cfg, eos), use_tqdm=False)
     result = []
@@ -83,7 +83,7 @@ def sample_vllm(llm, tokenizer, prompts: list[str], encoded: list[list[int]], cf
             if o.finish_reason == "stop" and eos not in ids:
                 ids.append(eos)  # vLLM may omit the stop token; restore it so the EOS is seen
                 step = None  # no log-prob for the restored token
-            comps.append(_completion(tokenizer, ids, eos, cfg, step))
+            comps.append(make_completion(tokenizer, ids, eos, cfg, step))
         if cfg.greedy:
             comps = comps * cfg.n
         result.append(PromptSamples(prompt, tuple(comps)))

@@ -14,27 +14,31 @@ A :class:`Pipeline` is what the stages of one run share and nothing else: the ca
 """
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from allroads.llm.data import rows as D
-from allroads.llm.model import models as M
-from allroads.llm.model.backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
 from allroads.llm.core.config import config_key
-from allroads.llm.data.packed import PackedPairs, pack_pairs
-from allroads.llm.model.sample import SamplingConfig
-from allroads.llm.pipeline.settings import Settings, paper_settings, tiny_settings
+from allroads.llm.data import load as L
+from allroads.llm.data import rows as D
+from allroads.llm.data.packed import PackedPairs, PackedSFT, pack_pairs, pack_sft
+from allroads.llm.data.synthetic import task_of, task_score
+from allroads.llm.model import models as M
+from allroads.llm.model import tokenizer as TK
+from allroads.llm.model.backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
+from allroads.llm.model.sample import SamplingConfig, vllm_available
 from allroads.llm.pipeline.cache import Artifact, StageCache
+from allroads.llm.pipeline.settings import Settings, paper_settings, tiny_settings
+from allroads.llm.pipeline.spec import GuardedSettings, stage_spec
 
 __all__ = ["Pipeline", "Artifact", "Settings", "paper_settings", "tiny_settings", "read_pairs"]
 
 
 def read_pairs(art: Artifact) -> list[D.TokenizedPair]:
     """The preference pairs a data stage wrote (``pairs.jsonl``)."""
-    return [D.TokenizedPair(**json.loads(line)) for line in (art.path / "pairs.jsonl").read_text().splitlines()]
+    return D.read_pairs(art.path / "pairs.jsonl")
 
 
 class Pipeline:
@@ -47,11 +51,14 @@ class Pipeline:
         self.s = settings
         self.judge_factory = judge_factory
         self.log = log
-        self._tok = None
-        self._rows: dict[tuple, Any] = {}  # data rows and tokenized pairs, loaded once per run
+        self._rows: dict[tuple, Any] = {}  # tokenizers, data rows and tokenized pairs, loaded once per run
         self._judges: dict[str, Any] = {}
-        self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         M.quiet_progress_bars()
+
+    @property
+    def device(self) -> str:
+        """``Settings.device``, or CUDA when available."""
+        return self.s.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def executed(self) -> list[str]:
@@ -60,9 +67,11 @@ class Pipeline:
 
     @property
     def tokenizer(self):
-        if self._tok is None:
-            self._tok = M.load_tokenizer(self.s.tokenizer_name)
-        return self._tok
+        """The tokenizer ``Settings.tokenizer_name``, loaded once per run."""
+        key = ("tokenizer", self.s.tokenizer_name)
+        if key not in self._rows:
+            self._rows[key] = TK.load_tokenizer(key[1])
+        return self._rows[key]
 
     def for_model(self, model: str) -> "Pipeline":
         """This run with ``model`` as every stage's base model (Fig. 9's per-size SFT policies and RMs): same cache,
@@ -76,7 +85,6 @@ class Pipeline:
         other = Pipeline.__new__(Pipeline)
         other.__dict__.update(self.__dict__)
         other.s = settings
-        other._tok = self.tokenizer
         return other
 
     def backend(self) -> LLMBackend:
@@ -96,10 +104,10 @@ class Pipeline:
         return self._rows[key]
 
     def sft_rows(self, split: str, limit: int):
-        return self._cached_rows(D.load_sft_rows, self.s.sft_data, split, limit)
+        return self._cached_rows(L.load_sft_rows, self.s.sft_data, split, limit)
 
     def pft_rows(self, split: str, limit: int):
-        return self._cached_rows(D.load_comparison_rows, self.s.pft_data, split, limit)
+        return self._cached_rows(L.load_comparison_rows, self.s.pft_data, split, limit)
 
     def pft_train_rows(self, fraction: float = 1.0):
         """The PFT training rows, or the nested ``fraction`` of them drawn with ``subset_seed`` (Fig. 12)."""
@@ -116,6 +124,24 @@ class Pipeline:
         if key not in self._rows:
             self._rows[key] = pack_pairs(self.pft_train_rows(fraction), self.tokenizer,
                                          max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens)
+        return self._rows[key]
+
+    def sft_examples(self) -> PackedSFT:
+        """The tokenized SFT training rows (``sft_limit`` of them), tokenized once per run for each set of settings
+        they depend on."""
+        s = self.s
+        key = ("sft", s.sft_data, s.sft_limit, s.tokenizer_name, s.max_prompt_tokens, s.max_response_tokens)
+        if key not in self._rows:
+            self._rows[key] = pack_sft(self.sft_rows("train", s.sft_limit), self.tokenizer,
+                                       max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens)
+        return self._rows[key]
+
+    @property
+    def tokenizer_digest(self) -> str:
+        """:func:`~allroads.llm.model.tokenizer.tokenizer_digest` of :attr:`tokenizer` (what stage keys hold of it)."""
+        key = ("tokenizer_digest", self.s.tokenizer_name)
+        if key not in self._rows:
+            self._rows[key] = TK.tokenizer_digest(self.tokenizer)
         return self._rows[key]
 
     def prompt_text(self, r, two_word: bool = False) -> str:
@@ -166,12 +192,11 @@ class Pipeline:
     def known_score(self):
         """The known score ``f(post, summary)`` of the synthetic task of ``Settings.sft_data``
         (:func:`allroads.llm.data.synthetic.task_score`)."""
-        from allroads.llm.data.synthetic import task_of, task_score
-
         return task_score(task_of(self.s.sft_data))
 
     def judge(self, variant: str = "standard"):
-        if self.judge_factory is None:
+        """The judge of prompt ``variant`` (``standard`` or ``two_word``), ``Settings.judge_id``."""
+        if not self.s.judge_id or self.judge_factory is None:
             raise ValueError("this figure needs a judge: give Pipeline a judge_factory (the tiny preset starts the "
                              "loopback rule judge; the paper preset needs OPENAI_API_KEY)")
         if variant not in self._judges:
@@ -184,13 +209,26 @@ class Pipeline:
         samples drawn by one sampler are never reused for the other."""
         if self.s.sampler != "auto":
             return self.s.sampler
-        from allroads.llm.model.sample import vllm_available
-
         return "vllm" if torch.device(self.device).type == "cuda" and vllm_available() else "hf"
 
-    def run(self, kind: str, spec: dict, inputs: list[Artifact], build: Callable[[Path], None]) -> Artifact:
-        """One cached stage (:meth:`StageCache.run`)."""
-        return self.cache.run(kind, spec, inputs, build)
+    def run(self, kind: str, spec, inputs: list[Artifact], build: Callable[[Path], None], *,
+            code: str | None = None) -> Artifact:
+        """One cached stage (:meth:`StageCache.run`); ``code``: the module whose import closure the key hashes
+        (default: ``build``'s module)."""
+        return self.cache.run(kind, spec, inputs, build, **({} if code is None else {"code": code}))
+
+    def stage(self, kind: str, reads: Iterable[str], inputs: list[Artifact], build: Callable[[Path, "Pipeline"], None],
+              **args) -> Artifact:
+        """A cached closure stage: ``build(out, pipe)`` runs with a ``pipe`` whose settings are only the fields
+        ``reads`` (:class:`~allroads.llm.pipeline.spec.GuardedSettings`: reading another raises), keyed by those
+        fields' values (``device`` excepted), ``args`` (plus the resolved sampler when ``sampler`` is read), the inputs'
+        hashes and the code of ``build``'s module
+        (:func:`~allroads.llm.pipeline.spec.stage_spec`)."""
+        if "sampler" in reads:  # the sampler actually used ("auto" resolved), so hf and vLLM samples never mix
+            args = {**args, "resolved_sampler": self.sampler()}
+        spec = stage_spec(kind, self.s, reads, **args)
+        guarded = self.with_settings(GuardedSettings(self.s, spec.reads, kind))
+        return self.run(kind, spec, inputs, functools.partial(build, pipe=guarded), code=build.__module__)
 
     def settings_block(self) -> dict:
         """The settings as JSON-able data (for the figure JSON)."""

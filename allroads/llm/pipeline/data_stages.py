@@ -15,16 +15,28 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from allroads.online import Scored, best_worst_pairs, best_worst_soft_pairs
-from allroads.llm.data import rows as D
 from allroads.llm.core.atomic import write_json, write_jsonl
-from allroads.llm.model.backend import RougeRM
+from allroads.llm.data import load as L
+from allroads.llm.data import rows as D
+from allroads.llm.data.tldr_format import encode_prompt, encode_response
 from allroads.llm.evaluation.evaluate import policy_samples
 from allroads.llm.judge.judge import generate_two_word_summaries, gpt_label_dataset, two_word_preference_dataset
-from allroads.llm.train.online_data import (build_online_pairs, online_diversity, online_report, save_scored, to_tokenized_pairs)
+from allroads.llm.model.backend import RougeRM
 from allroads.llm.pipeline.context import Artifact, Pipeline
 from allroads.llm.pipeline.settings import online_config
-from allroads.llm.data.tldr_format import encode_prompt, encode_response
+from allroads.llm.train.online_data import (
+    build_online_pairs,
+    online_diversity,
+    online_report,
+    save_scored,
+    to_tokenized_pairs,
+)
+from allroads.online import Scored, best_worst_pairs, best_worst_soft_pairs
+
+TOKENS = ("tokenizer", "model", "max_prompt_tokens")
+"""Settings that make a prompt's token ids."""
+SAMPLES = ("max_response_tokens", "sampler", "online", "eval_micro_batch", "device", "dtype")
+"""Settings of the backend that samples and scores (:meth:`Pipeline.backend`, :meth:`Pipeline.policy`)."""
 
 __all__ = ["online_pairs", "rouge_data", "gpt_label_data", "two_word_data", "two_word_refs"]
 
@@ -57,17 +69,16 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
     Writes ``scored.jsonl``
     (re-rankable), ``pairs.jsonl``, ``report.json`` (with ``shortfall``: rows without a pair) and
     ``sampling.json`` (the sampling temperature, which online DPO's π_ref uses)."""
-    s = pipe.s
-    ocfg = online_config(s, seed=seed, prompt_augmentation=augment)
-    if two_word:
-        ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
-
     labels = {"hard": best_worst_pairs, "soft": best_worst_soft_pairs}
     if label not in labels:
         raise ValueError(f"online_pairs: label={label!r}; use one of {sorted(labels)}")
 
-    def build(out: Path):
-        rows = D.load_comparison_rows(heldout, "validation")[0] if heldout else pipe.pft_train_rows(fraction)
+    def build(out: Path, pipe: Pipeline):
+        s = pipe.s
+        ocfg = online_config(s, seed=seed, prompt_augmentation=augment)
+        if two_word:
+            ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
+        rows = L.load_comparison_rows(heldout, "validation")[0] if heldout else pipe.pft_train_rows(fraction)
         prompts = [pipe.prompt_text(r, two_word) for r in rows]  # one sampling per row
         if augment:
             seen = set(prompts)
@@ -86,14 +97,11 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
                                                "redraws have no pair" if report["shortfall"] else ""))
 
     inputs = [start] + ([rm] if rm else []) + ([sft] if sft and rm_kind == "dpo" else [])
-    spec = {"cfg": ocfg, "rm_kind": rm_kind, "fraction": fraction, "subset_seed": s.subset_seed if fraction < 1 else None,
-            "pft": s.pft_data, "pft_limit": s.pft_limit, "sft_data": s.sft_data if augment else "", "two_word": two_word,
-            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
-    if heldout:
-        spec["heldout"] = heldout
-    if label != "hard":  # the hard-label key stays as it was, so existing caches keep their hits
-        spec["label"] = label
-    return pipe.run("online_pairs", spec, inputs, build)
+    reads = TOKENS + SAMPLES + ("pft_data", "pft_limit") + (("subset_seed",) if fraction < 1 else ())
+    reads += (("sft_data", "sft_limit") if augment else ()) + (("two_word_tokens",) if two_word else ())
+    reads += {"local": ("local_rm",), "dpo": ("dpo",), "known": ("sft_data",)}.get(rm_kind, ())
+    return pipe.stage("online_pairs", reads, inputs, build, seed=seed, rm_kind=rm_kind, fraction=fraction,
+                      augment=augment, two_word=two_word, heldout=heldout, label=label)
 
 
 def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:
@@ -102,9 +110,8 @@ def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:
     prompt's samples by ROUGE-L F1 against *that row's* preferred completion (ties → lowest index; rows whose
     samples all score the same are dropped and counted). Writes ``scored.jsonl`` (per row: samples + ROUGE-L),
     ``references.json``, ``pairs.jsonl``, ``report.json``."""
-    s, o = pipe.s, online_config(pipe.s)
-
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
+        s, o = pipe.s, online_config(pipe.s)
         rows = pipe.pft_rows("train", s.pft_limit)
         row_prompts = [pipe.prompt_text(r) for r in rows]
         distinct = list(dict.fromkeys(row_prompts))
@@ -124,9 +131,7 @@ def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:
         pipe.log(f"[rouge_data] {report}")
         _write_pairs(out, to_tokenized_pairs(be, pairs))
 
-    spec = {"online": o, "data_seed": s.data_seed, "pft": s.pft_data, "pft_limit": s.pft_limit,
-            "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens, "sampler": pipe.sampler()}
-    return pipe.run("rouge_data", spec, [sft], build)
+    return pipe.stage("rouge_data", TOKENS + SAMPLES + ("data_seed", "pft_data", "pft_limit"), [sft], build)
 
 
 def gpt_label_data(pipe: Pipeline, sft: Artifact) -> Artifact:
@@ -135,9 +140,8 @@ def gpt_label_data(pipe: Pipeline, sft: Artifact) -> Artifact:
     (B.4). Pairs whose two samples have the same text carry no preference and are dropped; unparseable answers
     are dropped; both are counted in ``report.json``. A failed judge request fails the stage (rerun to retry it;
     answers already received are cached). Writes ``labelled.jsonl`` (texts), ``pairs.jsonl``, ``report.json``."""
-    s, o = pipe.s, online_config(pipe.s)
-
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
+        s, o = pipe.s, online_config(pipe.s)
         prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", s.pft_limit))
         be = pipe.backend()
         comps, unfinished = policy_samples(be, pipe.policy(sft), prompts, n=2, temperature=o.sampling_temperature,
@@ -161,10 +165,8 @@ def gpt_label_data(pipe: Pipeline, sft: Artifact) -> Artifact:
         pipe.log(f"[gpt_label_data] {report}")
         _write_pairs(out, pairs)
 
-    spec = {"online": o, "data_seed": s.data_seed, "pft": s.pft_data, "pft_limit": s.pft_limit,
-            "judge": s.judge_id, "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens,
-            "sampler": pipe.sampler()}
-    return pipe.run("gpt_label_data", spec, [sft], build)
+    reads = TOKENS + SAMPLES + ("data_seed", "pft_data", "pft_limit", "judge_id")
+    return pipe.stage("gpt_label_data", reads, [sft], build)
 
 
 def two_word_data(pipe: Pipeline) -> Artifact:
@@ -173,9 +175,8 @@ def two_word_data(pipe: Pipeline) -> Artifact:
     two-word B.4 prompt; pairs are ("Two-Word TL;DR:" prompt, " " + summary + EOS cut to ``two_word_tokens``).
     Posts without two valid ``Summary:`` answers, with two equal summaries, or with an unparseable verdict
     are dropped and counted in ``report.json``; a failed verdict request fails the stage."""
-    s = pipe.s
-
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
+        s = pipe.s
         prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", s.pft_limit), two_word=True)
         judge = pipe.judge("two_word")
         sums = generate_two_word_summaries(judge, posts, n=2, temperature=s.two_word_writer_temperature)
@@ -198,9 +199,8 @@ def two_word_data(pipe: Pipeline) -> Artifact:
         pipe.log(f"[two_word_data] {report}")
         _write_pairs(out, pairs)
 
-    spec = {"pft": s.pft_data, "pft_limit": s.pft_limit, "judge": s.judge_id, "T": s.two_word_writer_temperature,
-            "tokens": s.two_word_tokens, "tokenizer": s.tokenizer_name, "max_prompt_tokens": s.max_prompt_tokens}
-    return pipe.run("two_word_data", spec, [], build)
+    reads = TOKENS + ("pft_data", "pft_limit", "judge_id", "two_word_writer_temperature", "two_word_tokens")
+    return pipe.stage("two_word_data", reads, [], build)
 
 
 def two_word_refs(pipe: Pipeline) -> Artifact:
@@ -208,9 +208,8 @@ def two_word_refs(pipe: Pipeline) -> Artifact:
     holdout set"): one two-word summary per SFT-test post (``n_test_two_word`` random ones, :meth:`Pipeline.test_rows`)
     from the judge model.
     Posts without a valid ``Summary:`` answer are left out of the evaluation and counted."""
-    s = pipe.s
-
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
+        s = pipe.s
         rows = pipe.test_rows(s.n_test_two_word)
         sums = generate_two_word_summaries(pipe.judge("two_word"), [r.post for r in rows], n=1,
                                            temperature=s.two_word_writer_temperature)
@@ -220,6 +219,5 @@ def two_word_refs(pipe: Pipeline) -> Artifact:
         write_json(out / "refs.json", refs)
         write_json(out / "report.json", {"n_posts": len(rows), "n_missing": len(rows) - len(refs), "n_refs": len(refs)})
 
-    spec = {"sft_data": s.sft_data, "n": s.n_test_two_word, "judge": s.judge_id, "T": s.two_word_writer_temperature,
-            "eval_prompt_seed": s.eval_prompt_seed}
-    return pipe.run("two_word_refs", spec, [], build)
+    reads = ("sft_data", "n_test_two_word", "judge_id", "two_word_writer_temperature", "eval_prompt_seed")
+    return pipe.stage("two_word_refs", reads, [], build)

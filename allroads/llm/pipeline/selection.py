@@ -34,18 +34,17 @@ import json
 import shutil
 from pathlib import Path
 
-from allroads.llm.pipeline import data_stages as G
-from allroads.llm.model import models as M
 from allroads.llm.core.atomic import write_json
-from allroads.llm.model.backend import DPORM, GlobalRM, LocalRM
-from allroads.llm.evaluation.evaluate import validation_likelihood
+from allroads.llm.data import load as L
 from allroads.llm.data.packed import pack_sft
-from allroads.llm.train.online_data import train_online_dpo
+from allroads.llm.evaluation.evaluate import validation_likelihood
+from allroads.llm.model import models as M
+from allroads.llm.model.backend import DPORM, GlobalRM, LocalRM
+from allroads.llm.pipeline import data_stages as G
+from allroads.llm.pipeline import train_stages as T
 from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
 from allroads.llm.pipeline.settings import SelectionConfig, Settings, stage_config
-from allroads.llm.train.methods import train_dpo, train_local_rm, train_rm, train_sft
-from allroads.llm.data import rows as D
-from allroads.llm.pipeline import train_stages as T
+from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_dpo, train_rm, train_sft
 
 __all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "STAGES"]
 
@@ -76,7 +75,7 @@ def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None,
     """(train(stop_after), model, ref, held-out rows) of one grid run."""
     s, run = pipe.s, cfg
     if kind == "sft":
-        rows, _ = D.load_sft_rows(source, "validation")
+        rows, _ = L.load_sft_rows(source, "validation")
         data = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
                         max_response_tokens=cfg.max_response_tokens)
         model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
@@ -87,8 +86,8 @@ def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None,
         model, ref, data = pipe.policy(sft), pipe.policy(sft), read_pairs(train_art)
         fit = lambda stop: train_online_dpo(model, pipe.policy(sft), data, run, sampling_temperature=t,  # noqa: E731
                                             temper_policy=s.online.temper_policy, stop_after=stop)
-        return fit, model, ref, D.load_comparison_rows(source, "validation")[0]
-    rows, _ = D.load_comparison_rows(source, "validation")
+        return fit, model, ref, L.load_comparison_rows(source, "validation")[0]
+    rows, _ = L.load_comparison_rows(source, "validation")
     data, ref = pipe.human_pairs(), pipe.policy(sft) if kind == "dpo" else None
     model = (M.load_reward_model(str(sft.path / "model"), tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
              if kind == "rm" else pipe.policy(sft))
@@ -112,7 +111,7 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
         n_train = len(read_pairs(pairs)) if kind == "online_dpo" else len(pipe.human_pairs())
     cfg = dataclasses.replace(cfg, save_every=n_train // cfg.batch_size)
 
-    def build(out: Path):
+    def build(out: Path, pipe: Pipeline):
         train, model, ref, rows = _train_fn(pipe, kind, dataclasses.replace(cfg, output_dir=str(out / "run")), source,
                                             sft, pairs)
         losses: list[float] = []
@@ -127,10 +126,11 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
         shutil.copy(out / "run" / "metrics.jsonl", out / "metrics.jsonl")
         shutil.rmtree(out / "run")
 
-    spec = {"cfg": cfg, "heldout": source, "selection_seed": sel.seed, "criterion": _CRITERION[kind]}
-    if patience:
-        spec["patience"] = patience
-    return pipe.run(f"select_{kind}", spec, [a for a in (sft, pairs) if a is not None], build)
+    reads = ("tokenizer", "model", "max_prompt_tokens", "max_response_tokens", "sampler", "online", "eval_micro_batch",
+             "device", "dtype") + (("sft_data", "sft_limit") if kind == "sft" else ("pft_data", "pft_limit"))
+    reads += {"local_rm": ("local_rm",), "dpo": ("dpo",), "online_dpo": ("dpo",)}.get(kind, ())
+    return pipe.stage(f"select_{kind}", reads, [a for a in (sft, pairs) if a is not None], build, cfg=cfg,
+                      heldout=source, selection_seed=sel.seed, criterion=_CRITERION[kind], patience=patience)
 
 
 def patience_spent(losses: list[float], patience: int) -> bool:

@@ -11,8 +11,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from allroads.llm.core.config import (DEFAULT_JUDGE_MODEL, PFT_HUB_ID, PYTHIA_1B4, SFT_HUB_ID, DPOConfig, LocalRMConfig, RMConfig, SFTConfig, TrainConfig)
-from allroads.llm.train.online_data import OnlineDataConfig
+from allroads.llm.core.config import (
+    DEFAULT_JUDGE_MODEL,
+    PFT_HUB_ID,
+    PYTHIA_1B4,
+    SFT_HUB_ID,
+    DPOConfig,
+    LocalRMConfig,
+    OnlineDataConfig,
+    RMConfig,
+    SFTConfig,
+    TrainConfig,
+)
+from allroads.llm.data.synthetic import TASKS
 
 __all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "small_settings", "SMALL_BETA",
            "SMALL_ONLINE_TEMPERATURE", "stage_config", "online_config"]
@@ -221,8 +232,6 @@ def small_settings(task: str = "facts", **overrides) -> Settings:
     pairs, 512 validation pairs, 256 test prompts; β fixed (:data:`SMALL_BETA`); the local RM's β = 1/H with H the
     response budget (Table 4's 1/53); learning rates and epochs are chosen per stage on held-out data
     (:mod:`allroads.llm.pipeline.selection`), the values here are the grid's starting point."""
-    from allroads.llm.data.synthetic import TASKS
-
     if task not in TASKS:
         raise ValueError(f"task={task!r}; use one of {TASKS}")
     source = "synthetic" if task == "facts" else f"synthetic-{task}"

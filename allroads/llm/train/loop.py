@@ -27,12 +27,21 @@ from typing import Callable
 
 import torch
 
-from allroads.llm.train import checkpoint as ckpt
 from allroads.llm.core.atomic import write_json
 from allroads.llm.core.config import TrainConfig, config_hash
-from allroads.llm.train.distributed import (DistInfo, all_reduce_sum, barrier, clip_grad_norm, init_distributed, no_sync, unwrap, wrap_model)
-from allroads.llm.train.metrics import MetricsWriter, plot_metrics
 from allroads.llm.model.models import RewardModel
+from allroads.llm.train import checkpoint as ckpt
+from allroads.llm.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    clip_grad_norm,
+    init_distributed,
+    no_sync,
+    unwrap,
+    wrap_model,
+)
+from allroads.llm.train.metrics import MetricsWriter, plot_metrics
 from allroads.llm.train.resume import check_output_dir, finished_history_metrics, mark_finished
 
 __all__ = ["History", "StepLoss", "optimize", "resolve_device", "output_dir", "batch_to"]

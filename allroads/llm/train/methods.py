@@ -12,22 +12,23 @@ accumulation, AdamW and schedule, metrics, checkpoints and exact resume).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Sequence
 
 import torch
 
-from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 from allroads.llm.core.atomic import torch_save
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
 from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
+from allroads.llm.model.models import RewardModel, sequence_logps
 from allroads.llm.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from allroads.llm.train.loop import History, batch_to, optimize, output_dir, resolve_device
-from allroads.llm.model.models import RewardModel, sequence_logps
 from allroads.llm.train.resume import check_output_dir
+from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 
-__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "precompute_ref_logps", "ref_table_key", "resolve_device"]
+__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
 
 
 def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
@@ -259,3 +260,29 @@ def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_l
                                    logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+
+
+def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
+                     temper_policy: bool = True, soft_labels: bool = False, tokenizer=None,
+                     stop_after: int | None = None):
+    r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
+    temperature it sampled with:
+
+        ref_temperature := sampling_temperature   (0.1 in the paper: logits × 10 before the softmax)
+        policy_temperature := sampling_temperature  when ``temper_policy`` (REBEL's convention, the default;
+                                                    :attr:`allroads.llm.core.config.OnlineDataConfig.temper_policy`), else ``cfg``'s (1)
+
+    ``sampling_temperature`` is the one route of that temperature (the :class:`~allroads.online.Scored` batch
+    the pairs came from carries it). The reference table goes through :func:`allroads.llm.train.methods.train_dpo`'s
+    keyed cache (``ref_logps.pt``). ``soft_labels``: train on each pair's ``p_w``
+    (:func:`allroads.llm.train.methods.train_dpo_soft`; pairs from :func:`allroads.online.best_worst_soft_pairs`).
+    """
+    if sampling_temperature <= 0:
+        raise ValueError(f"sampling_temperature={sampling_temperature}: must be > 0")
+    if not pairs:
+        raise ValueError("train_online_dpo: no pairs (every prompt tied?)")
+    temps = {"ref_temperature": sampling_temperature}
+    if temper_policy:
+        temps["policy_temperature"] = sampling_temperature
+    fit = train_dpo_soft if soft_labels else train_dpo
+    return fit(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from allroads.llm.core.atomic import save_figure, write_text
+
 __all__ = ["MetricsWriter", "read_metrics", "plot_metrics"]
 
 
@@ -15,7 +17,7 @@ class MetricsWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [m for m in read_metrics(self.path) if m.get("step", 0) <= resume_step] if resume_step else []
-        self.path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -47,6 +49,6 @@ def plot_metrics(path: str | Path, png: str | Path, keys=("loss", "rewards/accur
         ax.set_xlabel("step")
         ax.set_title(k)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_figure(fig, png, dpi=100)
     plt.close(fig)
     return Path(png)

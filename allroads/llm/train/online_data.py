@@ -12,7 +12,7 @@ inverse of the sampling temperature 1/0.1 = 10 before taking the softmax" (Table
   then labels the scored samples (:func:`allroads.online.best_worst_pairs`, or another labelling function);
   the scored samples are kept (:func:`save_scored`, jsonl) so that the ranking can be redone with another RM
   without resampling (:func:`allroads.online.rescore`, then a labelling).
-* :func:`train_online_dpo` is :func:`allroads.llm.train.methods.train_dpo` with ``DPOConfig.ref_temperature`` set to
+* :func:`allroads.llm.train.methods.train_online_dpo` (the training half) is :func:`allroads.llm.train.methods.train_dpo` with ``DPOConfig.ref_temperature`` set to
   the sampling temperature, so π_ref is the *tempered* sampling policy, log π_ref,T(ξ) with logits / T
   (:func:`allroads.llm.train.methods.precompute_ref_logps`), and, as in REBEL, the trained policy's log-probs tempered
   the same way (``OnlineDataConfig.temper_policy``; False keeps the policy at temperature 1).
@@ -27,51 +27,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from allroads.online import OnlinePairs, Scored, best_worst_pairs, sample_and_score
 from allroads.llm.core.atomic import write_jsonl
-from allroads.llm.model.backend import LLMBackend
-from allroads.llm.core.config import DPOConfig
+from allroads.llm.core.config import OnlineDataConfig
 from allroads.llm.data.rows import TokenizedPair
+from allroads.llm.model.backend import LLMBackend
 from allroads.llm.model.sample import Completion
+from allroads.online import OnlinePairs, Scored, best_worst_pairs, sample_and_score
 
-__all__ = ["OnlineDataConfig", "OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair",
+__all__ = ["OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair",
            "build_online_pairs", "save_scored", "load_scored",
-           "to_tokenized_pairs", "train_online_dpo"]
-
-
-@dataclass(frozen=True)
-class OnlineDataConfig:
-    """How an online-DPO dataset is made (App. B.1.1)."""
-
-    n_samples: int = 25
-    """Samples per prompt from the starting policy (25)."""
-    sampling_temperature: float = 0.1
-    """Temperature the samples are drawn at (0.1); online DPO's π_ref is the sampler at this temperature."""
-    max_new_tokens: int = 53
-    """Response budget including EOS (Table 1: 53; 5 for two-word TL;DR, Fig. 10)."""
-    seed: int = 0
-    """Seed of the one sampling pass."""
-    sample_batch_size: int = 8
-    """Prompts per generate call."""
-    prompt_augmentation: bool = False
-    """Also sample on the SFT-train prompts (≈3× the data; Fig. 5). The caller passes them in."""
-    tie_redraws: int = 3
-    """Rounds of fresh samples for the prompts whose samples all scored the same (no pair), so that online DPO
-    keeps one pair per comparison row, as many as offline DPO; ties left after these rounds are counted."""
-    temper_policy: bool = True
-    """Online DPO divides the *trained policy's* logits by the sampling temperature as well as π_ref's, as REBEL
-    does (the code the paper builds on: ``src/tldr/rebel.py`` divides the policy's and the reference's logits by
-    ``args.task.temperature`` before the log-softmax), so at the start (π = π_ref) the loss is log 2. False: only
-    π_ref is tempered (the literal reading of the Table 3 caption; the policy at temperature 1)."""
-
-    def validate(self) -> None:
-        if self.n_samples < 2:
-            raise ValueError(f"n_samples={self.n_samples}: need >= 2 samples per prompt for a best/worst pair")
-        if self.sampling_temperature <= 0:
-            raise ValueError(f"sampling_temperature={self.sampling_temperature}: must be > 0 (π_ref's logits are "
-                             "divided by it)")
-        if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0:
-            raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws >= 0")
+           "to_tokenized_pairs"]
 
 
 def save_scored(scored: Scored, path: str | Path) -> Path:
@@ -207,31 +172,3 @@ def to_tokenized_pairs(backend: LLMBackend, pairs: OnlinePairs) -> list[Tokenize
     p_w = pairs.p_w.tolist() if pairs.p_w is not None else [1.0] * len(p_ids)
     return [TokenizedPair(p, list(w.token_ids), list(l.token_ids), float(q))
             for p, w, l, q in zip(p_ids, pairs.chosen, pairs.rejected, p_w)]
-
-
-def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
-                     temper_policy: bool = True, soft_labels: bool = False, tokenizer=None,
-                     stop_after: int | None = None):
-    r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
-    temperature it sampled with:
-
-        ref_temperature := sampling_temperature   (0.1 in the paper: logits × 10 before the softmax)
-        policy_temperature := sampling_temperature  when ``temper_policy`` (REBEL's convention, the default;
-                                                    :attr:`OnlineDataConfig.temper_policy`), else ``cfg``'s (1)
-
-    ``sampling_temperature`` is the one route of that temperature (the :class:`~allroads.online.Scored` batch
-    the pairs came from carries it). The reference table goes through :func:`allroads.llm.train.methods.train_dpo`'s
-    keyed cache (``ref_logps.pt``). ``soft_labels``: train on each pair's ``p_w``
-    (:func:`allroads.llm.train.methods.train_dpo_soft`; pairs from :func:`allroads.online.best_worst_soft_pairs`).
-    """
-    from allroads.llm.train.methods import train_dpo, train_dpo_soft
-
-    if sampling_temperature <= 0:
-        raise ValueError(f"sampling_temperature={sampling_temperature}: must be > 0")
-    if not pairs:
-        raise ValueError("train_online_dpo: no pairs (every prompt tied?)")
-    temps = {"ref_temperature": sampling_temperature}
-    if temper_policy:
-        temps["policy_temperature"] = sampling_temperature
-    fit = train_dpo_soft if soft_labels else train_dpo
-    return fit(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)

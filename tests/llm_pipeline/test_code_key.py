@@ -1,0 +1,81 @@
+"""The code key means "the code this stage executes" (a tiny Fig. 7 run on a copy of the package, whose source the
+cache hashes through ``code_root``):
+
+* a comment or a docstring edited in every module of the package re-runs nothing;
+* a statement edited in the ROUGE, judge, sampling, plotting or synthetic-task code re-runs no training stage (the
+  training stages key their rows by content, and this statement changes no row);
+* a statement edited in the training loop re-runs SFT and everything downstream of it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from allroads.llm.figures.paper import FigureConfig, run_figure
+from allroads.llm.pipeline.cache import PACKAGE_ROOT
+from allroads.llm.pipeline.context import Pipeline
+
+from . import _tiny
+
+TRAINING = {"sft", "rm", "local_rm", "dpo", "online_dpo"}
+
+
+@pytest.fixture
+def package_copy(tmp_path) -> Path:
+    dst = tmp_path / "src" / "allroads"
+    shutil.copytree(PACKAGE_ROOT, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def _fig7(root: Path, code_root: Path, out: Path) -> tuple[list[str], dict]:
+    pipe = Pipeline(root, _tiny.small_settings(), None, log=lambda m: None, code_root=code_root)
+    res = run_figure(pipe, FigureConfig(figure="fig7", seeds=(0,)), out)
+    return list(pipe.executed), res["bars"]
+
+
+def _touch_comments_and_docstrings(pkg: Path) -> int:
+    """Add a comment line and change the module docstring of every module; return how many were edited."""
+    n = 0
+    for f in sorted(pkg.rglob("*.py")):
+        text = f.read_text()
+        for quote in ('r"""', '"""'):
+            if text.startswith(quote):
+                text = text.replace(quote, quote + "Edited docstring. ", 1)
+                break
+        f.write_text(text + "\n# an edited comment\n")
+        n += 1
+    return n
+
+
+def _edit_statement(pkg: Path, relpath: str) -> None:
+    f = pkg / relpath
+    f.write_text(f.read_text() + "\n_EDITED_STATEMENT = 1\n")
+
+
+def test_comments_docstrings_and_non_training_code_rerun_no_training_stage(tmp_path, package_copy):
+    root, out = tmp_path / "root", tmp_path / "out"
+    executed, bars = _fig7(root, package_copy, out)
+    assert TRAINING - {"online_dpo"} <= set(executed)
+    assert _touch_comments_and_docstrings(package_copy) > 50
+    assert _fig7(root, package_copy, out) == ([], bars)  # nothing at all re-runs
+    # the synthetic-task generator: training stages key their rows by content, which this edit leaves unchanged
+    for relpath in ("llm/data/rouge.py", "llm/judge/judge.py", "llm/model/sample.py", "llm/figures/plot.py",
+                    "llm/data/synthetic.py"):
+        _edit_statement(package_copy, relpath)
+        again, bars_again = _fig7(root, package_copy, out)
+        assert not TRAINING & set(again), (relpath, again)
+        assert bars_again == bars
+    # control: the evaluation stages do execute the sampling code, so its edit re-ran them above
+    _edit_statement(package_copy, "llm/model/sample.py")
+    assert set(_fig7(root, package_copy, out)[0]) == {"eval_valid"}
+
+
+def test_a_training_loop_statement_reruns_sft_and_everything_downstream(tmp_path, package_copy):
+    root, out = tmp_path / "root", tmp_path / "out"
+    first, bars = _fig7(root, package_copy, out)
+    _edit_statement(package_copy, "llm/train/loop.py")
+    again, bars_again = _fig7(root, package_copy, out)
+    assert sorted(again) == sorted(first)  # SFT, the three RMs and their evaluations: every stage of the figure
+    assert bars_again == bars  # the statement does nothing, so the numbers are the same
