@@ -227,7 +227,7 @@ def _run(pipe: Pipeline, figs: list, out: Path, name: str, extra: dict) -> None:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         rev = ""
-    if pipe.s.selection is not None:  # the small preset: lr and epochs of each stage chosen on held-out data
+    if pipe.settings.selection is not None:  # the small preset: lr and epochs of each stage chosen on held-out data
         t0 = time.perf_counter()
         kinds = sorted({k for f in figs for k in SELECTED.get(f.figure, STAGES)}, key=STAGES.index)
         chosen, selection = select_hyperparameters(pipe, kinds)

@@ -94,10 +94,10 @@ def test_rerun_executes_no_stage(ran):
 def test_fig11_pairs_are_rouge_argmax_argmin_per_pft_row(ran):
     tmp, pipe, _ = ran
     (d,) = _stage_dirs(tmp / "root", "rouge_data")
-    rows = pipe.pft_rows("train", pipe.s.pft_limit)
+    rows = pipe.pft_rows("train", pipe.settings.pft_limit)
     scored = [json.loads(l) for l in (d / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == len(rows)  # one ranking per PFT row, none silently dropped
-    n = pipe.s.online.n_samples
+    n = pipe.settings.online.n_samples
     expected, ties = [], 0
     for r, srow in zip(rows, scored):
         assert srow["prompt"] == pipe.prompt_text(r) and len(srow["completions"]) == n
@@ -121,7 +121,7 @@ def test_fig11_pairs_are_rouge_argmax_argmin_per_pft_row(ran):
 def test_fig11_is_evaluated_by_rouge_on_pft_validation(ran):
     tmp, pipe, res = ran
     ev = [json.loads((p / "result.json").read_text()) for p in _stage_dirs(tmp / "root", "eval_rouge")]
-    n_valid = len(pipe.pft_rows("validation", pipe.s.valid_limit))
+    n_valid = len(pipe.pft_rows("validation", pipe.settings.valid_limit))
     assert len(ev) == 4 and all(e["n"] == n_valid for e in ev)
     assert sorted(e["rouge_l"] for e in ev) == sorted(b["mean"] for b in res["fig11"]["bars"].values())
 
@@ -133,11 +133,11 @@ def test_fig6_pairs_are_two_sft_samples_ordered_by_the_judge(ran):
 
     (d,) = _stage_dirs(tmp / "root", "gpt_label_data")
     sft = _sft_dirs(tmp / "root")["tiny"]  # the standard SFT (Fig. 9's 2.8b SFT has its own stage)
-    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit))
-    o = pipe.s.online
+    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.settings.pft_limit))
+    o = pipe.settings.online
     comps, _ = policy_samples(pipe.backend(), pipe.policy(Artifact("sft", sft, "")), prompts, n=2,
-                              temperature=o.sampling_temperature, seed=pipe.s.data_seed,
-                              max_new_tokens=pipe.s.max_response_tokens)
+                              temperature=o.sampling_temperature, seed=pipe.settings.data_seed,
+                              max_new_tokens=pipe.settings.max_response_tokens)
     by_prompt = {tuple(pipe.tokenizer(p, add_special_tokens=False)["input_ids"]): (post, row)
                  for p, post, row in zip(prompts, posts, comps)}
     pairs = _pairs(d)
@@ -159,7 +159,7 @@ def test_fig10_two_word_pairs_prompts_and_budget(ran):
     tmp, pipe, _ = ran
     (d,) = _stage_dirs(tmp / "root", "two_word_data")
     tok = pipe.tokenizer
-    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.s.pft_limit), two_word=True)
+    prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", pipe.settings.pft_limit), two_word=True)
     post_of = {tuple(tok(p, add_special_tokens=False)["input_ids"]): post for p, post in zip(prompts, posts)}
     pairs = _pairs(d)
     assert len(pairs) == len(prompts)  # the rule writer's two summaries always differ, the rule judge always decides
@@ -179,7 +179,7 @@ def test_fig10_two_word_pairs_prompts_and_budget(ran):
         assert 2 in pr.prompt_ids and len(pr.chosen_ids) <= 5 and len(pr.rejected_ids) <= 5
     # test references: one judge-written two-word summary per SFT-test post (the rule writer's first, score 2)
     refs = json.loads((_stage_dirs(tmp / "root", "two_word_refs")[0] / "refs.json").read_text())
-    test_rows = pipe.test_rows(pipe.s.n_test_two_word)  # the seeded random draw of SFT-test rows
+    test_rows = pipe.test_rows(pipe.settings.n_test_two_word)  # the seeded random draw of SFT-test rows
     assert [r["index"] for r in refs] == list(range(len(test_rows)))
     assert all(synthetic_score(test_rows[r["index"]].post, r["reference"]) == 2.0 for r in refs)
 

@@ -42,7 +42,7 @@ def test_frontier_points_equal_separate_single_runs(tmp_path):
     assert [p["epochs"] for p in points] == [1, 2]
     sft_model, rm_model = pipe.policy(sft), pipe.reward_model(rm)
     for p in points:
-        single = pipe.with_settings(dataclasses.replace(pipe.s, dpo=dataclasses.replace(pipe.s.dpo, lr=lr,
+        single = pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(pipe.settings.dpo, lr=lr,
                                                                                          epochs=p["epochs"])))
         alone = evaluate_point(pipe, pipe.policy(T.dpo(single, sft, 0)).eval(), sft_model, rm_model, 0)
         for k in ("known_score", "kl", "on_policy_r_star", "implicit_loglik", "rm_score"):
@@ -52,7 +52,7 @@ def test_frontier_points_equal_separate_single_runs(tmp_path):
     pairs = G.online_pairs(pipe, sft, rm, "global", 0)
     online = json.loads((frontier_curve(pipe, "online_dpo", sft, sft, rm, 0, lr, 1, pairs).path / "points.json")
                         .read_text())
-    single = pipe.with_settings(dataclasses.replace(pipe.s, online_dpo=dataclasses.replace(pipe.s.dpo, lr=lr, epochs=1)))
+    single = pipe.with_settings(dataclasses.replace(pipe.settings, online_dpo=dataclasses.replace(pipe.settings.dpo, lr=lr, epochs=1)))
     alone = evaluate_point(pipe, pipe.policy(T.online_dpo(single, sft, pairs, 0)).eval(), sft_model, rm_model, 0)
     assert abs(alone["known_score"] - online[0]["known_score"]) <= 1e-9 and abs(alone["kl"] - online[0]["kl"]) <= 1e-9
 

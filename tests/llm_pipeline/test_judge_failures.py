@@ -59,7 +59,7 @@ def test_failed_pairs_keep_the_stage_unfinished_and_a_rerun_asks_only_them(tmp_p
 def _unfinished_then_rerun(tmp_path, server):
     pipe = _pipe(tmp_path, server)
     sft = T.sft(pipe)
-    n_test = pipe.s.n_test
+    n_test = pipe.settings.n_test
     with pytest.raises(E.JudgeFailuresError, match=r"2 of 6 judged pairs failed \(1 errors, 1 unparseable"):
         E.reference_win_rate(pipe, sft)
     assert server.n_requests == n_test

@@ -34,7 +34,7 @@ def _weights(art):
 
 def test_too_few_online_pairs_keep_the_start_and_say_so(tmp_path):
     pipe = Pipeline(tmp_path, _tiny.small_settings(), None, log=lambda m: None)
-    cfg = stage_config("online_dpo", pipe.s, seed=0)
+    cfg = stage_config("online_dpo", pipe.settings, seed=0)
     assert cfg.batch_size == 16
     sft = T.sft(pipe)
 

@@ -148,7 +148,7 @@ def test_an_epoch_of_a_longer_run_is_the_run_of_that_many_epochs(tmp_path):
     from allroads.llm.train.methods import train_dpo, train_sft
 
     pipe = _tiny_selection_pipe(tmp_path)
-    sel, s = pipe.s.selection, pipe.s
+    sel, s = pipe.settings.selection, pipe.settings
     curve = heldout_loss_curve(pipe, "sft", 3e-3, 2, sel, None)
     import json
 
@@ -183,8 +183,8 @@ def test_selection_picks_each_stages_argmin_and_sets_it(tmp_path):
         cfg = stage_config(kind, chosen)
         assert (cfg.lr, cfg.epochs) == (r["lr"], r["epochs"])
     assert stage_config("online_dpo", chosen).beta == chosen.dpo.beta
-    assert dataclasses.replace(chosen, sft=pipe.s.sft, rm=pipe.s.rm, local_rm=pipe.s.local_rm, dpo=pipe.s.dpo,
-                               online_dpo=None) == pipe.s
+    assert dataclasses.replace(chosen, sft=pipe.settings.sft, rm=pipe.settings.rm, local_rm=pipe.settings.local_rm, dpo=pipe.settings.dpo,
+                               online_dpo=None) == pipe.settings
     # a second call runs nothing: every grid run is a cached stage
     n = len(pipe.executed)
     select_hyperparameters(pipe)

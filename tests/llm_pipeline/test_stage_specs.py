@@ -153,8 +153,8 @@ def test_a_stage_that_reads_an_undeclared_setting_fails_unfinished(tmp_path):
     pipe = Pipeline(tmp_path, tiny_settings(), None, log=lambda m: None)
 
     def build(out, pipe):
-        (out / "a.txt").write_text(str(pipe.s.n_test))
-        (out / "b.txt").write_text(str(pipe.s.dtype))  # not declared below
+        (out / "a.txt").write_text(str(pipe.settings.n_test))
+        (out / "b.txt").write_text(str(pipe.settings.dtype))  # not declared below
 
     with pytest.raises(SettingsReadError, match="Settings.dtype"):
         pipe.stage("probe", ("n_test",), [], build)

@@ -56,7 +56,7 @@ METHODS = ("DPO", *ONLINE_LABELS, "Online DPO (DPO)")
 def evaluate_point(pipe: Pipeline, model, sft_model, rm_model, seed: int) -> dict:
     """The numbers of one policy (module docstring): ground truth when the reward is known, else the judge's win
     rate and the on-policy KL; then the rule quantities. ``seed`` seeds every draw, as the evaluation stages do."""
-    s, be = pipe.s, pipe.backend()
+    s, be = pipe.settings, pipe.backend()
     prompts, posts, refs = pipe.test_set()
     if s.known_score:
         gt = ground_truth_eval(be, model, sft_model, pipe.known_score(), prompts, refs, beta=s.dpo.beta,
@@ -99,7 +99,7 @@ def _trainer(pipe: Pipeline, kind: str, start: Artifact, pairs: Artifact | None,
 
     def fit(stop):
         return train_online_dpo(model, pipe.policy(start), data, cfg, sampling_temperature=t,
-                                temper_policy=pipe.s.online.temper_policy, soft_labels=label == "soft",
+                                temper_policy=pipe.settings.online.temper_policy, soft_labels=label == "soft",
                                 stop_after=stop)
 
     return fit, model
@@ -113,7 +113,7 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
     equals an e-epoch run of the same config (the data order of an epoch depends on (seed, epoch) only), so each
     point is that stage's policy."""
     n = len(pipe.human_pairs()) if kind == "dpo" else len(read_pairs(pairs))
-    cfg = stage_config(kind, pipe.s, seed=seed, lr=lr, epochs=max_epochs, progress=False)
+    cfg = stage_config(kind, pipe.settings, seed=seed, lr=lr, epochs=max_epochs, progress=False)
     per_epoch = n // cfg.batch_size
     if per_epoch == 0:
         raise ValueError(f"frontier_curve: {n} pairs are fewer than one batch of {cfg.batch_size}")
@@ -178,9 +178,9 @@ def _sft_point(pipe: Pipeline, sft: Artifact, rm: Artifact, seed: int) -> dict:
 def global_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:
     """The global RM that ranks the online pairs: fine-tuned from ``sft``, or, with ``Settings.rm_model`` set, from
     the SFT of that base model (a verifier of another capacity)."""
-    if not pipe.s.rm_model or pipe.s.rm_model == pipe.s.model:
+    if not pipe.settings.rm_model or pipe.settings.rm_model == pipe.settings.model:
         return T.rm(pipe, sft, seed)
-    sized = pipe.for_model(pipe.s.rm_model)
+    sized = pipe.for_model(pipe.settings.rm_model)
     return T.rm(sized, T.sft(sized), seed)
 
 
@@ -216,8 +216,8 @@ def figure_frontier(pipe: Pipeline, fig) -> dict:
             _method(pipe, fig, name, raw, pruned, lambda lr, seed=seed, pairs=pairs, label=label: frontier_curve(
                 pipe, "online_dpo", sft, sft, rms[seed], seed, lr, fig.frontier_max_epochs, pairs, label), seed)
     dpo_pick = pick(fig.rule_pick, aggregate(raw["DPO"]), fig.rule_kl_budget)
-    start_pipe = pipe.with_settings(dataclasses.replace(pipe.s, dpo=dataclasses.replace(
-        pipe.s.dpo, lr=dpo_pick["lr"], epochs=dpo_pick["epochs"])))
+    start_pipe = pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(
+        pipe.settings.dpo, lr=dpo_pick["lr"], epochs=dpo_pick["epochs"])))
     for seed in fig.seeds:
         start = T.dpo(start_pipe, sft, seed)
         pairs = G.online_pairs(pipe, start, rms[seed], "global", seed)
@@ -227,7 +227,7 @@ def figure_frontier(pipe: Pipeline, fig) -> dict:
                 seed)
     out = _summary(pipe, fig, raw, sft_points, pruned, online_data, dpo_pick)
     out["premise"] = premise(pipe, sft, rms, out["methods"]["DPO"]["curve"])
-    out["rm_model"] = pipe.s.rm_model or pipe.s.model
+    out["rm_model"] = pipe.settings.rm_model or pipe.settings.model
     return out
 
 
@@ -240,8 +240,8 @@ def _method(pipe, fig, name: str, raw: dict, pruned: dict, curve, seed: int) -> 
 
 def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dict, online_data: dict,
              dpo_pick: dict) -> dict:
-    value = "known_score" if pipe.s.known_score else "win_rate"
-    values = ("known_score", "on_policy_r_star") if pipe.s.known_score else ("win_rate",)
+    value = "known_score" if pipe.settings.known_score else "win_rate"
+    values = ("known_score", "on_policy_r_star") if pipe.settings.known_score else ("win_rate",)
     curves = {m: aggregate(pts) for m, pts in raw.items()}
     sft = aggregate(sft_points)[0]
     return {
@@ -259,7 +259,7 @@ def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dic
         "protocol": {"lrs": list(fig.frontier_lrs), "max_epochs": fig.frontier_max_epochs,
                      "kl_budgets": list(fig.kl_budgets), "prune_kl": fig.prune_kl, "rule_pick": fig.rule_pick,
                      "rule_kl_budget": fig.rule_kl_budget, "online_sampling_temperature":
-                         pipe.s.online.sampling_temperature},
+                         pipe.settings.online.sampling_temperature},
     }
 
 

@@ -152,7 +152,7 @@ class _GroundTruth:
         self.pipe, self.sft, self.rm_of, self.vals = pipe, sft, rm_of, {}
 
     def __bool__(self) -> bool:
-        return bool(self.pipe.s.known_score)
+        return bool(self.pipe.settings.known_score)
 
     def add(self, name: str, art: Artifact, seed: int = 0, x=None) -> None:
         if self:
@@ -226,7 +226,7 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
             acc.setdefault(kind, []).append(r["accuracy"])
     out = {"metric": "validation log-likelihood", "bars": {k: mean_se(v) for k, v in vals.items()},
            "accuracy": {k: mean_se(v) for k, v in acc.items()}}
-    if pipe.s.known_score:
+    if pipe.settings.known_score:
         out["labels"] = "known score: the synthetic validation pairs are labelled by the task's score"
     return out
 
@@ -296,8 +296,8 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 9: BoN win rate vs N on samples of each policy size's SFT policy, one curve per global-RM size (each RM
     trained on the human data from its own size's SFT checkpoint)."""
     for label in tuple(fig.policy_sizes) + tuple(fig.rm_sizes):
-        pipe.s.size_model(label)  # unknown labels fail before any training
-    sized = {label: pipe.for_model(pipe.s.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
+        pipe.settings.size_model(label)  # unknown labels fail before any training
+    sized = {label: pipe.for_model(pipe.settings.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
     sfts = {label: T.sft(sub) for label, sub in sized.items()}
     curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
     for seed in fig.seeds:
@@ -306,7 +306,7 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
             add_curves(curves, f"policy {p}",
                         E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
     return {"metric": "BoN win rate vs reference (global RM per size)",
-            "models": {label: pipe.s.size_model(label) for label in sized}, "curves": summarise_curves(curves)}
+            "models": {label: pipe.settings.size_model(label) for label in sized}, "curves": summarise_curves(curves)}
 
 
 def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:

@@ -99,7 +99,7 @@ def run_problems(names: Iterable[str], configs: Path, *, seeds: tuple[int, ...] 
 
 
 def _checks(pipe: Pipeline, figures: Iterable[FigureConfig]) -> list[tuple[str, Callable[[], object]]]:
-    s, figs = pipe.s, list(figures)
+    s, figs = pipe.settings, list(figures)
     names = {f.figure for f in figs}
     models = [s.model] + [s.size_model(label) for f in figs if f.figure == "fig9"
                           for label in f.policy_sizes + f.rm_sizes]

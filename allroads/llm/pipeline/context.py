@@ -48,7 +48,7 @@ class Pipeline:
     def __init__(self, root: str | Path, settings: Settings, judge_factory: Callable[[str], Any] | None = None,
                  *, log: Callable[[str], None] = print, code_root: Path | None = None, **cache_options):
         self.cache = StageCache(root, log=log, code_root=code_root, **cache_options)
-        self.s = settings
+        self.settings = settings
         self.judge_factory = judge_factory
         self.log = log
         self._rows: dict[tuple, Any] = {}  # tokenizers, data rows and tokenized pairs, loaded once per run
@@ -58,7 +58,7 @@ class Pipeline:
     @property
     def device(self) -> str:
         """``Settings.device``, or CUDA when available."""
-        return self.s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def executed(self) -> list[str]:
@@ -68,7 +68,7 @@ class Pipeline:
     @property
     def tokenizer(self):
         """The tokenizer ``Settings.tokenizer_name``, loaded once per run."""
-        key = ("tokenizer", self.s.tokenizer_name)
+        key = ("tokenizer", self.settings.tokenizer_name)
         if key not in self._rows:
             self._rows[key] = TK.load_tokenizer(key[1])
         return self._rows[key]
@@ -76,20 +76,20 @@ class Pipeline:
     def for_model(self, model: str) -> "Pipeline":
         """This run with ``model`` as every stage's base model (Fig. 9's per-size SFT policies and RMs): same cache,
         judges, data rows and tokenizer; ``self`` when ``model`` is already its model."""
-        if model == self.s.model:
+        if model == self.settings.model:
             return self
-        return self.with_settings(self.s.with_model(model))
+        return self.with_settings(self.settings.with_model(model))
 
     def with_settings(self, settings: Settings) -> "Pipeline":
         """This run under other ``settings`` (same tokenizer): same cache, judges and data rows."""
         other = Pipeline.__new__(Pipeline)
         other.__dict__.update(self.__dict__)
-        other.s = settings
+        other.settings = settings
         return other
 
     def backend(self) -> LLMBackend:
         """The LLM backend of every stage (response budget ``max_response_tokens``, sampler ``Settings.sampler``)."""
-        s = self.s
+        s = self.settings
         return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend=s.sampler,
                                                          batch_size=s.online.sample_batch_size, compute_logp=False),
                           micro_batch_size=s.eval_micro_batch, device=self.device)
@@ -104,21 +104,21 @@ class Pipeline:
         return self._rows[key]
 
     def sft_rows(self, split: str, limit: int):
-        return self._cached_rows(L.load_sft_rows, self.s.sft_data, split, limit)
+        return self._cached_rows(L.load_sft_rows, self.settings.sft_data, split, limit)
 
     def pft_rows(self, split: str, limit: int):
-        return self._cached_rows(L.load_comparison_rows, self.s.pft_data, split, limit)
+        return self._cached_rows(L.load_comparison_rows, self.settings.pft_data, split, limit)
 
     def pft_train_rows(self, fraction: float = 1.0):
         """The PFT training rows, or the nested ``fraction`` of them drawn with ``subset_seed`` (Fig. 12)."""
-        rows = self.pft_rows("train", self.s.pft_limit)
-        return rows if fraction >= 1.0 else [rows[i] for i in D.nested_subset(len(rows), fraction, self.s.subset_seed)]
+        rows = self.pft_rows("train", self.settings.pft_limit)
+        return rows if fraction >= 1.0 else [rows[i] for i in D.nested_subset(len(rows), fraction, self.settings.subset_seed)]
 
     def human_pairs(self, fraction: float = 1.0) -> PackedPairs:
         """The tokenized PFT training pairs (int32 arrays; indexing gives :class:`~allroads.llm.data.rows.TokenizedPair`),
         tokenized once per run for each set of settings they depend on (92.9K pairs take minutes at paper scale, and
         every training stage, sweep run and cache lookup that counts them asks again)."""
-        s = self.s
+        s = self.settings
         key = ("pairs", s.pft_data, s.pft_limit, fraction, s.subset_seed if fraction < 1.0 else None, s.tokenizer_name,
                s.max_prompt_tokens, s.max_response_tokens)
         if key not in self._rows:
@@ -129,7 +129,7 @@ class Pipeline:
     def sft_examples(self) -> PackedSFT:
         """The tokenized SFT training rows (``sft_limit`` of them), tokenized once per run for each set of settings
         they depend on."""
-        s = self.s
+        s = self.settings
         key = ("sft", s.sft_data, s.sft_limit, s.tokenizer_name, s.max_prompt_tokens, s.max_response_tokens)
         if key not in self._rows:
             self._rows[key] = pack_sft(self.sft_rows("train", s.sft_limit), self.tokenizer,
@@ -139,7 +139,7 @@ class Pipeline:
     @property
     def tokenizer_digest(self) -> str:
         """:func:`~allroads.llm.model.tokenizer.tokenizer_digest` of :attr:`tokenizer` (what stage keys hold of it)."""
-        key = ("tokenizer_digest", self.s.tokenizer_name)
+        key = ("tokenizer_digest", self.settings.tokenizer_name)
         if key not in self._rows:
             self._rows[key] = TK.tokenizer_digest(self.tokenizer)
         return self._rows[key]
@@ -147,7 +147,7 @@ class Pipeline:
     def prompt_text(self, r, two_word: bool = False) -> str:
         """The paper's prompt of row ``r`` (Table 1); ``two_word``: ending in "Two-Word TL;DR:" (Fig. 10)."""
         template = D.TWO_WORD_PROMPT_TEMPLATE if two_word else D.PROMPT_TEMPLATE
-        return D.format_prompt(r.subreddit, r.title, r.post, self.tokenizer, self.s.max_prompt_tokens, r.where,
+        return D.format_prompt(r.subreddit, r.title, r.post, self.tokenizer, self.settings.max_prompt_tokens, r.where,
                                template=template)[0]
 
     def distinct_prompts(self, rows, two_word: bool = False) -> tuple[list[str], list[str]]:
@@ -163,28 +163,28 @@ class Pipeline:
         rows = self.sft_rows("test", 0)
         if n >= len(rows):
             return rows
-        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.s.eval_prompt_seed))[:n]
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.settings.eval_prompt_seed))[:n]
         return [rows[i] for i in sorted(pick.tolist())]
 
     def test_set(self):
         """Prompts, posts and reference summaries of ``n_test`` random SFT-test rows (B.4, :meth:`test_rows`)."""
-        rows = self.test_rows(self.s.n_test)
+        rows = self.test_rows(self.settings.n_test)
         return [self.prompt_text(r) for r in rows], [r.post for r in rows], [r.summary for r in rows]
 
     def policy(self, art: Artifact):
-        return M.load_policy(str(art.path / "model"), dtype=self.s.dtype).to(self.device)
+        return M.load_policy(str(art.path / "model"), dtype=self.settings.dtype).to(self.device)
 
     def reward_model(self, art: Artifact):
-        return M.load_reward_model(str(art.path / "model"), dtype=self.s.dtype).to(self.device)
+        return M.load_reward_model(str(art.path / "model"), dtype=self.settings.dtype).to(self.device)
 
     def scorer(self, kind: str, art: Artifact | None, sft: Artifact | None = None):
         """The Fig. 7/8 RM objects with their scaling: global r, local β·log π, DPO β·log(π/π_sft)."""
         if kind == "global":
             return GlobalRM(self.reward_model(art))
         if kind == "local":
-            return LocalRM(self.policy(art), self.s.local_rm.beta)
+            return LocalRM(self.policy(art), self.settings.local_rm.beta)
         if kind == "dpo":
-            return DPORM(self.policy(art), self.policy(sft), self.s.dpo.beta)
+            return DPORM(self.policy(art), self.policy(sft), self.settings.dpo.beta)
         if kind == "known":
             return FunctionRM(self.known_score())
         raise ValueError(f"unknown RM kind {kind!r}; use global, local, dpo or known")
@@ -192,11 +192,11 @@ class Pipeline:
     def known_score(self):
         """The known score ``f(post, summary)`` of the synthetic task of ``Settings.sft_data``
         (:func:`allroads.llm.data.synthetic.task_score`)."""
-        return task_score(task_of(self.s.sft_data))
+        return task_score(task_of(self.settings.sft_data))
 
     def judge(self, variant: str = "standard"):
         """The judge of prompt ``variant`` (``standard`` or ``two_word``), ``Settings.judge_id``."""
-        if not self.s.judge_id or self.judge_factory is None:
+        if not self.settings.judge_id or self.judge_factory is None:
             raise ValueError("this figure needs a judge: give Pipeline a judge_factory (the tiny preset starts the "
                              "loopback rule judge; the paper preset needs OPENAI_API_KEY)")
         if variant not in self._judges:
@@ -207,8 +207,8 @@ class Pipeline:
         """The sampler the sampling stages use, resolved (``hf`` or ``vllm``): ``Settings.sampler``, where ``auto``
         means vLLM when it is importable and the stages run on CUDA. Part of every sampling stage's key, so
         samples drawn by one sampler are never reused for the other."""
-        if self.s.sampler != "auto":
-            return self.s.sampler
+        if self.settings.sampler != "auto":
+            return self.settings.sampler
         return "vllm" if torch.device(self.device).type == "cuda" and vllm_available() else "hf"
 
     def run(self, kind: str, spec, inputs: list[Artifact], build: Callable[[Path], None], *,
@@ -226,10 +226,10 @@ class Pipeline:
         (:func:`~allroads.llm.pipeline.spec.stage_spec`)."""
         if "sampler" in reads:  # the sampler actually used ("auto" resolved), so hf and vLLM samples never mix
             args = {**args, "resolved_sampler": self.sampler()}
-        spec = stage_spec(kind, self.s, reads, **args)
-        guarded = self.with_settings(GuardedSettings(self.s, spec.reads, kind))
+        spec = stage_spec(kind, self.settings, reads, **args)
+        guarded = self.with_settings(GuardedSettings(self.settings, spec.reads, kind))
         return self.run(kind, spec, inputs, functools.partial(build, pipe=guarded), code=build.__module__)
 
     def settings_block(self) -> dict:
         """The settings as JSON-able data (for the figure JSON)."""
-        return config_key(self.s)
+        return config_key(self.settings)

@@ -74,7 +74,7 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
         raise ValueError(f"online_pairs: label={label!r}; use one of {sorted(labels)}")
 
     def build(out: Path, pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         ocfg = online_config(s, seed=seed, prompt_augmentation=augment)
         if two_word:
             ocfg = dataclasses.replace(ocfg, max_new_tokens=s.two_word_tokens)
@@ -111,7 +111,7 @@ def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:
     samples all score the same are dropped and counted). Writes ``scored.jsonl`` (per row: samples + ROUGE-L),
     ``references.json``, ``pairs.jsonl``, ``report.json``."""
     def build(out: Path, pipe: Pipeline):
-        s, o = pipe.s, online_config(pipe.s)
+        s, o = pipe.settings, online_config(pipe.settings)
         rows = pipe.pft_rows("train", s.pft_limit)
         row_prompts = [pipe.prompt_text(r) for r in rows]
         distinct = list(dict.fromkeys(row_prompts))
@@ -141,7 +141,7 @@ def gpt_label_data(pipe: Pipeline, sft: Artifact) -> Artifact:
     are dropped; both are counted in ``report.json``. A failed judge request fails the stage (rerun to retry it;
     answers already received are cached). Writes ``labelled.jsonl`` (texts), ``pairs.jsonl``, ``report.json``."""
     def build(out: Path, pipe: Pipeline):
-        s, o = pipe.s, online_config(pipe.s)
+        s, o = pipe.settings, online_config(pipe.settings)
         prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", s.pft_limit))
         be = pipe.backend()
         comps, unfinished = policy_samples(be, pipe.policy(sft), prompts, n=2, temperature=o.sampling_temperature,
@@ -176,7 +176,7 @@ def two_word_data(pipe: Pipeline) -> Artifact:
     Posts without two valid ``Summary:`` answers, with two equal summaries, or with an unparseable verdict
     are dropped and counted in ``report.json``; a failed verdict request fails the stage."""
     def build(out: Path, pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         prompts, posts = pipe.distinct_prompts(pipe.pft_rows("train", s.pft_limit), two_word=True)
         judge = pipe.judge("two_word")
         sums = generate_two_word_summaries(judge, posts, n=2, temperature=s.two_word_writer_temperature)
@@ -209,7 +209,7 @@ def two_word_refs(pipe: Pipeline) -> Artifact:
     from the judge model.
     Posts without a valid ``Summary:`` answer are left out of the evaluation and counted."""
     def build(out: Path, pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         rows = pipe.test_rows(s.n_test_two_word)
         sums = generate_two_word_summaries(pipe.judge("two_word"), [r.post for r in rows], n=1,
                                            temperature=s.two_word_writer_temperature)

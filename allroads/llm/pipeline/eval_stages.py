@@ -61,7 +61,7 @@ def _check_judged(pipe: Pipeline, kind: str, summaries: list[dict]) -> None:
     """Raise :class:`JudgeFailuresError` (the stage is then not finished) when the judge's errors plus unparseable
     answers over ``summaries`` (:meth:`~allroads.llm.judge.judge.PairwiseResult.summary` dicts) exceed the budget."""
     errors, unparseable = sum(r["errors"] for r in summaries), sum(r["unparseable"] for r in summaries)
-    budget = pipe.s.judge_failure_budget
+    budget = pipe.settings.judge_failure_budget
     if errors + unparseable > budget:
         n = sum(r["n_pairs"] for r in summaries)
         raise JudgeFailuresError(
@@ -72,7 +72,7 @@ def _check_judged(pipe: Pipeline, kind: str, summaries: list[dict]) -> None:
 
 def _with_known_score(pipe: Pipeline, res: dict, posts: list[str]) -> dict:
     """Synthetic presets: add the known score of the judged samples (mean over posts)."""
-    if pipe.s.known_score:
+    if pipe.settings.known_score:
         score = pipe.known_score()
         res["known_score"] = sum(score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
     return res
@@ -83,7 +83,7 @@ def reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
     def compute(pipe: Pipeline):
         prompts, posts, refs = pipe.test_set()
         res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge(), prompts, posts, refs,
-                              temperature=pipe.s.eval_sampling_temperature, seed=seed)
+                              temperature=pipe.settings.eval_sampling_temperature, seed=seed)
         _check_judged(pipe, "eval_winrate", [res])
         return _with_known_score(pipe, res, posts)
 
@@ -96,7 +96,7 @@ def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0)
     refs = two_word_refs(pipe)
 
     def compute(pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         rows = pipe.test_rows(s.n_test_two_word)
         ref = json.loads((refs.path / "refs.json").read_text())
         sel = [rows[d["index"]] for d in ref]
@@ -115,9 +115,9 @@ def rouge(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
     """Fig. 11: mean ROUGE-L F1 of one T = 0.01 sample per prompt against the preferred completion of each
     PFT-validation row (first ``valid_limit`` rows; B.4)."""
     def compute(pipe: Pipeline):
-        rows = pipe.pft_rows("validation", pipe.s.valid_limit)
+        rows = pipe.pft_rows("validation", pipe.settings.valid_limit)
         return policy_rouge(pipe.backend(), pipe.policy(policy), [pipe.prompt_text(r) for r in rows],
-                            [r.chosen for r in rows], temperature=pipe.s.eval_sampling_temperature, seed=seed)
+                            [r.chosen for r in rows], temperature=pipe.settings.eval_sampling_temperature, seed=seed)
 
     reads = TOKENS + SAMPLES + ("valid_limit", "pft_data", "eval_sampling_temperature")
     return _result(pipe, "eval_rouge", reads, [policy], compute, seed=seed)
@@ -126,7 +126,7 @@ def rouge(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
 def validation(pipe: Pipeline, kind: str, rm: Artifact, sft: Artifact) -> dict:
     """Fig. 7: BT validation likelihood on the PFT validation split with the RM's own scaling."""
     def compute(pipe: Pipeline):
-        rows = pipe.pft_rows("validation", pipe.s.valid_limit)
+        rows = pipe.pft_rows("validation", pipe.settings.valid_limit)
         return validation_likelihood(pipe.backend(), pipe.scorer(kind, rm, sft), [pipe.prompt_text(r) for r in rows],
                                      [r.chosen for r in rows], [r.rejected for r in rows]).to_dict()
 
@@ -142,7 +142,7 @@ def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifac
     kinds = {k: (kinds or {}).get(k, k) for k in names}
 
     def compute(pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         prompts, posts, refs = pipe.test_set()
         scorers = {k: pipe.scorer(kinds[k], rms[k], sft) for k in names}
         res = best_of_n_curve(pipe.backend(), pipe.policy(policy), scorers, pipe.judge(), prompts, posts, refs,
@@ -160,7 +160,7 @@ def bon(pipe: Pipeline, policy: Artifact, rms: dict[str, Artifact], sft: Artifac
 def eq2(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0) -> dict:
     """Fig. 4: Eq. 2 with π_ref = π_sft, β = 0.05, data term on the PFT validation pairs."""
     def compute(pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         rows = pipe.pft_rows("validation", s.valid_limit)
         prompts, _, _ = pipe.test_set()
         return eq2_objective(pipe.backend(), pipe.policy(policy), pipe.policy(sft), beta=s.dpo.beta,
@@ -178,7 +178,7 @@ def ground_truth(pipe: Pipeline, policy: Artifact, sft: Artifact, seed: int = 0)
     E_π[r*] − β·KL(π‖π_sft) on ``known_kl_samples`` T = 1 samples per prompt, β = DPO's β
     (:func:`allroads.llm.evaluation.ground_truth.ground_truth_eval`)."""
     def compute(pipe: Pipeline):
-        s = pipe.s
+        s = pipe.settings
         prompts, _, refs = pipe.test_set()
         return ground_truth_eval(pipe.backend(), pipe.policy(policy), pipe.policy(sft), pipe.known_score(), prompts,
                                  refs, beta=s.dpo.beta, temperature=s.eval_sampling_temperature,
@@ -195,6 +195,6 @@ def rm_score(pipe: Pipeline, policy: Artifact, rm: Artifact, seed: int = 0) -> d
     def compute(pipe: Pipeline):
         prompts, _, _ = pipe.test_set()
         return rm_score_eval(pipe.backend(), pipe.policy(policy), pipe.scorer("global", rm), pipe.known_score(),
-                             prompts, temperature=pipe.s.eval_sampling_temperature, seed=seed)
+                             prompts, temperature=pipe.settings.eval_sampling_temperature, seed=seed)
 
     return _result(pipe, "eval_rm_score", TOKENS + SAMPLES + TEST, [policy, rm], compute, seed=seed)

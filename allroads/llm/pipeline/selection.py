@@ -63,9 +63,9 @@ def _objective(pipe: Pipeline, kind: str, model, ref, rows) -> float:
         if kind == "sft":
             comps = be.completions_from_texts([[r.summary] for r in rows])
             return float(-be.seq_logp(model, prompts, comps).double().mean())
-        scorer = {"rm": lambda: GlobalRM(model), "local_rm": lambda: LocalRM(model, pipe.s.local_rm.beta),
-                  "dpo": lambda: DPORM(model, ref, pipe.s.dpo.beta),
-                  "online_dpo": lambda: DPORM(model, ref, pipe.s.dpo.beta)}[kind]()
+        scorer = {"rm": lambda: GlobalRM(model), "local_rm": lambda: LocalRM(model, pipe.settings.local_rm.beta),
+                  "dpo": lambda: DPORM(model, ref, pipe.settings.dpo.beta),
+                  "online_dpo": lambda: DPORM(model, ref, pipe.settings.dpo.beta)}[kind]()
         return -validation_likelihood(be, scorer, prompts, [r.chosen for r in rows], [r.rejected for r in rows]).loglik
     finally:
         model.train()
@@ -73,7 +73,7 @@ def _objective(pipe: Pipeline, kind: str, model, ref, rows) -> float:
 
 def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None, pairs: Artifact | None):
     """(train(stop_after), model, ref, held-out rows) of one grid run."""
-    s, run = pipe.s, cfg
+    s, run = pipe.settings, cfg
     if kind == "sft":
         rows, _ = L.load_sft_rows(source, "validation")
         data = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -103,7 +103,7 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
     ``sft`` (``online_dpo``: on the online-pair artifact ``pairs``); writes ``heldout.json`` with the held-out
     criterion after each epoch. ``patience`` > 0: stop once it has not improved for that many epochs. Cached as
     ``select_<kind>``."""
-    s, source = pipe.s, _heldout_source(pipe.s, sel)
+    s, source = pipe.settings, _heldout_source(pipe.settings, sel)
     cfg = stage_config(kind, s, seed=sel.seed, lr=lr, epochs=max_epochs, progress=False)
     if kind == "sft":
         n_train = len(pipe.sft_rows("train", s.sft_limit))
@@ -165,14 +165,14 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
     """Run the protocol of the module docstring (grid ``Settings.selection``) over ``pipe``'s settings for the
     stages ``kinds`` (SFT always: every other stage starts from it); return the settings with each chosen ``lr``
     and ``epochs``, and the record ``{stage: {lr, epochs, heldout_loss, at_edge, grid}}`` (for the figure JSON)."""
-    sel = pipe.s.selection
+    sel = pipe.settings.selection
     if sel is None:
         raise ValueError("select_hyperparameters: Settings.selection is None (this preset fixes its hyperparameters)")
     unknown = sorted(set(kinds) - set(STAGES))
     if unknown:
         raise ValueError(f"select_hyperparameters: unknown stage(s) {unknown}; use {STAGES}")
     record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience)}
-    s = _with_choice(pipe.s, "sft", record)
+    s = _with_choice(pipe.settings, "sft", record)
     sft = T.sft(pipe.with_settings(s))
     for kind in ("rm", "local_rm", "dpo"):
         if kind in kinds or (kind == "rm" and "online_dpo" in kinds):

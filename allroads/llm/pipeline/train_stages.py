@@ -39,7 +39,7 @@ def _call(build, spec, kwargs: dict, out) -> None:
 def sft(pipe: Pipeline) -> Artifact:
     """SFT of the base model on the SFT rows (B.2)."""
     examples = pipe.sft_examples()
-    spec = B.SFTSpec(stage_config("sft", pipe.s), examples.digest(), pipe.tokenizer_digest)
+    spec = B.SFTSpec(stage_config("sft", pipe.settings), examples.digest(), pipe.tokenizer_digest)
     return _run(pipe, spec, [], B.build_sft, examples=examples, tokenizer=pipe.tokenizer)
 
 
@@ -55,7 +55,7 @@ def rm(pipe: Pipeline, sft: Artifact, seed: int, pairs: Artifact | None = None, 
        fraction: float = 1.0) -> Artifact:
     """Global RM from the SFT checkpoint (or from ``base`` weights), Table 2."""
     data, digest = _pairs(pipe, pairs, fraction)
-    spec = B.RMSpec(stage_config("rm", pipe.s, seed=seed), base, digest, pipe.tokenizer_digest)
+    spec = B.RMSpec(stage_config("rm", pipe.settings, seed=seed), base, digest, pipe.tokenizer_digest)
     return _run(pipe, spec, [sft] + ([pairs] if pairs else []), B.build_rm, pairs=data, tokenizer=pipe.tokenizer,
                 sft=sft.path)
 
@@ -63,7 +63,7 @@ def rm(pipe: Pipeline, sft: Artifact, seed: int, pairs: Artifact | None = None, 
 def local_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:
     """Local RM: reference-free DPO from SFT on the human pairs, β = 1/53 (Table 4)."""
     data, digest = _pairs(pipe, None, 1.0)
-    spec = B.LocalRMSpec(stage_config("local_rm", pipe.s, seed=seed), digest, pipe.tokenizer_digest)
+    spec = B.LocalRMSpec(stage_config("local_rm", pipe.settings, seed=seed), digest, pipe.tokenizer_digest)
     return _run(pipe, spec, [sft], B.build_local_rm, pairs=data, tokenizer=pipe.tokenizer, sft=sft.path)
 
 
@@ -72,7 +72,7 @@ def dpo(pipe: Pipeline, sft: Artifact, seed: int, *, epochs: int = 1, pairs: Art
     """Offline DPO from SFT with π_ref = π_sft (Table 3); ``epochs=2`` is "DPO (2x)" (Fig. 3): twice the epochs of
     ``Settings.dpo`` (the paper's 1)."""
     data, digest = _pairs(pipe, pairs, fraction)
-    spec = B.DPOSpec(stage_config("dpo", pipe.s, seed=seed, epochs=epochs * pipe.s.dpo.epochs), digest,
+    spec = B.DPOSpec(stage_config("dpo", pipe.settings, seed=seed, epochs=epochs * pipe.settings.dpo.epochs), digest,
                      pipe.tokenizer_digest)
     return _run(pipe, spec, [sft] + ([pairs] if pairs else []), B.build_dpo, pairs=data, tokenizer=pipe.tokenizer,
                 sft=sft.path)
@@ -88,7 +88,7 @@ def online_dpo(pipe: Pipeline, start: Artifact, pairs: Artifact, seed: int) -> A
     batch; the paper does not say what to do then. Every stage drops the last incomplete batch, so online DPO then
     takes **no step**: ``model/`` is ``start``'s model, byte for byte, ``steps`` is 0 and the figure JSON says so
     (:func:`online_record`)."""
-    spec = B.OnlineDPOSpec(stage_config("online_dpo", pipe.s, seed=seed), pipe.s.online.temper_policy,
+    spec = B.OnlineDPOSpec(stage_config("online_dpo", pipe.settings, seed=seed), pipe.settings.online.temper_policy,
                            pipe.tokenizer_digest)
     return _run(pipe, spec, [start, pairs], B.build_online_dpo, start=start.path, pairs=pairs.path,
                 tokenizer=pipe.tokenizer, log=pipe.log)
