@@ -52,7 +52,8 @@ def _perturbed(s: Settings, field: str):
     v = getattr(s, field)
     special = {"model": "tiny:32x1", "tokenizer": "tiny-words", "sft_data": "synthetic:64:1", "pft_data": "synthetic:32:1",
                "device": "cpu:0", "dtype": "float64", "sampler": "hf", "judge_id": "rule:other", "rm_model": "tiny:32x1",
-               "size_models": (("1.4b", "tiny:32x1"),), "selection": None if v is not None else "set"}
+               "size_models": (("1.4b", "tiny:32x1"),), "selection": None if v is not None else "set",
+               "report_to": ("tensorboard",)}
     if field in special:
         return dataclasses.replace(s, **{field: special[field]}) if special[field] != "set" else None
     if isinstance(v, bool):

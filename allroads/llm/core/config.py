@@ -109,6 +109,9 @@ class TrainConfig:
     (longest response + 1) positions only (:func:`allroads.llm.model.models.sequence_logps`)."""
     log_every: int = 1
     """Write a metrics line every this many steps (1 = every step)."""
+    report_to: tuple[str, ...] = ()
+    """Trackers that receive the per-step metrics besides ``metrics.jsonl``: any of ``tensorboard``, ``wandb``,
+    ``trackio`` (optional extras, imported only when named; ``none`` or empty = none). Under torchrun, rank 0 logs."""
     progress: bool = True
     """Show a tqdm progress bar on rank 0."""
 
@@ -281,8 +284,14 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
             return False
         raise ValueError(f"--{name} expects true/false, got {value!r}")
     if isinstance(current, tuple):
-        items = value if isinstance(value, (list, tuple)) else json.loads(value)
-        return tuple(float(v) for v in items)
+        if isinstance(value, (list, tuple)):
+            items = value
+        elif str(value).lstrip().startswith("["):
+            items = json.loads(value)
+        else:  # a comma-separated list: --report_to tensorboard,wandb
+            items = [v.strip() for v in str(value).split(",") if v.strip()]
+        kind = type(current[0]) if current else str
+        return tuple(kind(v) for v in items)
     try:
         return type(current)(value)
     except (TypeError, ValueError) as e:
@@ -319,7 +328,7 @@ def load_config(cls: type[TrainConfig], path: str | None = None, overrides: dict
     return dataclasses.replace(defaults, **typed)
 
 
-RUN_ONLY_FIELDS = ("output_dir", "progress", "resume", "log_every", "device", "save_final_checkpoint")
+RUN_ONLY_FIELDS = ("output_dir", "progress", "resume", "log_every", "device", "save_final_checkpoint", "report_to")
 """Config fields that say where or how visibly a run happens, not what it computes: left out of every key."""
 
 

@@ -146,6 +146,10 @@ class Settings:
     two_word_writer_temperature: float = 1.0
     """Temperature of the judge model when it writes two-word summaries (training pairs and the test references
     of Fig. 10); the paper does not state it, 1.0 makes the two summaries of a post differ."""
+    report_to: tuple[str, ...] = ()
+    """Trackers of the run (``tensorboard``, ``wandb``, ``trackio``; optional extras): every training stage's
+    per-step metrics and each figure's results go there too (``TrainConfig.report_to``). Says how a run is watched,
+    not what it computes: no stage's key holds it."""
     selection: SelectionConfig | None = None
     """Choose each training stage's lr and epochs on held-out data before the figures run
     (:mod:`allroads.llm.pipeline.selection`; the small preset); None: the stage configs above are used as they are (the
@@ -182,7 +186,7 @@ def stage_config(kind: str, s: Settings, **overrides) -> TrainConfig:
         raise ValueError(f"unknown training stage {kind!r}; use one of {sorted(base)}")
     shared = dict(model=s.model, tokenizer=s.tokenizer_name, data=s.sft_data if kind == "sft" else s.pft_data,
                   max_prompt_tokens=s.max_prompt_tokens, max_response_tokens=s.max_response_tokens, dtype=s.dtype,
-                  device=s.device)
+                  device=s.device, report_to=s.report_to)
     return dataclasses.replace(base[kind], **{**shared, **overrides})
 
 

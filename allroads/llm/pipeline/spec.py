@@ -22,8 +22,8 @@ __all__ = ["StageSpec", "GuardedSettings", "SettingsReadError", "SETTINGS_FIELDS
 SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
 """Every field of :class:`~allroads.llm.pipeline.settings.Settings`."""
 
-RUN_ONLY_SETTINGS = frozenset({"device"})
-"""Settings that say where a stage runs, not what it computes: a stage may read them, their values are not in its key
+RUN_ONLY_SETTINGS = frozenset({"device", "report_to"})
+"""Settings that say where a stage runs or who watches it, not what it computes: a stage may read them, their values are not in its key
 (as ``device`` is left out of every training config's key, :data:`allroads.llm.core.config.RUN_ONLY_FIELDS`)."""
 
 
