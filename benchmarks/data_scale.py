@@ -1,9 +1,13 @@
 r"""Paper-scale TL;DR data on CPU: load + tokenize time and peak memory, new path against the row path.
 
-    python benchmarks/data_scale.py --tokenizer path/to/gpt-neox-20b/tokenizer.json     # 117K SFT rows, 92.9K pairs
-    python benchmarks/data_scale.py --tokenizer FILE --sft-rows 2000 --pairs 2000       # quick
+    python benchmarks/data_scale.py                                      # 117K SFT rows, 92.9K pairs
+    python benchmarks/data_scale.py --sft-rows 2000 --pairs 2000         # quick
+    python benchmarks/data_scale.py --dir DIR                            # keep the files in DIR, reuse them next time
 
-Writes (once, under ``--dir``) local parquet files in the layouts of the hub snapshots the paper's pipeline
+The tokenizer is the GPT-NeoX-20B ``tokenizer.json`` shipped in ``tests/fixtures/`` (``--tokenizer FILE`` for
+another). Files go to ``--dir``; without it, to a fresh folder made by :func:`tempfile.mkdtemp` (its path is
+printed; delete it when done), so runs never share or clobber a fixed folder. Writes (once per ``--dir``) local
+parquet files in the layouts of the hub snapshots the paper's pipeline
 reads — ``sft/data/train-*.parquet`` (id, subreddit, title, post, summary + query / reference token columns)
 and ``comparisons/data/train-*.parquet`` (info{…}, summaries[{text, policy, note}], choice, worker, batch,
 split + the chosen / rejected strings and ≈ 3.5K token ids per row in the token columns) — with posts of
@@ -24,10 +28,14 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+TOKENIZER_JSON = str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gpt-neox-20b" / "tokenizer.json")
+"""The Pythia tokenizer shipped as a test fixture in the repository (``--tokenizer`` for another)."""
 
 WORDS = ("i my he she we they was had have been would could just really like know think want time work "
          "friend girlfriend boyfriend parents mom dad job school college money house apartment car dog cat "
@@ -154,14 +162,19 @@ def _child(args, kind: str, method: str, limit: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokenizer", required=True, help="the GPT-NeoX-20B tokenizer.json (Pythia's tokenizer)")
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/allroads-data-scale"), help="where the files are written")
+    ap.add_argument("--tokenizer", default=TOKENIZER_JSON, help="the GPT-NeoX-20B tokenizer.json (Pythia's tokenizer; "
+                    "default: the copy in tests/fixtures/)")
+    ap.add_argument("--dir", type=Path, default=None, help="where the files are written and reused from (default: a "
+                    "fresh folder from tempfile.mkdtemp, printed)")
     ap.add_argument("--sft-rows", type=int, default=117_000, help="SFT rows (Table 1: 117K)")
     ap.add_argument("--pairs", type=int, default=92_900, help="comparison rows (Table 1: 92.9K)")
     ap.add_argument("--row-subset", type=int, default=4000, help="rows for the per-row path (0: skip it)")
     ap.add_argument("--measure", nargs=3, metavar=("KIND", "METHOD", "LIMIT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = {"sft": args.sft_rows, "comparisons": args.pairs}
+    if args.dir is None:
+        args.dir = Path(tempfile.mkdtemp(prefix="allroads-data-scale-"))
+        print(f"writing to {args.dir} (fresh; pass --dir to reuse files between runs)")
     if args.measure:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
         kind, method, limit = args.measure

@@ -18,8 +18,8 @@ import torch
 
 from allroads.llm.model.sample import SamplingConfig, sample, vllm_available
 
-TOKENIZER_JSON = str(Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt-neox-20b" / "tokenizer.json")
-"""The Pythia tokenizer in the project's shared/ folder beside the repository (``--tokenizer`` for another)."""
+TOKENIZER_JSON = str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gpt-neox-20b" / "tokenizer.json")
+"""The Pythia tokenizer shipped as a test fixture in the repository (``--tokenizer`` for another)."""
 
 
 def tiny_model(hidden: int, layers: int):

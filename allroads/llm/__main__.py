@@ -1,133 +1,53 @@
-r"""CLI: ``python -m allroads.llm {sft,rm,local-rm,dpo} [--config FILE.json] [--preset tiny] [--key value ...]``.
+r"""CLI: ``python -m allroads.llm COMMAND [--key value ...]`` — every stage of the TL;DR graph as a command.
 
-Every ``--key value`` is a field of the stage's config dataclass (:mod:`allroads.llm.core.config`);
-``--preset tiny`` starts from the project's one CPU preset, :func:`allroads.llm.pipeline.settings.tiny_settings`
-(tiny GPT-NeoX, word-level tokenizer, synthetic data, small batches; the stage's config derived by
-:func:`allroads.llm.pipeline.settings.stage_config`), before the config file and the overrides are applied. Under ``torchrun`` the same command
-runs data-parallel (DDP, or FSDP with ``--fsdp true``).
+    training    sft, rm, local-rm, dpo     one training stage from a config (:mod:`allroads.llm.cli.train`)
+    online      sample, score, online-pairs, online-dpo
+                                           samples → scores → best/worst pairs → online DPO (:mod:`allroads.llm.cli.online`)
+    judging     judge                      two policies' samples judged with the App. B.4 prompt (:mod:`allroads.llm.cli.judging`)
+    evaluation  evaluate                   win rate / known score / BT validation of a model (:mod:`allroads.llm.cli.evaluation`)
 
-An ``--output_dir`` that holds a run of another config is refused (exit status 2) before anything is loaded,
-with the fields that differ; an unfinished run of the same config resumes from its last checkpoint, a
-finished one is reported and nothing runs (exit status 0).
+Each command writes a directory in the format the runner's stage of the same name writes, and reads one written by
+another command, by the runner or by hand in the documented format (:mod:`allroads.llm.train.stage_files`); bad
+input is refused before any work, every bad line named. ``python -m allroads.llm COMMAND --help`` lists every option
+with its docstring.
 
 Examples::
 
     python -m allroads.llm sft --preset tiny --output_dir runs/tiny-sft
     python -m allroads.llm dpo --preset tiny --model runs/tiny-sft/model --output_dir runs/tiny-dpo
     python -m allroads.llm sft --data path/to/tldr_3_filtered_train.jsonl --model EleutherAI/pythia-1.4b-deduped
+    python -m allroads.llm sample --model runs/tiny-sft --data synthetic:160 --n 25 --temperature 0.1 --output_dir runs/s
+    python -m allroads.llm score --scored runs/s --rm runs/tiny-rm --output_dir runs/s-scored
+    python -m allroads.llm online-pairs --scored runs/s-scored --tokenizer runs/tiny-sft/model --output_dir runs/pairs
+    python -m allroads.llm online-dpo --preset tiny --start runs/tiny-sft --pairs runs/pairs --output_dir runs/odpo
+    python -m allroads.llm evaluate --metric known --model runs/odpo --sft runs/tiny-sft --data synthetic:384 \
+        --output_dir runs/eval
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import sys
-from pathlib import Path
 
-import torch
+from allroads.llm.cli import evaluation, judging, online, train
+from allroads.llm.core.config import CONFIGS
 
-from allroads.llm.core.config import CONFIGS, load_config
-from allroads.llm.core.field_docs import field_docs
-from allroads.llm.data import load as L
-from allroads.llm.model import models as M
-from allroads.llm.model import tokenizer as TK
-from allroads.llm.pipeline.settings import stage_config, tiny_settings
-from allroads.llm.train import methods as T
-from allroads.llm.train.loop import output_dir
-from allroads.llm.train.resume import RunMismatchError, check_output_dir
-
-
-def tiny_preset(stage: str) -> dict:
-    """The fields of ``stage``'s config in the tiny preset (:func:`allroads.llm.pipeline.settings.tiny_settings`)."""
-
-    cfg = stage_config(stage.replace("-", "_"), tiny_settings())
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-
-
-def _parse(argv: list[str]):
-    """The stage, ``--config``, ``--preset`` and the ``--key value`` overrides; ``STAGE --help`` lists every field of
-    the stage's config with its docstring and default (``--max_steps`` and ``--max-steps`` are the same option)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("stage", nargs="?", choices=sorted(CONFIGS))
-    stage = pre.parse_known_args(argv)[0].stage
-    p = argparse.ArgumentParser(prog="python -m allroads.llm", description=__doc__.split("\n")[0], allow_abbrev=False,
-                                epilog="`python -m allroads.llm STAGE --help` lists every field of the stage's config.")
-    p.add_argument("stage", choices=sorted(CONFIGS))
-    p.add_argument("--config", default=None, help="JSON file of config fields")
-    p.add_argument("--preset", choices=["tiny"], default=None, help="CPU preset: tiny model + synthetic data")
-    names = _add_field_options(p, CONFIGS[stage]) if stage else []
-    args = p.parse_args(argv)
-    return args, {k: v for k, v in vars(args).items() if k in names}
-
-
-def _add_field_options(p: argparse.ArgumentParser, cls) -> list[str]:
-    """One ``--field`` option per config field (value kept as text, typed by :func:`load_config`)."""
-    defaults = cls()
-    group = p.add_argument_group(f"{cls.__name__} fields (--key value; true/false for yes/no fields; JSON list for "
-                                 "pairs)")
-    docs = field_docs(cls)
-    for name, doc in docs.items():
-        default = getattr(defaults, name)
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=type(default).__name__.upper(),
-                           help=f"{doc} (default: {default!r})".replace("%", "%%"))
-    return list(docs)
-
-
-def _output_dir_status(cfg, stage: str) -> int | None:
-    """Exit status when the output directory settles the run before any loading: 0 for a finished run of this
-    config, 2 for a run of another config (the differing fields printed); None to go on (new or resumed run)."""
-    out = output_dir(cfg)
-    try:
-        status = check_output_dir(cfg, out)
-    except RunMismatchError as e:
-        print(f"[{stage}] refused: {e}", file=sys.stderr)
-        return 2
-    if status == "finished":
-        print(f"[{stage}] {out} already holds the finished run of this config: nothing to do (model in {out / 'model'})")
-        return 0
-    return None
+COMMANDS = {**{stage: train.main for stage in sorted(CONFIGS)}, **online.COMMANDS, "judge": judging.main,
+            "evaluate": evaluation.main}
+"""Command name → ``main(argv)`` (the training commands get their stage name as ``argv[0]``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-
-    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
-    M.quiet_progress_bars()
-    cls = CONFIGS[args.stage]
-    # precedence: dataclass defaults < preset < --config file < --key value
-    values = {}
-    if args.preset == "tiny":
-        torch.set_num_threads(1)
-        values.update(tiny_preset(args.stage))
-    if args.config:
-        values.update({k: v for k, v in vars(load_config(cls, args.config)).items()
-                       if k in json.loads(Path(args.config).read_text())})
-    values.update(overrides)
-    cfg = load_config(cls, None, values)
-    cfg.validate()  # fail before loading anything (world size re-checked inside the loop)
-    status = _output_dir_status(cfg, args.stage)
-    if status is not None:
-        return status
-    tok = TK.load_tokenizer(cfg.tokenizer or cfg.model)
-    kw = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)
-    load = L.load_packed_sft if args.stage == "sft" else L.load_packed_pairs  # batched tokenization, int32 arrays
-    examples, report = load(cfg.data, tok, cfg.data_split, **kw)
-    print(report)
-    mk = dict(tokenizer=tok, dtype=cfg.dtype, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
-    if args.stage == "sft":
-        hist = T.train_sft(M.load_policy(cfg.model, **mk), examples, cfg, tokenizer=tok)
-    elif args.stage == "rm":
-        hist = T.train_rm(M.load_reward_model(cfg.model, **mk), examples, cfg, tokenizer=tok)
-    elif args.stage == "local-rm":
-        hist = T.train_local_rm(M.load_policy(cfg.model, **mk), examples, cfg, tokenizer=tok)
-    else:
-        policy = M.load_policy(cfg.model, **mk)
-        ref = M.load_policy(cfg.ref_model or cfg.model, **{**mk, "gradient_checkpointing": False})
-        hist = T.train_dpo(policy, ref, examples, cfg, tokenizer=tok)
-    last = hist.metrics[-1] if hist.metrics else {}
-    print(f"[{args.stage}] done: {hist.final_step} steps, final loss {last.get('loss', float('nan')):.4f}, "
-          f"output in {hist.output_dir}")
-    return 0
+    """Run one command; ``argv`` without the program name (default: ``sys.argv[1:]``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.split("Examples::")[0].strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
+              else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}; use one of {sorted(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    if argv[0] in CONFIGS:
+        return train.main(argv)
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run paper figures 3–12 over the cached TL;DR stage graph (Swamy et al. 2025, Sec. 3; App. B).
+r"""Run paper figures 3–12 over the cached TL;DR stage graph (Swamy et al. 2025, Sec. 3; App. B).
 
     python experiments/llm/run.py --preset tiny --figure fig3 fig7 fig8          # CPU plumbing check, seconds
     python experiments/llm/run.py --preset small --figure fig3 fig7              # CPU, known reward, 3 seeds
@@ -8,6 +8,33 @@
 
     python experiments/llm/run.py --preset paper --figure fig3 --sft-data tldr/ --pft-data comparisons/ \
         --judge-base-url http://localhost:8000/v1 --judge-model my-judge       # local data, another judge
+    python experiments/llm/run.py --preset paper --model EleutherAI/pythia-2.8b-deduped --set dpo.lr=1e-6 \
+        --set online.n_samples=8 --report_to tensorboard                       # any setting, watched in TensorBoard
+    python experiments/llm/run.py --preset tiny --config my_run.yaml           # settings and figure configs in a file
+
+Settings. The preset's settings, then ``--config FILE`` (YAML by the suffix .yaml/.yml, else JSON), then the flags:
+``--model``, ``--sft-data``, ``--pft-data``, ``--judge-model``, ``--rm-model``, ``--online-temperature``, ``--report_to``
+and ``--set FIELD=VALUE`` (repeatable) for any field listed at the end of this help, nested ones too (``--set
+dpo.lr=1e-6``, ``--set online.n_samples=8``; tuples as comma lists or JSON, ``--set report_to=tensorboard,wandb``;
+an optional config as null or a JSON object). Values are typed against the field's type and validated; an unknown
+name is refused with the closest names; a field given twice with different values is an error. A config file::
+
+    settings:                 # Settings fields; nested configs as mappings
+      model: tiny
+      dpo: {lr: 1.0e-3, beta: 0.1}
+      online: {n_samples: 8}
+    figures:                  # figure name -> fields over configs/<name>.json; also the figures to run when
+      fig3: {seeds: [0, 1]}   # --figure is not given
+      fig7: {}
+
+Every figure JSON records the final settings (each training stage's config as derived for its stages), where they
+came from (``settings_from``: preset, config file, assignments), and ``provenance``: git revision and dirty state,
+package versions, the device and the resolved config of every stage behind it; every bar or curve point names its
+stages (``stages``: ``<kind>-<hash>`` directories under --root), and ``outcome`` states the comparison in one line.
+
+Trackers. ``--report_to tensorboard,wandb,trackio`` (or ``--report-to``; optional extras, offline modes work without
+network) sends every training stage's per-step metrics there (``Settings.report_to``), and the runner logs each
+figure's numbers and a table of the samples its evaluation stages wrote, under ``<out>/trackers``.
 
 Before any stage runs, everything the run needs is checked and all problems are listed at once (exit code 2): the
 figure names, every figure config (types, seeds), that --out and --root are writable, then the data files and
@@ -29,23 +56,31 @@ running (it resumes from its checkpoints, or restarts, next time) and the comman
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import shlex
-import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
 from allroads.llm.figures.paper import FIGURES, run_figure
 from allroads.llm.figures.preflight import PreflightError, check_inputs, run_problems
-from allroads.llm.figures.summary import summary_lines
+from allroads.llm.figures.summary import figure_metrics, sample_rows, summary_lines
 from allroads.llm.judge.factory import JudgeFactory
 from allroads.llm.pipeline.cache import StageCorrupted
 from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.pipeline.overrides import (
+    SettingsError,
+    apply_assignments,
+    apply_mapping,
+    assignments,
+    field_table,
+    read_run_file,
+)
 from allroads.llm.pipeline.selection import STAGES, select_hyperparameters
 from allroads.llm.pipeline.settings import paper_settings, small_settings, tiny_settings
+from allroads.llm.train.trackers import make_tracker
 
 CONFIGS = Path(__file__).parent / "configs"
 """Each figure's default config: ``configs/<name>.json`` (a name of ``FIGURES``)."""
@@ -54,16 +89,38 @@ TINY_SEEDS = (0,)
 """The tiny preset's seeds when --seeds is not given: a plumbing check needs one seed, not the configs' three."""
 
 
-def _settings(args):
-    """The preset's settings with the data and judge options of the command line."""
+FLAGS = (("model", "model"), ("sft_data", "sft_data"), ("pft_data", "pft_data"), ("judge_model", "judge_id"),
+         ("rm_model", "rm_model"), ("online_temperature", "online.sampling_temperature"), ("report_to", "report_to"))
+"""Dedicated flags → the Settings field each sets (applied with the --set assignments, after --config)."""
+
+
+def _assignments(args) -> tuple[list[tuple[str, str]], list[str]]:
+    """The dedicated flags and ``--set`` assignments in order, and a problem for each field given twice with
+    different values."""
+    pairs = [(field, str(getattr(args, flag))) for flag, field in FLAGS if getattr(args, flag) not in (None, "")]
+    pairs += assignments(args.set)
+    seen: dict[str, str] = {}
+    twice = []
+    for name, value in pairs:
+        if name in seen and seen[name] != value:
+            twice.append(f"{name} given twice with different values ({seen[name]!r}, {value!r}); keep one")
+        seen[name] = value
+    return pairs, twice
+
+
+def _settings(args, run_file: dict):
+    """The preset's settings, then the ``--config`` file's ``settings``, then the flags and ``--set`` assignments."""
     presets = {"tiny": tiny_settings, "small": lambda: small_settings(args.task), "paper": paper_settings}
     settings = presets[args.preset]()
-    given = {"sft_data": args.sft_data, "pft_data": args.pft_data, "judge_id": args.judge_model,
-             "rm_model": args.rm_model}
-    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v})
-    if args.online_temperature is not None:
-        settings = dataclasses.replace(settings, online=dataclasses.replace(
-            settings.online, sampling_temperature=args.online_temperature))
+    if run_file["settings"]:
+        settings = apply_mapping(settings, run_file["settings"])
+    pairs, problems = _assignments(args)
+    try:
+        settings = apply_assignments(settings, pairs)
+    except SettingsError as e:
+        problems = problems + str(e).splitlines()
+    if problems:
+        raise SettingsError("\n".join(problems))
     return settings
 
 
@@ -81,10 +138,20 @@ def _kinds(text: str) -> frozenset[str]:
     return kinds
 
 
+def _epilog() -> str:
+    """Every Settings field with its docstring, for --help."""
+    lines = ["Settings fields (--set FIELD=VALUE, or under settings: in a --config file):"]
+    for line in field_table():
+        lines += textwrap.wrap(line, 118, subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--figure", nargs="+", default=["fig3"],
-                   help=f"figure names ({', '.join(FIGURES)}: configs/<name>.json) or JSON config paths")
+    p = argparse.ArgumentParser(description=__doc__, epilog=_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--figure", nargs="+", default=None,
+                   help=f"figure names ({', '.join(FIGURES)}: configs/<name>.json) or JSON config paths (default: "
+                   "the figures of --config, else fig3)")
     p.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
                    help="tiny: plumbing check (minutes; one seed, see --seeds); small: ground-truth H6 study on CPU "
                    "(experiments/llm/README.md); paper: Pythia + gpt-4o")
@@ -111,8 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "pairs (default: the policy's; e.g. tiny:320x4 for a larger verifier)")
     p.add_argument("--judge-base-url", default="", help="OpenAI-compatible endpoint of the judge (paper preset; "
                    "default OPENAI_BASE_URL, else OpenAI's)")
+    _settings_flags(p)
     _cache_flags(p)
     return p
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="base model of every stage: a hub id, a save_pretrained directory, or "
+                   "tiny[:HIDDENxLAYERS] (Settings.model; default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any Settings field (repeatable; nested: dpo.lr=1e-6, online.n_samples=8; the fields are "
+                   "listed below)")
+    p.add_argument("--config", default="", metavar="FILE.yaml|FILE.json",
+                   help="settings and figure configs in one file (module docstring above); applied after the preset, "
+                   "before the flags")
+    p.add_argument("--report_to", "--report-to", dest="report_to", default="", metavar="TRACKER[,TRACKER]",
+                   help="trackers: none, tensorboard, wandb, trackio (comma list; optional extras): every training "
+                   "stage's metrics, and each figure's numbers and samples")
 
 
 def _cache_flags(p: argparse.ArgumentParser) -> None:
@@ -180,6 +262,20 @@ def _interrupted(pipe: Pipeline, progress: _Progress, root: Path, argv: list[str
     return f"run.py: interrupted; {kept}{running}; resume with: {shlex.join([sys.executable, script, *argv])}"
 
 
+def _prepare(args, out: Path, root: Path):
+    """The settings and figure configs of the run, and every problem of them (nothing is built)."""
+    problems, settings, run_file = [], None, {"settings": {}, "figures": {}}
+    try:
+        run_file = read_run_file(args.config) if args.config else run_file
+        settings = _settings(args, run_file)
+    except SettingsError as e:
+        problems += str(e).splitlines()
+    names = args.figure or list(run_file["figures"]) or ["fig3"]
+    figs, more = run_problems(names, CONFIGS, seeds=seeds_of(args)[0], out=out, root=root,
+                              overrides=run_file["figures"])
+    return settings, figs, problems + more
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = build_parser()
@@ -190,19 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root or f"runs/llm-{args.preset}")
     out = Path(args.out or f"results/llm-{name}")
     seeds, seeds_from = seeds_of(args)
-    figs, problems = run_problems(args.figure, CONFIGS, seeds=seeds, out=out, root=root)
+    settings, figs, problems = _prepare(args, out, root)
     if problems:
         print(f"run.py: {len(problems)} problem(s), found before any stage ran:\n"
               + "\n".join(f"* {q}" for q in problems), file=sys.stderr)
         return 2
     if args.preset == "tiny" and not args.seeds:
         print(f"== seeds: {seeds_from} ==")
-    settings = _settings(args)
     judges = JudgeFactory(args.preset, root, model=settings.judge_id, base_url=args.judge_base_url, task=args.task)
     progress = _Progress()
     cache_options = {"reuse_kinds": args.reuse_stages, "strict": args.strict}
     pipe = Pipeline(root, settings, judges, log=progress.log, **cache_options)
-    extra = {"seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict}
+    extra = {"seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
+             "settings_from": {"preset": args.preset, "config": args.config or None,
+                               "assignments": [f"{k}={v}" for k, v in _assignments(args)[0]]}}
     try:
         check_inputs(pipe, figs)
         _run(pipe, figs, out, name, extra)
@@ -222,11 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(pipe: Pipeline, figs: list, out: Path, name: str, extra: dict) -> None:
-    """The small preset's hyperparameter selection (if any), then every figure: JSON, PNG and its summary lines."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = ""
+    """The small preset's hyperparameter selection (if any), then every figure: JSON, PNG, its summary lines and
+    outcome, and (with ``report_to``) its numbers and samples to the trackers."""
     if pipe.settings.selection is not None:  # the small preset: lr and epochs of each stage chosen on held-out data
         t0 = time.perf_counter()
         kinds = sorted({k for f in figs for k in SELECTED.get(f.figure, STAGES)}, key=STAGES.index)
@@ -235,11 +329,38 @@ def _run(pipe: Pipeline, figs: list, out: Path, name: str, extra: dict) -> None:
         extra = {**extra, "selection": selection}
         print(f"== hyperparameters chosen on held-out data ({time.perf_counter() - t0:.1f}s): " + ", ".join(
             f"{k} lr {v['lr']:g} x {v['epochs']} epoch(s)" for k, v in selection.items() if "lr" in v) + " ==")
-    for fig in figs:
-        t0 = time.perf_counter()
-        result = run_figure(pipe, fig, out, preset=name, extra=extra)
-        print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {rev[:10]}; {out / fig.figure}.json) ==")
-        print("\n".join(summary_lines(result, FIGURES[fig.figure])))
+    tracker = _tracker(pipe, out, name)
+    try:
+        for step, fig in enumerate(figs):
+            t0 = time.perf_counter()
+            result = run_figure(pipe, fig, out, preset=name, extra=extra)
+            git = result["provenance"]["git"]
+            print(f"== {fig.figure} ({time.perf_counter() - t0:.1f}s, git {git['revision'][:10]}"
+                  f"{' dirty' if git['dirty'] else ''}; {out / fig.figure}.json) ==")
+            print("\n".join(summary_lines(result, FIGURES[fig.figure])))
+            if tracker is not None:
+                _log_figure(tracker, result, step)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _tracker(pipe: Pipeline, out: Path, name: str):
+    """The run's tracker (:func:`allroads.llm.train.trackers.make_tracker`) under ``<out>/trackers``, or None when
+    ``Settings.report_to`` names none."""
+    report_to = tuple(t for t in pipe.settings.report_to if t != "none")
+    if not report_to:
+        return None
+    return make_tracker(report_to, out / "trackers", f"run-{name}", pipe.settings_block())
+
+
+def _log_figure(tracker, result: dict, step: int) -> None:
+    """A figure's numbers (:func:`figure_metrics`), its samples (:func:`sample_rows`) and its outcome."""
+    tracker.log(figure_metrics(result), step)
+    rows = sample_rows(result)
+    if rows:
+        tracker.table(f"{result['figure']}/samples", rows)
+    tracker.summary({f"{result['figure']}/outcome": result["outcome"]})
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data import synthetic as S
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
-PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # tests/fixtures/, inside the repository
+PYTHIA_TOKENIZER = FIXTURES / "gpt-neox-20b" / "tokenizer.json"  # Apache-2.0, see its README.md
 TOKENIZER_FILE = str(PYTHIA_TOKENIZER)
 
 

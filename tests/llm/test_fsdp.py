@@ -35,7 +35,7 @@ def _args(stage: str, out: Path, fsdp: bool, extra=()) -> list[str]:
 
 def _stopped_dpo(out: Path, stop_after: int, fsdp: bool = True) -> None:
     """The CLI's DPO run (same config), stopped after ``stop_after`` steps as if the process were killed."""
-    from allroads.llm.__main__ import tiny_preset
+    from allroads.llm.cli.train import tiny_preset
     from allroads.llm.core.config import DPOConfig, load_config
     from allroads.llm.data import load as L
     from allroads.llm.data import rows as D

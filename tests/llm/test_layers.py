@@ -11,7 +11,7 @@ import pytest
 LLM = Path(__file__).resolve().parents[2] / "allroads" / "llm"
 
 LAYERS = {"core": 0, "data": 1, "model": 2, "judge": 3, "train": 3, "evaluation": 4, "pipeline": 5, "figures": 6,
-          "__main__": 7}
+          "cli": 7, "__main__": 8}
 """Sub-package → layer; a module may import its own sub-package and lower layers only (judge and train are
 independent of each other)."""
 

@@ -16,8 +16,8 @@ from allroads.llm.model import models as M
 from allroads.llm.model import tokenizer as TK
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
-PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # tests/fixtures/, inside the repository
+PYTHIA_TOKENIZER = FIXTURES / "gpt-neox-20b" / "tokenizer.json"  # Apache-2.0, see its README.md
 TOKENIZER_FILE = str(PYTHIA_TOKENIZER)
 
 

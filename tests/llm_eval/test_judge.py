@@ -28,8 +28,8 @@ from allroads.llm.judge.judge import (  # noqa: F401
 )
 from allroads.llm.judge.rule_server import RuleJudgeServer, split_judge_prompt  # noqa: F401
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
-PAPER = SHARED / "paper" / "all_roads_lead_to_likelihood.txt"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # tests/fixtures/, inside the repository
+PAPER = FIXTURES / "paper" / "appendix_b_prompts.txt"  # App. B.1 and B.4 verbatim, see its README.md
 SECRET = "sk-test-DO-NOT-WRITE-0123456789"
 
 
@@ -67,7 +67,6 @@ def judge_for(server, tmp_path=None, **cfg):
 
 
 # --- prompts ------------------------------------------------------------------------------------
-@pytest.mark.skipif(not PAPER.exists(), reason="paper text not available")
 @pytest.mark.parametrize("template,lead", [
     (STANDARD_JUDGE_TEMPLATE, "For standard summarization, we use the following prompt:"),
     (TWO_WORD_JUDGE_TEMPLATE, "For two-word summarization (i.e. Fig 10) we use the following prompt:"),
@@ -79,7 +78,6 @@ def test_judge_templates_are_verbatim_from_appendix_b4(template, lead):
     assert template == intro + "\n\n" + block
 
 
-@pytest.mark.skipif(not PAPER.exists(), reason="paper text not available")
 def test_two_word_summary_template_is_verbatim_from_appendix_b1():
     text = PAPER.read_text()
     lead = "We use the following prompt to generate a pair of two-word summaries via `gpt-4o` query:"

@@ -8,8 +8,8 @@ transformers = pytest.importorskip("transformers")
 
 from allroads.llm.model.sample import SamplingConfig, sample  # noqa: F401
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # the project's shared/ lies beside the repository (CI too)
-PYTHIA_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # tests/fixtures/, inside the repository
+PYTHIA_TOKENIZER = FIXTURES / "gpt-neox-20b" / "tokenizer.json"  # Apache-2.0, see its README.md
 TOKENIZER_JSON = PYTHIA_TOKENIZER
 EOS = 0  # <|endoftext|> in the GPT-NeoX tokenizer
 PROMPTS = ["The cat sat on the mat and then", "Hello"]
@@ -26,15 +26,7 @@ def tiny_model(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def tok():
-    if TOKENIZER_JSON.exists():
-        t = transformers.PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON))
-    else:  # a small offline WordLevel tokenizer with the same EOS id
-        from tokenizers import Tokenizer, models, pre_tokenizers
-
-        words = ["<|endoftext|>"] + "the cat sat on mat and then hello a b c d e f g".split()
-        tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
-        tk.pre_tokenizer = pre_tokenizers.Whitespace()
-        t = transformers.PreTrainedTokenizerFast(tokenizer_object=tk)
+    t = transformers.PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON))
     t.eos_token = "<|endoftext|>"
     assert t.eos_token_id == EOS
     return t

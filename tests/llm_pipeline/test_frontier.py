@@ -207,6 +207,10 @@ def test_frontier_figure_writes_every_method_budgets_rules_and_a_png(tmp_path):
         for p in m["points"]:
             assert {"lr", "epochs", "seed", "known_score", "known_score_se", "on_policy_r_star", "kl", "kl_se",
                     "objective"} <= set(p)
+            # the point is traceable: its sweep run's directory, finished, of this method's kind and lr
+            spec = json.loads((tmp_path / "runs" / p["stage"] / "stage.json").read_text())
+            assert (tmp_path / "runs" / p["stage"] / "DONE").is_file() and spec["kind"].startswith("frontier_")
+            assert dict(spec["spec"]["args"])["cfg"]["lr"] == p["lr"]
     assert r["sft"]["kl"] == 0.0
     assert set(r["budgets"]["known_score"]) == {"0.5", "1.5", "3", "5", "10"}
     dpo = r["methods"]["DPO"]["curve"]

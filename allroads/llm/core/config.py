@@ -11,8 +11,9 @@ Appendix B.3 of Swamy et al. (2025) gives the hyperparameters:
   512``), which the paper builds on; responses are at most 53 tokens (Table 1's generation length; REBEL's
   ``response_length = 53``).
 
-Every field has a docstring under it; derived values are properties. Configs are read from JSON
-(:func:`load_config`) with ``--key value`` overrides, so no YAML dependency.
+Every field has a docstring under it; derived values are properties. Configs are read from JSON or YAML
+(:func:`load_config`) with ``--key value`` overrides; TRL's names are accepted where they mean the same
+(:data:`TRL_NAMES`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OnlineDataConfig", "TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfig", "LocalRMConfig", "load_config",
+from allroads.llm.core.config_io import TRL_NAMES, TRL_REFUSED, coerce, read_config_file, trl_translated
+
+__all__ = ["OnlineDataConfig", "TrainConfig", "SFTConfig", "RMConfig", "PreferenceConfig", "DPOConfig", "LocalRMConfig", "load_config", "TRL_NAMES", "TRL_REFUSED",
            "config_key", "config_hash", "digest"]
 
 PYTHIA_1B4 = "EleutherAI/pythia-1.4b-deduped"
@@ -273,58 +276,25 @@ CONFIGS: dict[str, type[TrainConfig]] = {
 }
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    """Turn a JSON / command-line value into the type of the field's default."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes"):
-            return True
-        if str(value).lower() in ("0", "false", "no"):
-            return False
-        raise ValueError(f"--{name} expects true/false, got {value!r}")
-    if isinstance(current, tuple):
-        if isinstance(value, (list, tuple)):
-            items = value
-        elif str(value).lstrip().startswith("["):
-            items = json.loads(value)
-        else:  # a comma-separated list: --report_to tensorboard,wandb
-            items = [v.strip() for v in str(value).split(",") if v.strip()]
-        kind = type(current[0]) if current else str
-        return tuple(kind(v) for v in items)
-    try:
-        return type(current)(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--{name} expects a {type(current).__name__}, got {value!r}") from e
-
-
 def load_config(cls: type[TrainConfig], path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Build a config: defaults, then the JSON file at ``path``, then ``overrides`` (e.g. from ``--key value``).
+    """Build a config: defaults, then the JSON or YAML file at ``path`` (YAML by the suffix ``.yaml`` / ``.yml``), then
+    ``overrides`` (e.g. from ``--key value``). The file and the overrides may use TRL's names (:data:`TRL_NAMES`).
 
     Unknown keys raise a ValueError listing the valid ones (a typo never silently keeps a default).
     """
     values: dict[str, Any] = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {path!r} does not exist; pass a JSON file of {cls.__name__} fields")
-        try:
-            loaded = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                             f"fix the file (a JSON object of {cls.__name__} fields)") from e
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: holds a {type(loaded).__name__}, not a JSON object of "
-                             f"{cls.__name__} fields")
-        values.update(loaded)
-        values.pop("stage", None)
-    values.update(overrides or {})
+        loaded = read_config_file(path, cls)
+        loaded.pop("stage", None)
+        values.update(trl_translated(loaded, cls, f"config file {path}"))
+    values.update(trl_translated(dict(overrides or {}), cls, "overrides"))
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
-    typed = {k: _coerce(v, getattr(defaults, k), k) for k, v in values.items()}
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)} (or TRL's names "
+                         f"{sorted(TRL_NAMES)})")
+    typed = {k: coerce(v, getattr(defaults, k), k) for k, v in values.items()}
     return dataclasses.replace(defaults, **typed)
 
 

@@ -1,4 +1,5 @@
-r"""TL;DR rows from their sources: hub ids, local files, directories, the synthetic tasks.
+r"""TL;DR rows from their sources: hub ids, local files, directories, ``datasets`` folders and builder specs, the
+synthetic tasks.
 
 Sources (``source`` strings accepted by :func:`load_sft_rows` / :func:`load_comparison_rows`):
 
@@ -13,22 +14,36 @@ Sources (``source`` strings accepted by :func:`load_sft_rows` / :func:`load_comp
   summaries[{text}], choice) or in the pre-formatted ``prompt`` schema above;
 * a local directory: the files under it whose name starts with the split (``train.jsonl``,
   ``data/train-00000-of-00001.parquet``, …);
+* a ``datasets`` ``save_to_disk`` folder (a ``Dataset``, read whole, or a ``DatasetDict``, its split), or
+  ``BUILDER:FILES`` for any packaged ``load_dataset`` builder and its files (``json:data/*.jsonl``,
+  ``parquet:dir/*.parquet``, ``csv:rows.csv``; ``{split}`` in FILES becomes the split);
+  :mod:`allroads.llm.data.sources` says how each is read;
 * ``synthetic[-TASK][:N[:SEED]]`` (``synthetic``, ``synthetic:N``, ``synthetic-lookup:N``, …): :mod:`allroads.llm.data.synthetic`
   rows with a known score; TASK is ``facts`` (default), ``two_word`` or ``lookup``.
+
+TRL's dataset formats, text or conversational, in any of these sources. SFT: ``prompt`` / ``completion`` and
+``messages``; preferences: ``prompt`` / ``chosen`` / ``rejected`` (explicit prompt) and ``chosen`` / ``rejected``
+alone (implicit prompt: both conversations start with the same prompt messages). A conversation (a list of
+``{"role", "content"}`` messages with text content) maps to the TL;DR row only when it is one: the prompt is exactly
+one ``user`` message whose content is the paper's prompt (``SUBREDDIT: r/…\n\nTITLE: …\n\nPOST: …\n\nTL;DR:``,
+parsed back into subreddit/title/post), and the completion, chosen and rejected are each exactly one ``assistant``
+message, its content the summary. Anything else (a system message, several turns, a non-text content) is a
+malformed row whose message says what is expected; nothing is dropped silently.
 
 The OpenAI release as local files (:mod:`allroads.llm.data.sources`): ``tldr_3_filtered/{train,valid,test}.jsonl``
 (``valid`` is the validation split) and ``comparisons/batch*.json`` (JSON lines whose ``split`` field is ``train``,
 ``valid1`` or ``valid2``; validation = ``valid1`` ∪ ``valid2``); a hub dataset's parquet conversion
 (``<config>/<split>/*.parquet``) as a directory.
 
-Malformed rows. A line that is not UTF-8 or not JSON, a row that is not an object, lacks a required field, has
-a field of the wrong type (a number for a summary), an empty post or summary, or an invalid ``choice`` is named
-(``file:line``, ``file row i`` or ``hub_id[split] index i``) with its fix; every row is read first and one
-:class:`DataRowsError` reports them all (the first 20 named). Two cases are *skipped, counted and reported* in
-:class:`LoadReport`, as the paper's pipeline does: rows that are not TL;DR posts (the OpenAI comparisons
-validation split also holds CNN/DM articles, whose ``info`` has ``article`` and no ``post``, and
-trl-lib/tldr-preference's validation split holds them as ``TITLE: …`` prompts; the paper's 83.8K validation
-pairs are the TL;DR ones, Table 1), and pairs whose chosen and rejected texts are identical (no preference).
+Malformed rows. A line that is not UTF-8 or not JSON, a row that is not an object, lacks a required field, has a
+field of the wrong type (a number for a summary), an empty post or summary, an invalid ``choice`` or a conversation
+that is not a TL;DR row is named (``file:line``, ``file row i``, ``hub_id[split] index i``,
+``folder[split] index i``) with its fix; every row is read first and one :class:`DataRowsError` reports them all
+(the first 20 named). Two cases are *skipped, counted and reported* in :class:`LoadReport`, as the paper's pipeline
+does: rows that are not TL;DR posts (the OpenAI comparisons validation split also holds CNN/DM articles, whose
+``info`` has ``article`` and no ``post``, and trl-lib/tldr-preference's validation split holds them as ``TITLE: …``
+prompts; the paper's 83.8K validation pairs are the TL;DR ones, Table 1), and pairs whose chosen and rejected texts
+are identical (no preference).
 
 Format (Table 1): the prompt template and the response encoding ``" " + summary + EOS`` live in
 :mod:`allroads.llm.data.tldr_format`. Responses longer than ``max_response_tokens`` (53, EOS included) are cut
@@ -40,7 +55,7 @@ from typing import Sequence
 
 from allroads.llm.data.packed import PackedPairs, PackedSFT, pack_pairs, pack_sft
 from allroads.llm.data.rows import LoadReport, PreferenceRow, SFTRow
-from allroads.llm.data.sources import BadRow, DataSourceError, iter_rows
+from allroads.llm.data.sources import PFT_FLAGS, SFT_FLAGS, BadRow, DataSourceError, iter_rows
 from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
 from allroads.llm.data.tldr_format import PROMPT_RE, PROMPT_TEMPLATE
 
@@ -93,8 +108,8 @@ def _is_cnn_dm_prompt(prompt: str) -> bool:
 def _parse_prompt(row: dict, where: str) -> tuple[str, str, str]:
     m = PROMPT_RE.match(_text(row, "prompt", where))
     if not m:
-        raise RowError(f"{where}: 'prompt' is not in the format {PROMPT_TEMPLATE!r}; provide raw subreddit/title/post "
-                       "fields")
+        raise RowError(f"{where}: 'prompt' (a conversation's user message) is not in the format {PROMPT_TEMPLATE!r}; "
+                       "provide raw subreddit/title/post fields")
     if not m["post"].strip():
         raise RowError(f"{where}: empty post in 'prompt'; remove the row or fill in the post")
     return m["subreddit"], m["title"], m["post"]
@@ -105,9 +120,60 @@ def _fields(row: dict, where: str) -> tuple[str, str, str]:
     return _text(row, "subreddit", where), _text(row, "title", where), _text(row, "post", where, nonempty=True)
 
 
+def _messages(value, key: str, where: str) -> list[tuple[str, str]]:
+    """``(role, content)`` of a conversational field: a list of ``{"role", "content"}`` messages with text content."""
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{where}: field {key!r} must be text or a non-empty list of {{'role', 'content'}} messages, "
+                       f"got {type(value).__name__} {value!r:.80}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RowError(f"{where}: {key}[{i}] must be a message {{'role': str, 'content': text}}, got {m!r:.80}; "
+                           "write the content as one string")
+        out.append((m["role"], m["content"]))
+    return out
+
+
+def _turn(messages: list[tuple[str, str]], role: str, key: str, where: str) -> str:
+    """The content of the one message of ``role`` that ``key`` must hold to be a TL;DR prompt or summary."""
+    roles = [r for r, _ in messages]
+    if roles != [role]:
+        what = "the TL;DR prompt" if role == "user" else "the summary"
+        raise RowError(f"{where}: {key!r} must be one {role} message holding {what}, got roles {roles}; a TL;DR row "
+                       "has one user turn (the paper's prompt, no system message) and one assistant turn")
+    return messages[0][1]
+
+
+def _conversation_as_text(row: dict, where: str) -> dict:
+    """``row`` in TRL's text format: each conversational field (module docstring) replaced by its message's content;
+    a row in the text format is returned as it is."""
+    if "messages" in row and "prompt" not in row:  # TRL conversational language modelling (SFT)
+        msgs = _messages(row["messages"], "messages", where)
+        if [r for r, _ in msgs] != ["user", "assistant"]:
+            raise RowError(f"{where}: 'messages' must be one user message (the TL;DR prompt) then one assistant "
+                           f"message (the summary), got roles {[r for r, _ in msgs]}")
+        return {**row, "prompt": msgs[0][1], "completion": msgs[1][1]}
+    if "prompt" not in row and isinstance(row.get("chosen"), list):  # implicit prompt (preferences)
+        chosen, rejected = _messages(row["chosen"], "chosen", where), _messages(row.get("rejected"), "rejected", where)
+        if chosen[:-1] != rejected[:-1]:
+            raise RowError(f"{where}: 'chosen' and 'rejected' (implicit prompt) must start with the same prompt "
+                           "messages and differ only in their last, assistant, message")
+        return {**row, "prompt": _turn(chosen[:-1], "user", "prompt", where),
+                "chosen": _turn(chosen[-1:], "assistant", "chosen", where),
+                "rejected": _turn(rejected[-1:], "assistant", "rejected", where)}
+    if not isinstance(row.get("prompt"), list):
+        return row
+    text = {"prompt": _turn(_messages(row["prompt"], "prompt", where), "user", "prompt", where)}
+    for key in ("completion", "chosen", "rejected"):
+        if isinstance(row.get(key), list):
+            text[key] = _turn(_messages(row[key], key, where), "assistant", key, where)
+    return {**row, **text}
+
+
 def _sft_row(row, where: str, report: LoadReport | None = None) -> SFTRow | None:
     """One SFT row; a CNN/DM prompt is skipped and counted when a ``report`` is given (None returned)."""
-    if isinstance(row, dict) and "prompt" in row and "post" not in row:
+    if isinstance(row, dict) and ("prompt" in row or "messages" in row) and "post" not in row:
+        row = _conversation_as_text(row, where)
         _require(row, ["prompt", "completion"], where, "prompt/completion (trl-lib/tldr)")
         if report is not None and isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
             report.skip("not a TL;DR post (CNN/DM article)")
@@ -138,7 +204,8 @@ def _comparison(row: dict, where: str, report: LoadReport) -> tuple | None:
 
 
 def _pref_row(row, where: str, report: LoadReport) -> PreferenceRow | None:
-    if isinstance(row, dict) and "prompt" in row and "info" not in row:
+    if isinstance(row, dict) and ("prompt" in row or isinstance(row.get("chosen"), list)) and "info" not in row:
+        row = _conversation_as_text(row, where)
         _require(row, ["prompt", "chosen", "rejected"], where, "prompt/chosen/rejected (trl-lib/tldr-preference)")
         if isinstance(row["prompt"], str) and _is_cnn_dm_prompt(row["prompt"]):
             report.skip("not a TL;DR post (CNN/DM article)")
@@ -158,12 +225,13 @@ def _pref_row(row, where: str, report: LoadReport) -> PreferenceRow | None:
     return PreferenceRow(*fields, float(p_w), where)
 
 
-def _load(source: str, split: str, limit: int, synthetic, parse) -> tuple[list, LoadReport]:
+def _load(source: str, split: str, limit: int, synthetic, parse, flag) -> tuple[list, LoadReport]:
     """Parse every row of ``source``/``split`` with ``parse(raw, where, report)`` (None = skipped, counted); raise
-    one :class:`DataRowsError` naming up to :data:`MAX_REPORTED` malformed rows after reading them all."""
+    one :class:`DataRowsError` naming up to :data:`MAX_REPORTED` malformed rows after reading them all. ``flag``: the
+    option(s) the advice of an unopenable source names (:func:`allroads.llm.data.sources.iter_rows`)."""
     report = LoadReport(source=f"{source} [{split}]")
     rows, errors = [], []
-    for where, raw in iter_rows(source, split, "--data", synthetic):
+    for where, raw in iter_rows(source, split, flag, synthetic):
         report.n_read += 1
         try:
             r = parse(raw, where, report)
@@ -182,32 +250,39 @@ def _load(source: str, split: str, limit: int, synthetic, parse) -> tuple[list, 
     return rows, report
 
 
-def load_sft_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[SFTRow], LoadReport]:
+def load_sft_rows(source: str, split: str = "train", limit: int = 0, *,
+                  flag: str | tuple[str, ...] = SFT_FLAGS) -> tuple[list[SFTRow], LoadReport]:
     """Read SFT rows (module docstring lists the sources and the malformed-row policy).
 
-    ``limit`` > 0 keeps the first ``limit`` rows. Returns the rows and a :class:`LoadReport`.
+    ``limit`` > 0 keeps the first ``limit`` rows. ``flag``: the option the caller's user gave ``source`` with
+    (``"--sft-data"`` in the figure runner, ``"--data"`` in the stage CLI), named in the advice of a source that cannot
+    be opened; the default names both. Returns the rows and a :class:`LoadReport`.
     """
-    return _load(source, split, limit, make_synthetic_sft, _sft_row)
+    return _load(source, split, limit, make_synthetic_sft, _sft_row, flag)
 
 
-def load_comparison_rows(source: str, split: str = "train", limit: int = 0) -> tuple[list[PreferenceRow], LoadReport]:
-    """Read comparison rows (chosen ≻ rejected); see the module docstring for sources and skips."""
-    return _load(source, split, limit, make_synthetic_comparisons, _pref_row)
+def load_comparison_rows(source: str, split: str = "train", limit: int = 0, *,
+                         flag: str | tuple[str, ...] = PFT_FLAGS) -> tuple[list[PreferenceRow], LoadReport]:
+    """Read comparison rows (chosen ≻ rejected); see the module docstring for sources and skips, and
+    :func:`load_sft_rows` for ``flag`` (here ``"--pft-data"`` in the figure runner)."""
+    return _load(source, split, limit, make_synthetic_comparisons, _pref_row, flag)
 
 
 def load_packed_pairs(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
-                      max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedPairs, LoadReport]:
-    """The comparisons of ``source`` (any source of :func:`load_comparison_rows`) as
+                      max_response_tokens: int = 53, chunk: int = 2048,
+                      flag: str | tuple[str, ...] = PFT_FLAGS) -> tuple[PackedPairs, LoadReport]:
+    """The comparisons of ``source`` (any source of :func:`load_comparison_rows`, ``flag`` as there) as
     :class:`~allroads.llm.data.packed.PackedPairs` (batched tokenization, int32 arrays), and the load report."""
-    rows, report = load_comparison_rows(source, split, limit)
+    rows, report = load_comparison_rows(source, split, limit, flag=flag)
     return pack_pairs(rows, tokenizer, report, chunk=chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
                       max_response_tokens=max_response_tokens), report
 
 
 def load_packed_sft(source: str, tokenizer, split: str = "train", limit: int = 0, *, max_prompt_tokens: int = 512,
-                    max_response_tokens: int = 53, chunk: int = 2048) -> tuple[PackedSFT, LoadReport]:
-    """The SFT rows of ``source`` (any source of :func:`load_sft_rows`) as
+                    max_response_tokens: int = 53, chunk: int = 2048,
+                    flag: str | tuple[str, ...] = SFT_FLAGS) -> tuple[PackedSFT, LoadReport]:
+    """The SFT rows of ``source`` (any source of :func:`load_sft_rows`, ``flag`` as there) as
     :class:`~allroads.llm.data.packed.PackedSFT`, and the load report."""
-    rows, report = load_sft_rows(source, split, limit)
+    rows, report = load_sft_rows(source, split, limit, flag=flag)
     return pack_sft(rows, tokenizer, report, chunk=chunk, drop_rows=True, max_prompt_tokens=max_prompt_tokens,
                     max_response_tokens=max_response_tokens), report

@@ -9,6 +9,24 @@ release's ``valid.jsonl``; ``test*``), as is every file under a directory of tha
 split it names: ``train``; ``valid1`` and ``valid2`` are ``validation`` (the OpenAI comparisons); rows of other
 splits are passed over. A directory holding no split-named file (the release's ``comparisons/batch*.json``) is
 read whole and its rows filtered by that field.
+
+``datasets``-native sources (``datasets`` is imported only when one is read):
+
+* a ``save_to_disk`` folder: a ``Dataset`` (``dataset_info.json`` + ``state.json``) is read whole, like one file (its
+  rows filtered by their ``split`` field when they have one); a ``DatasetDict`` (``dataset_dict.json`` and one folder
+  per split) gives the split asked for, by the names above. Rows are named ``folder index i`` /
+  ``folder[split] index i``;
+* ``BUILDER:FILES``, a packaged ``load_dataset`` builder (``json``, ``csv``, ``parquet``, ``arrow``) and the files it
+  reads (a path or a glob, relative to the working directory), e.g. ``json:data/*.jsonl`` or
+  ``parquet:dir/*.parquet``: ``load_dataset(BUILDER, data_files=FILES, split="train")``, read whole like one file.
+  ``{split}`` in FILES is replaced by the split asked for (``json:data/{split}-*.jsonl``). Rows are named
+  ``BUILDER:FILES index i``. The builder gives each column one type, so a file with a wrongly typed field fails as a
+  whole; read it by its path to have every bad row named by ``file:line``;
+* a hub id, ``owner/name`` or ``owner/name:config`` (``load_dataset(owner/name, config, split=split)``).
+
+Advice. When a source cannot be opened the error says how to give another one, with the option of the command the
+user ran: ``flag`` (an option, or several, of :data:`DATA_FLAGS`), which the caller passes; the default names both
+entry points' options.
 """
 from __future__ import annotations
 
@@ -20,7 +38,8 @@ from typing import Iterator
 
 from allroads.llm.data.synthetic import task_of
 
-__all__ = ["DataSourceError", "BadRow", "ROW_COLUMNS", "iter_rows", "row_split_matches"]
+__all__ = ["DataSourceError", "BadRow", "ROW_COLUMNS", "DATA_FLAGS", "SFT_FLAGS", "PFT_FLAGS", "BUILDERS", "iter_rows",
+           "is_saved_dataset", "row_split_matches"]
 
 _HUB_DEFAULT_CONFIG = {"openai/summarize_from_feedback": "comparisons"}
 _HUB_PARQUET_REVISION = {"openai/summarize_from_feedback": "refs/convert/parquet"}
@@ -28,8 +47,18 @@ _HUB_PARQUET_REVISION = {"openai/summarize_from_feedback": "refs/convert/parquet
 conversion the hub keeps at this revision instead."""
 
 ROW_COLUMNS = {"subreddit", "title", "post", "summary", "prompt", "completion", "chosen", "rejected", "info",
-               "summaries", "choice", "p_w", "split"}
+               "summaries", "choice", "p_w", "split", "messages"}
 """The columns the row parsers read (and the per-row split)."""
+
+DATA_FLAGS = {"--sft-data": "figure runner", "--pft-data": "figure runner", "--data": "stage CLI"}
+"""The options that take a data source, and the entry point that has each (``experiments/llm/run.py``,
+``python -m allroads.llm``): the only options the loaders' advice names."""
+SFT_FLAGS = ("--sft-data", "--data")
+"""The options of SFT data in the two entry points: the default ``flag`` of the SFT loader."""
+PFT_FLAGS = ("--pft-data", "--data")
+"""The options of preference data in the two entry points: the default ``flag`` of the comparison loader."""
+BUILDERS = ("json", "csv", "parquet", "arrow")
+"""The packaged ``load_dataset`` builders a ``BUILDER:FILES`` source may name."""
 
 _SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid"), "test": ("test",)}
 _ROW_SPLITS = {"train": ("train",), "validation": ("validation", "valid", "valid1", "valid2"), "test": ("test",)}
@@ -53,16 +82,37 @@ def row_split_matches(row, split: str) -> bool:
     return not isinstance(value, str) or value in _ROW_SPLITS.get(split, (split,))
 
 
-def _hub_error(hub_id: str, split: str, err: Exception, flag: str) -> DataSourceError:
+def _flags(flag: str | tuple[str, ...]) -> tuple[str, ...]:
+    """One option or several, as a tuple."""
+    return (flag,) if isinstance(flag, str) else tuple(flag)
+
+
+def _advice(flag: str | tuple[str, ...], split: str) -> str:
+    """How to give local files instead, with the option(s) ``flag`` (each with its entry point when several)."""
+    flags = _flags(flag)
+    shown = [f"`{f} path/to/{split}.jsonl`" + (f" ({DATA_FLAGS[f]})" if len(flags) > 1 and f in DATA_FLAGS else "")
+             for f in flags]
+    return (f"Point at local files (the raw OpenAI schema or TRL's formats) instead, e.g. {' or '.join(shown)} "
+            f"(also .json, .parquet, a datasets save_to_disk folder, `json:path/to/*.jsonl`, or a directory holding "
+            f"{split}*.jsonl / {split}*.parquet), or `synthetic` in place of the path for the synthetic CPU data.")
+
+
+def _hub_error(hub_id: str, split: str, err: Exception, flag) -> DataSourceError:
     return DataSourceError(
         f"could not load hub dataset {hub_id!r} (split {split!r}): {type(err).__name__}: {err}\n"
-        f"No hub reachable (or HF_HUB_OFFLINE=1)? Point at local files in the raw OpenAI schema instead, "
-        f"e.g. `{flag} path/to/{split}.jsonl` (also .json, .parquet, or a directory holding "
-        f"{split}*.jsonl / {split}*.parquet), or `{flag} synthetic` for the synthetic CPU data."
+        f"No hub reachable (or HF_HUB_OFFLINE=1)? {_advice(flag, split)}"
     )
 
 
-def _iter_hub(hub_id: str, split: str, flag: str) -> Iterator[tuple[str, dict]]:
+def _iter_dataset(ds, where: str) -> Iterator[tuple[str, dict]]:
+    """The rows of a ``datasets.Dataset`` (only the columns the parsers read, not token columns), named
+    ``where index i``."""
+    ds = ds.select_columns([c for c in ds.column_names if c in ROW_COLUMNS])
+    for i, row in enumerate(ds):
+        yield f"{where} index {i}", row
+
+
+def _iter_hub(hub_id: str, split: str, flag) -> Iterator[tuple[str, dict]]:
     name, _, config = hub_id.partition(":")
     config = config or _HUB_DEFAULT_CONFIG.get(name)
     kw = {"revision": _HUB_PARQUET_REVISION[name]} if name in _HUB_PARQUET_REVISION else {}
@@ -73,9 +123,50 @@ def _iter_hub(hub_id: str, split: str, flag: str) -> Iterator[tuple[str, dict]]:
             name, split=split, **kw)
     except Exception as err:  # noqa: BLE001 - any failure to open the hub becomes one clear error
         raise _hub_error(hub_id, split, err, flag) from err
-    ds = ds.select_columns([c for c in ds.column_names if c in ROW_COLUMNS])  # not the token columns
-    for i, row in enumerate(ds):
-        yield f"{hub_id}[{split}] index {i}", row
+    yield from _iter_dataset(ds, f"{hub_id}[{split}]")
+
+
+def _iter_builder(builder: str, files: str, split: str, flag) -> Iterator[tuple[str, dict]]:
+    """``BUILDER:FILES`` (module docstring): the rows ``load_dataset(builder, data_files=files)`` reads."""
+    files = files.replace("{split}", split)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as err:  # noqa: BLE001 - no files, unreadable files: one clear error
+        raise DataSourceError(f"could not load {builder}:{files} with datasets.load_dataset({builder!r}, data_files="
+                              f"{files!r}): {type(err).__name__}: {str(err)[:300]}\nCheck the path or glob (relative "
+                              f"to the working directory {str(Path.cwd())!r}); {_advice(flag, split)}") from err
+    yield from _iter_dataset(ds, f"{builder}:{files}")
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+
+
+def _iter_saved(path: Path, split: str) -> Iterator[tuple[str, dict]]:
+    """A ``save_to_disk`` folder (module docstring): a Dataset whole, or the ``split`` of a DatasetDict."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataSourceError(f"{path} is a datasets save_to_disk folder; reading it needs the datasets package "
+                              "(pip install 'allroads[llm]')") from err
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign folder: say which and why
+        raise DataSourceError(f"{path}: looks like a datasets save_to_disk folder but could not be opened "
+                              f"({type(err).__name__}: {str(err)[:300]}); save it again with save_to_disk") from err
+    if not isinstance(ds, datasets.DatasetDict):
+        yield from _iter_dataset(ds, str(path))
+        return
+    names = [n for n in _SPLIT_NAMES.get(split, (split,)) if n in ds]
+    if not names:
+        raise DataSourceError(f"{path}: a DatasetDict with splits {sorted(ds)}, none of them the {split!r} split "
+                              f"(named {' or '.join(_SPLIT_NAMES.get(split, (split,)))}); rename the split or pass "
+                              f"its folder ({path}/SPLIT) to read it whole")
+    yield from _iter_dataset(ds[names[0]], f"{path}[{names[0]}]")
 
 
 def _json_line(raw: bytes, where: str):
@@ -167,9 +258,10 @@ def _iter_dir(path: Path, split: str) -> Iterator[tuple[str, object]]:
             yield where, row
 
 
-def iter_rows(source: str, split: str, flag: str, synthetic) -> Iterator[tuple[str, object]]:
+def iter_rows(source: str, split: str, flag: str | tuple[str, ...], synthetic) -> Iterator[tuple[str, object]]:
     """``(where, row)`` of ``split`` from ``source`` (module docstring); ``synthetic(n, seed, task)`` makes synthetic
-    rows (``synthetic[-TASK][:N[:SEED]]``, :func:`allroads.llm.data.synthetic.task_of`)."""
+    rows (``synthetic[-TASK][:N[:SEED]]``, :func:`allroads.llm.data.synthetic.task_of`). ``flag``: the option(s) the
+    user gave ``source`` with (keys of :data:`DATA_FLAGS`), named in the advice of a source that cannot be opened."""
     if source.startswith("synthetic"):
         task, parts = task_of(source), source.split(":")
         n = int(parts[1]) if len(parts) > 1 else 512
@@ -179,14 +271,18 @@ def iter_rows(source: str, split: str, flag: str, synthetic) -> Iterator[tuple[s
             yield f"{source}[{split}] index {i}", row
         return
     path = Path(source).expanduser()
+    builder = re.fullmatch(rf"({'|'.join(BUILDERS)}):(.+)", source, re.S)
     if path.is_file():
         rows = _iter_file(path)
     elif path.is_dir():
-        rows = _iter_dir(path, split)
+        rows = _iter_saved(path, split) if is_saved_dataset(path) else _iter_dir(path, split)
+    elif builder:
+        rows = _iter_builder(builder[1], builder[2], split, flag)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", source) and not source.endswith(_DATA_SUFFIXES):
         rows = _iter_hub(source, split, flag)
     else:
-        raise DataSourceError(f"data source {source!r} is neither an existing file/directory nor a hub id (owner/name)")
+        raise DataSourceError(f"data source {source!r} is neither an existing file/directory, a BUILDER:FILES spec "
+                              f"({'/'.join(BUILDERS)}:path-or-glob) nor a hub id (owner/name)")
     for where, row in rows:
         if isinstance(row, BadRow) or row_split_matches(row, split):
             yield where, row

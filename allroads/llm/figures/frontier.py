@@ -152,12 +152,14 @@ def _point_line(p: dict) -> str:
 
 
 def _sweep(pipe: Pipeline, fig, curve: Callable[[float], Artifact]) -> tuple[list[dict], list[float]]:
-    """Every point of one method and seed over the lr grid, ascending; lrs after a run whose first epoch is beyond
-    ``fig.prune_kl`` are skipped and returned."""
+    """Every point of one method and seed over the lr grid, ascending, each with ``stage``: the directory of the sweep
+    run that made it (its stage hash); lrs after a run whose first epoch is beyond ``fig.prune_kl`` are skipped and
+    returned."""
     points: list[dict] = []
     lrs = sorted(fig.frontier_lrs)
     for i, lr in enumerate(lrs):
-        got = json.loads((curve(lr).path / "points.json").read_text())
+        art = curve(lr)
+        got = [{**p, "stage": art.path.name} for p in json.loads((art.path / "points.json").read_text())]
         points += got
         if got[0]["kl"] > fig.prune_kl:
             return points, lrs[i + 1:]
@@ -172,7 +174,7 @@ def _sft_point(pipe: Pipeline, sft: Artifact, rm: Artifact, seed: int) -> dict:
                                         **evaluate_point(pipe, model, pipe.policy(sft), pipe.reward_model(rm), seed)})
 
     art = pipe.stage("frontier_sft", EVAL_READS, [sft, rm], build, seed=seed)
-    return json.loads((art.path / "point.json").read_text())
+    return {**json.loads((art.path / "point.json").read_text()), "stage": art.path.name}
 
 
 def global_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:

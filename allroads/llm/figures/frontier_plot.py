@@ -4,10 +4,16 @@ One panel per value (the known score of T = 0.01 samples and the on-policy E_π[
 where r* is unknown), then the two quantities the selection rules read (the implicit reward's validation
 log-likelihood and the global RM's score) against the same KL. Every (lr, epochs) point is drawn with its s.e. in
 both directions, each method's Pareto frontier as a line, SFT as a black star, the KL budgets as dotted lines; the
-x axis is symmetric-log, since KL runs from 0 to tens of nats."""
+x axis is symmetric-log, since KL runs from 0 to tens of nats. The log-likelihood panel has its chance level, log ½
+(a reward that ranks no pair), as a dashed line."""
 from __future__ import annotations
 
+import math
+
 __all__ = ["draw_frontier"]
+
+CHANCE = {"implicit_loglik": -math.log(2.0)}
+"""Chance level of a panel's quantity (log ½ for a validation log-likelihood)."""
 
 _LABELS = {"known_score": "known score r* of T = 0.01 samples", "on_policy_r_star": "on-policy E_π[r*] (T = 1)",
            "win_rate": "win rate vs reference (judge)",
@@ -45,6 +51,9 @@ def draw_frontier(result: dict):
         sft = result["sft"]
         if key in sft:
             ax.plot([sft["kl"]], [sft[key]], "k*", ms=12, label="SFT")
+        if key in CHANCE:
+            ax.axhline(CHANCE[key], color="grey", ls="--", lw=1, label=f"chance {CHANCE[key]:.3f}")
+            ax.legend(fontsize=7)
         for b in result["protocol"]["kl_budgets"]:
             ax.axvline(b, color="grey", ls=":", lw=0.8)
         ax.set_xscale("symlog", linthresh=0.5)

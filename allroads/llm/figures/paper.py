@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from allroads.llm.core.atomic import write_json
+from allroads.llm.core.provenance import provenance
 from allroads.llm.figures.frontier import figure_frontier
 from allroads.llm.figures.frontier_plot import draw_frontier
 from allroads.llm.figures.frontier_rules import RULES
+from allroads.llm.figures.outcome import outcome_line
 from allroads.llm.figures.plot import plot_figure
 from allroads.llm.figures.registry import FigureSpec, read_config, seed_problems
 from allroads.llm.figures.summary import (
@@ -28,12 +31,14 @@ from allroads.llm.figures.summary import (
     summarise_curves,
     summarise_online,
 )
+from allroads.llm.figures.trace import Trace, resolved_settings
+from allroads.llm.figures.truth import GROUND_TRUTH, GroundTruth, add_online
 from allroads.llm.pipeline import data_stages as G
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
 from allroads.llm.pipeline.context import Artifact, Pipeline
 
-__all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config"]
+__all__ = ["FigureConfig", "FIGURES", "run_figure", "plot_figure", "load_figure_config", "GROUND_TRUTH"]
 
 
 @dataclass(frozen=True)
@@ -107,26 +112,30 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     preset) are summarised alongside; ``rm_of(seed, x)``, if given, is the global RM whose score of the samples the
     ground truth adds."""
     sft = T.sft(pipe)
-    truth = _GroundTruth(pipe, sft, rm_of) if rate is None else None  # the known score is of the standard task
+    truth = GroundTruth(pipe, sft, rm_of) if rate is None else None  # the known score is of the standard task
     rate = rate or (lambda art, seed=0: E.reference_win_rate(pipe, art, seed))
+    trace = Trace(pipe)
     vals: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
     online: dict[str, list[dict]] = {}
 
-    def add(name: str, r: dict) -> None:
+    def measure(name: str, art: Artifact, seed: int = 0) -> None:
+        mark = trace.mark()
+        r = rate(art, seed)
+        trace.add(name, trace.since(mark), policy=art)
         vals.setdefault(name, []).append(r)
         if "known_score" in r:
             extra.setdefault(name, []).append(r["known_score"])
+        truth and truth.add(name, art, seed)
 
     if with_sft:
-        add("SFT", rate(sft))
-        truth and truth.add("SFT", sft)
+        measure("SFT", sft)
     for seed in fig.seeds:
         for name, art in per_seed(seed, sft).items():
-            add(name, rate(art, seed))
-            truth and truth.add(name, art, seed)
-            _add_online(online, name, art)
-    out = {"metric": "win rate vs reference (judge)", "bars": {k: judged_point(v) for k, v in vals.items()}}
+            measure(name, art, seed)
+            add_online(online, name, art)
+    out = {"metric": "win rate vs reference (judge)",
+           "bars": trace.attach_bars({k: judged_point(v) for k, v in vals.items()})}
     if online:
         out["online_dpo"] = summarise_online(online)
     if extra:
@@ -134,55 +143,6 @@ def _winrates(pipe: Pipeline, fig: FigureConfig, per_seed: Callable[[int, Artifa
     if truth:
         out["ground_truth"] = truth.bars()
     return out
-
-
-GROUND_TRUTH = (("known_score", "known score (T = 0.01)"), ("win_rate", "known-score win rate vs reference"),
-                ("kl", "KL(π‖π_sft) on-policy"), ("objective", "E_π[r*] − β·KL(π‖π_sft)"),
-                ("rm_score", "global RM score of the T = 0.01 samples"))
-"""The ground-truth quantities a synthetic preset reports per policy (:mod:`allroads.llm.evaluation.ground_truth`): result key,
-label. ``rm_score`` (Figs. 3 and 12: the RM that ranks the online pairs, scoring the samples of ``known_score``)
-shows whether a policy climbs the RM while r* falls."""
-
-
-class _GroundTruth:
-    """Collects :func:`allroads.llm.pipeline.eval_stages.ground_truth` per policy (and x, for curves) over seeds, when
-    ``Settings.known_score`` is on; empty (falsy) otherwise."""
-
-    def __init__(self, pipe: Pipeline, sft: Artifact, rm_of: Callable[..., Artifact] | None = None):
-        self.pipe, self.sft, self.rm_of, self.vals = pipe, sft, rm_of, {}
-
-    def __bool__(self) -> bool:
-        return bool(self.pipe.settings.known_score)
-
-    def add(self, name: str, art: Artifact, seed: int = 0, x=None) -> None:
-        if self:
-            r = E.ground_truth(self.pipe, art, self.sft, seed)
-            if self.rm_of is not None:
-                r = {**r, "rm_score": E.rm_score(self.pipe, art, self.rm_of(seed, x), seed)["rm_score"]}
-            self.vals.setdefault((name, x), []).append(r)
-
-    def bars(self) -> dict:
-        """``{label: {policy: mean ± s.e. over seeds}}``."""
-        return {label: {name: mean_se([r[key] for r in rs]) for (name, _), rs in self.vals.items()}
-                for key, label in self._quantities()}
-
-    def _quantities(self) -> list[tuple[str, str]]:
-        return [(k, label) for k, label in GROUND_TRUTH if k != "rm_score" or self.rm_of is not None]
-
-    def curves(self) -> dict:
-        """``{label: {policy: {x: mean ± s.e. over seeds}}}``."""
-        out: dict = {}
-        for key, label in self._quantities():
-            for (name, x), rs in sorted(self.vals.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-                out.setdefault(label, {}).setdefault(name, {})[str(x)] = mean_se([r[key] for r in rs])
-        return out
-
-
-def _add_online(online: dict, name: str, art: Artifact) -> None:
-    """Append an online DPO stage's record (pairs, optimizer steps) to ``online[name]``; other stages add nothing."""
-    record = T.online_record(art)
-    if record is not None:
-        online.setdefault(name, []).append(record)
 
 
 def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -193,13 +153,16 @@ def figure_3(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_4(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 4: Eq. 2 (lower is better) of DPO vs Online DPO (DPO), reverse KL sampled on-policy."""
-    sft = T.sft(pipe)
+    sft, trace = T.sft(pipe), Trace(pipe)
     vals: dict[str, list[float]] = {}
     for seed in fig.seeds:
         m = _methods(pipe, seed, sft)
         for name in ("DPO", "Online DPO (DPO)"):
+            mark = trace.mark()
             vals.setdefault(name, []).append(E.eq2(pipe, m[name], sft, seed)["objective"])
-    return {"metric": "Eq. 2 objective (lower is better)", "bars": {k: mean_se(v) for k, v in vals.items()}}
+            trace.add(name, trace.since(mark), policy=m[name])
+    return {"metric": "Eq. 2 objective (lower is better)",
+            "bars": trace.attach_bars({k: mean_se(v) for k, v in vals.items()})}
 
 
 def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -215,16 +178,18 @@ def figure_5(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 7: validation BT log-likelihood of global, local and DPO RMs (each with its own scaling)."""
-    sft = T.sft(pipe)
+    sft, trace = T.sft(pipe), Trace(pipe)
     vals: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
     for seed in fig.seeds:
         arts = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for kind, art in arts.items():
+            mark = trace.mark()
             r = E.validation(pipe, kind, art, sft)
+            trace.add(kind, trace.since(mark), rm=art)
             vals.setdefault(kind, []).append(r["loglik"])
             acc.setdefault(kind, []).append(r["accuracy"])
-    out = {"metric": "validation log-likelihood", "bars": {k: mean_se(v) for k, v in vals.items()},
+    out = {"metric": "validation log-likelihood", "bars": trace.attach_bars({k: mean_se(v) for k, v in vals.items()}),
            "accuracy": {k: mean_se(v) for k, v in acc.items()}}
     if pipe.settings.known_score:
         out["labels"] = "known score: the synthetic validation pairs are labelled by the task's score"
@@ -233,18 +198,21 @@ def figure_7(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 8: BoN win rate vs N for global / local / DPO RMs on samples of SFT and of offline DPO."""
-    sft = T.sft(pipe)
+    sft, trace = T.sft(pipe), Trace(pipe)
     curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
     known: dict[str, dict[str, dict[int, list[float]]]] = {}
     for seed in fig.seeds:
         rms = {"global": T.rm(pipe, sft, seed), "local": T.local_rm(pipe, sft, seed), "dpo": T.dpo(pipe, sft, seed)}
         for base_name, base in (("SFT", sft), ("DPO", rms["dpo"])):
+            mark = trace.mark()
             res = E.bon(pipe, base, rms, sft, fig.bon_ns, seed)
+            for rm_name, rm in rms.items():
+                trace.add((base_name, rm_name), trace.since(mark), policy=base, rm=rm)
             add_curves(curves, base_name, res)
             for rm_name, curve in res.get("known_score", {}).items():
                 for n, v in curve.items():
                     known.setdefault(base_name, {}).setdefault(rm_name, {}).setdefault(int(n), []).append(v)
-    out = {"metric": "BoN win rate vs reference", "curves": summarise_curves(curves)}
+    out = {"metric": "BoN win rate vs reference", "curves": trace.attach_curves(summarise_curves(curves))}
     if known:
         out["ground_truth"] = {f"known score of the BoN pick, samples from {base}": {
             rm: {str(n): mean_se(v) for n, v in sorted(c.items())} for rm, c in sorted(d.items())}
@@ -254,21 +222,23 @@ def figure_8(pipe: Pipeline, fig: FigureConfig) -> dict:
 
 def figure_12(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 12: offline DPO vs online DPO (SFT) as the PFT data fraction grows."""
-    sft = T.sft(pipe)
+    sft, trace = T.sft(pipe), Trace(pipe)
     curves: dict[str, dict[float, list[dict]]] = {"DPO": {}, "Online DPO (SFT)": {}}
-    truth = _GroundTruth(pipe, sft, rm_of=lambda seed, f: T.rm(pipe, sft, seed, fraction=f))
+    truth = GroundTruth(pipe, sft, rm_of=lambda seed, f: T.rm(pipe, sft, seed, fraction=f))
     online_data: dict[str, list[dict]] = {}
     for seed in fig.seeds:
         for f in fig.fractions:
             dpo = T.dpo(pipe, sft, seed, fraction=f)
             rm = T.rm(pipe, sft, seed, fraction=f)
             online = T.online_dpo(pipe, sft, G.online_pairs(pipe, sft, rm, "global", seed, fraction=f), seed)
-            curves["DPO"].setdefault(f, []).append(E.reference_win_rate(pipe, dpo, seed))
-            curves["Online DPO (SFT)"].setdefault(f, []).append(E.reference_win_rate(pipe, online, seed))
+            for name, art in (("DPO", dpo), ("Online DPO (SFT)", online)):
+                mark = trace.mark()
+                curves[name].setdefault(f, []).append(E.reference_win_rate(pipe, art, seed))
+                trace.add(("SFT", name, str(f)), trace.since(mark), policy=art)
             truth.add("DPO", dpo, seed, f)
             truth.add("Online DPO (SFT)", online, seed, f)
-            _add_online(online_data, f"Online DPO (SFT), fraction {f:g}", online)
-    out = {"metric": "win rate vs reference", "curves": summarise_curves({"SFT": curves}),
+            add_online(online_data, f"Online DPO (SFT), fraction {f:g}", online)
+    out = {"metric": "win rate vs reference", "curves": trace.attach_curves(summarise_curves({"SFT": curves})),
            "online_dpo": summarise_online(online_data)}
     if truth:
         out["ground_truth"] = truth.curves()
@@ -300,13 +270,18 @@ def figure_9(pipe: Pipeline, fig: FigureConfig) -> dict:
     sized = {label: pipe.for_model(pipe.settings.size_model(label)) for label in dict.fromkeys(fig.policy_sizes + fig.rm_sizes)}
     sfts = {label: T.sft(sub) for label, sub in sized.items()}
     curves: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    trace = Trace(pipe)
     for seed in fig.seeds:
         rms = {f"RM {r}": T.rm(sized[r], sfts[r], seed) for r in fig.rm_sizes}
         for p in fig.policy_sizes:
-            add_curves(curves, f"policy {p}",
-                        E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms}))
+            mark = trace.mark()
+            res = E.bon(sized[p], sfts[p], rms, sfts[p], fig.bon_ns, seed, kinds={k: "global" for k in rms})
+            for rm_name, rm in rms.items():
+                trace.add((f"policy {p}", rm_name), trace.since(mark), policy=sfts[p], rm=rm)
+            add_curves(curves, f"policy {p}", res)
     return {"metric": "BoN win rate vs reference (global RM per size)",
-            "models": {label: pipe.settings.size_model(label) for label in sized}, "curves": summarise_curves(curves)}
+            "models": {label: pipe.settings.size_model(label) for label in sized},
+            "curves": trace.attach_curves(summarise_curves(curves))}
 
 
 def figure_10(pipe: Pipeline, fig: FigureConfig) -> dict:
@@ -331,37 +306,48 @@ def figure_11(pipe: Pipeline, fig: FigureConfig) -> dict:
     """Fig. 11: ROUGE-L as the label (:func:`allroads.llm.pipeline.data_stages.rouge_data`) and the metric (:func:`allroads.llm.pipeline.eval_stages.rouge`). DPO and
     DPO (2x) train on the ROUGE-ranked pairs, a global RM learns from them, and one iteration of online DPO from
     the DPO policy uses that RM's feedback (Sec. 3.3). SFT is shown for reference."""
-    sft = T.sft(pipe)
+    sft, trace = T.sft(pipe), Trace(pipe)
     data = G.rouge_data(pipe, sft)
-    vals: dict[str, list[float]] = {"SFT": [E.rouge(pipe, sft)["rouge_l"]]}
+    vals: dict[str, list[float]] = {}
+
+    def measure(name: str, art: Artifact, *seed: int) -> None:
+        mark = trace.mark()
+        vals.setdefault(name, []).append(E.rouge(pipe, art, *seed)["rouge_l"])
+        trace.add(name, trace.since(mark), policy=art)
+
+    measure("SFT", sft)
     for seed in fig.seeds:
         dpo, rm = T.dpo(pipe, sft, seed, pairs=data), T.rm(pipe, sft, seed, pairs=data)
         arts = {"DPO": dpo, "DPO (2x)": T.dpo(pipe, sft, seed, epochs=2, pairs=data),
                 "Online DPO (DPO)": T.online_dpo(pipe, dpo, G.online_pairs(pipe, dpo, rm, "global", seed), seed)}
         for name, art in arts.items():
-            vals.setdefault(name, []).append(E.rouge(pipe, art, seed)["rouge_l"])
+            measure(name, art, seed)
     return {"metric": "ROUGE-L F1 vs preferred completion (PFT validation)",
-            "bars": {k: mean_se(v) for k, v in vals.items()},
+            "bars": trace.attach_bars({k: mean_se(v) for k, v in vals.items()}),
             "data": json.loads((data.path / "report.json").read_text())}
 
 
 WIN_RATE = "win rate vs reference summaries (judge)"
 STANDARD = ("standard",)
+PARITY = {"chance": 0.5, "chance_label": "parity with the reference"}
+"""A win rate against the reference summaries: 0.5 means as good as the reference by the judge."""
+LOG_HALF = -math.log(2.0)
+"""log ½ = −0.693: the BT log-likelihood of a reward model that ranks no validation pair (r_w = r_l)."""
 BON = {"quantity": "best-of-N win rate vs reference (judge)", "xlabel": "N (best of N)", "log_x": True,
-       "panel_title": "samples from {}", "judge_variants": STANDARD}
+       "panel_title": "samples from {}", "judge_variants": STANDARD, **PARITY}
 FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
-    FigureSpec("fig3", figure_3, WIN_RATE, from_zero=True, judge_variants=STANDARD),
+    FigureSpec("fig3", figure_3, WIN_RATE, from_zero=True, judge_variants=STANDARD, **PARITY),
     FigureSpec("fig4", figure_4, "Eq. 2 objective: KL(P_D‖P_π) + β·KL(P_π‖P_ref)", "lower"),
-    FigureSpec("fig5", figure_5, WIN_RATE, from_zero=True, judge_variants=STANDARD),
-    FigureSpec("fig6", figure_6, WIN_RATE, from_zero=True, judge_variants=STANDARD),
-    FigureSpec("fig7", figure_7, "validation log-likelihood, mean log σ(r_w − r_l)"),
+    FigureSpec("fig5", figure_5, WIN_RATE, from_zero=True, judge_variants=STANDARD, **PARITY),
+    FigureSpec("fig6", figure_6, WIN_RATE, from_zero=True, judge_variants=STANDARD, **PARITY),
+    FigureSpec("fig7", figure_7, "validation log-likelihood, mean log σ(r_w − r_l)", chance=LOG_HALF),
     FigureSpec("fig8", figure_8, **BON),
     FigureSpec("fig9", figure_9, **BON),
     FigureSpec("fig10", figure_10, "two-word win rate vs judge-written reference", from_zero=True,
-               judge_variants=("two_word",)),
+               judge_variants=("two_word",), **PARITY),
     FigureSpec("fig11", figure_11, "ROUGE-L F1 vs preferred completion", from_zero=True),  # no judge
     FigureSpec("fig12", figure_12, WIN_RATE, xlabel="fraction of the preference data", from_zero=True,
-               judge_variants=STANDARD),
+               judge_variants=STANDARD, **PARITY),
     FigureSpec("frontier", figure_frontier, "value against KL(π‖π_sft)", judge_variants=STANDARD,  # where r* unknown
                draw=draw_frontier, lines=frontier_lines),
 )}
@@ -374,7 +360,11 @@ def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset
     """Run ``fig`` over the cached graph; write ``<out_dir>/<figure>.json`` and ``.png`` (each atomically: a reader
     sees the old file or the new one); return the numbers. ``preset`` (``tiny`` / ``small`` / ``paper``) is recorded
     in the JSON and shown on the figure; ``extra`` (e.g. the hyperparameter selection record) is copied into the
-    JSON. ``stages`` lists what the stage cache did for this figure (ran, reused, …), where the cache records it."""
+    JSON. ``stages`` lists what the stage cache did for this figure (ran, reused, …), where the cache records it;
+    ``provenance`` the git revision and dirty state, package versions, device and the resolved config of each of
+    those stages (:func:`allroads.llm.core.provenance.provenance`); every bar or curve point names its stages
+    (:mod:`allroads.llm.figures.trace`); ``outcome`` states the comparison in one line
+    (:func:`allroads.llm.figures.outcome.outcome_line`)."""
     fig.validate()
     spec = FIGURES[fig.figure]
     records = getattr(pipe.cache, "records", None)
@@ -383,9 +373,11 @@ def run_figure(pipe: Pipeline, fig: FigureConfig, out_dir: str | Path, *, preset
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"figure": fig.figure, "preset": preset, "config": dataclasses.asdict(fig),
-              "settings": pipe.settings_block(), "stages_executed": list(pipe.executed), **(extra or {}), **numbers}
+              "settings": resolved_settings(pipe), "stages_executed": list(pipe.executed), **(extra or {}), **numbers}
     if records is not None:
         result["stages"] = [dict(r) for r in records[first:]]
+    result["provenance"] = provenance(records[first:] if records is not None else [], pipe.device)
+    result["outcome"] = outcome_line(result, spec)
     write_json(out / f"{fig.figure}.json", result)
     plot_figure(result, out / f"{fig.figure}.png", spec)
     return result

@@ -3,9 +3,13 @@ what is compared, the preset and the number of seeds; labelled axes with the dir
 for quantities measured from zero (win rates, ROUGE-L), points with error bars otherwise (log-likelihoods, Eq. 2).
 
 What to draw comes from the figure's entry (:class:`~allroads.llm.figures.registry.FigureSpec`: quantity, better
-direction, x label, from zero, log x, panel titles, or a drawing of its own), passed in by the caller."""
+direction, x label, from zero, log x, panel titles, the chance level, or a drawing of its own), passed in by the
+caller. The title names what is compared (not the quantity: that is the y axis), the chance level is a dashed line,
+and the panels (the figure's own, then a synthetic preset's ground-truth panels) fill a grid of at most three columns
+whose last row is centred: no empty panel."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from allroads.llm.core.atomic import save_figure
@@ -14,11 +18,44 @@ from allroads.llm.figures.registry import FigureSpec
 __all__ = ["plot_figure", "draw_figure"]
 
 
-def _title(result: dict, compared: list[str], quantity: str) -> str:
+def _title(result: dict, compared: list[str], width: int = 100) -> str:
+    """What is compared, the preset and seeds, and the outcome line wrapped at ``width`` characters."""
     seeds = len(result.get("config", {}).get("seeds", ()))
     preset = result.get("preset") or "?"
-    return (f"{result['figure']}: {quantity} of {', '.join(compared)}\n"
-            f"preset {preset}, {seeds} seed{'s' if seeds != 1 else ''} (mean ± s.e. over seeds)")
+    text = result.get("outcome", "").replace(" − ", "\u00a0−\u00a0")  # keep σ(r_w − r_l) on one line
+    outcome = "\n" + "\n".join(textwrap.wrap(text, width)) if text else ""
+    return (f"{result['figure']}: {', '.join(compared)}\n"
+            f"preset {preset}, {seeds} seed{'s' if seeds != 1 else ''} (mean ± s.e. over seeds){outcome}")
+
+
+def _axis_label(quantity: str, width: int = 42) -> str:
+    """``quantity`` on lines of at most about ``width`` characters, broken after its commas."""
+    return quantity.replace(", ", ",\n") if len(quantity) > width else quantity
+
+
+def _chance_line(ax, spec: FigureSpec) -> None:
+    """The chance level of ``spec`` as a dashed horizontal line with a legend entry (nothing when it has none)."""
+    if spec.chance is not None:
+        ax.axhline(spec.chance, color="grey", ls="--", lw=1, label=f"{spec.chance_label} {spec.chance:.3f}")
+        ax.legend(fontsize=7)
+
+
+def _grid(n: int, width: float, height: float = 4.0):
+    """A figure with ``n`` axes in rows of at most three, the last row centred (each axis spans two of twice as
+    many grid columns), so no axis is left empty; ``width``: inches per column."""
+    import matplotlib.pyplot as plt
+
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = plt.figure(figsize=(width * cols, height * rows))
+    grid = fig.add_gridspec(rows, 2 * cols)
+    axes = []
+    for i in range(n):
+        row, col = divmod(i, cols)
+        in_row = min(cols, n - row * cols)
+        start = 2 * col + (cols - in_row)
+        axes.append(fig.add_subplot(grid[row, start:start + 2]))
+    return fig, axes
 
 
 def _bars(ax, result: dict, spec: FigureSpec) -> list[str]:
@@ -66,31 +103,26 @@ def plot_figure(result: dict, png: str | Path, spec: FigureSpec) -> Path:
 
 def draw_figure(result: dict, spec: FigureSpec):
     """The matplotlib figure of :func:`plot_figure` (not saved): ``spec.draw(result)`` if the figure has a drawing
-    of its own, else bars or curves labelled from ``spec``."""
+    of its own, else bars or curves labelled from ``spec``, then the ground-truth panels of a synthetic preset."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if spec.draw is not None:
         return spec.draw(result)
     quantity, better = spec.quantity or result.get("metric", ""), spec.better
     truth = result.get("ground_truth") or {}
-    n_main = len(result["bars"]) if "bars" in result else len(result["curves"])
-    cols = max(1 if "bars" in result else n_main, len(truth))
-    width = (1.4 * n_main + 2.5) if "bars" in result and not truth else 5 * cols
-    fig, grid = plt.subplots(1 + bool(truth), cols, figsize=(width, 4 * (1 + bool(truth))), squeeze=False)
-    if "bars" in result:
-        axes, compared = [grid[0][0]], _bars(grid[0][0], result, spec)
-    else:
-        axes, compared = list(grid[0][:n_main]), _curves(grid[0][:n_main], result, spec)
-    for ax in list(grid[0][len(axes):]):
-        ax.set_visible(False)
-    for ax in axes:
-        ax.set_ylabel(f"{quantity}\n({better} is better)", fontsize=8)
+    n_main = 1 if "bars" in result else len(result["curves"])
+    alone = "bars" in result and not truth and n_main == 1
+    fig, axes = _grid(n_main + len(truth), (1.4 * len(result["bars"]) + 2.5) if alone else 5.0)
+    main = axes[:n_main]
+    compared = _bars(main[0], result, spec) if "bars" in result else _curves(main, result, spec)
+    for ax in main:
+        ax.set_ylabel(_axis_label(quantity) + f"\n({better} is better)", fontsize=8)
+        _chance_line(ax, spec)
     if truth:
-        _ground_truth_row(list(grid[1]), spec, truth)
-    fig.suptitle(_title(result, compared, quantity), fontsize=9)
+        _ground_truth_row(axes[n_main:], spec, truth)
+    fig.suptitle(_title(result, compared, int(fig.get_size_inches()[0] * 11)), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -119,7 +151,5 @@ def _ground_truth_row(axes, spec: FigureSpec, truth: dict) -> None:
             if spec.log_x:
                 ax.set_xscale("log")
         better = _TRUTH_BETTER.get(label, "higher is better")
-        ax.set_title(f"ground truth: {label}", fontsize=8)
+        ax.set_title("ground truth (known score r*)", fontsize=8)
         ax.set_ylabel(f"{label}\n({better})", fontsize=8)
-    for ax in axes[len(truth):]:
-        ax.set_visible(False)

@@ -59,19 +59,25 @@ def figure_paths(names: Iterable[str], configs: Path) -> tuple[list[Path], list[
     return paths, problems
 
 
-def load_figures(paths: Iterable[Path], seeds: tuple[int, ...] | None = None) -> tuple[list[FigureConfig], list[str]]:
-    """Every config of ``paths`` (each checked as written: types, seeds, every field's range), with ``seeds``, if
+def load_figures(paths: Iterable[Path], seeds: tuple[int, ...] | None = None,
+                 overrides: dict[str, dict] | None = None) -> tuple[list[FigureConfig], list[str]]:
+    """Every config of ``paths`` (each checked as written: types, seeds, every field's range), with the fields of
+    ``overrides[<its figure>]`` (a ``--config`` file's ``figures``; type-checked alike) over it and ``seeds``, if
     given, in place of each file's; and every problem of them, each naming its file (``seeds`` by name)."""
     figs, problems = [], []
     for path in paths:
         try:
             fig = load_figure_config(path)
+            if (overrides or {}).get(fig.figure):
+                fig = load_figure_config(path, **overrides[fig.figure])
         except ValueError as e:
             problems += str(e).splitlines()
             continue
         figs.append(fig if seeds is None else dataclasses.replace(fig, seeds=tuple(seeds)))
     if seeds is not None:
         problems += seed_problems(tuple(seeds), "the seeds override")
+    unknown = sorted(set(overrides or {}) - set(FIGURES))
+    problems += [f"--config figures: unknown figure {name!r}; valid: {', '.join(FIGURES)}" for name in unknown]
     return figs, problems
 
 
@@ -88,11 +94,12 @@ def writable_problem(directory: Path, what: str) -> str | None:
 
 
 def run_problems(names: Iterable[str], configs: Path, *, seeds: tuple[int, ...] | None, out: Path,
-                 root: Path) -> tuple[list[FigureConfig], list[str]]:
-    """The figure configs of ``names`` (:func:`figure_paths`, :func:`load_figures`) and every problem of them, of
-    ``seeds`` and of the ``out`` (figures) and ``root`` (stage cache) directories; nothing is built."""
+                 root: Path, overrides: dict[str, dict] | None = None) -> tuple[list[FigureConfig], list[str]]:
+    """The figure configs of ``names`` (:func:`figure_paths`, :func:`load_figures`, with ``overrides`` per figure)
+    and every problem of them, of ``seeds`` and of the ``out`` (figures) and ``root`` (stage cache) directories;
+    nothing is built."""
     paths, problems = figure_paths(names, configs)
-    figs, more = load_figures(paths, seeds)
+    figs, more = load_figures(paths, seeds, overrides)
     problems += more
     problems += [p for p in (writable_problem(out, "--out"), writable_problem(root, "--root")) if p]
     return figs, problems

@@ -46,6 +46,12 @@ class FigureSpec:
     """A drawing of its own (``draw(result) -> matplotlib figure``) instead of the bars / curves of the plot module."""
     lines: Callable[[dict], list[str]] | None = None
     """Console lines of its own (``lines(result)``) instead of the bars / curves summary."""
+    chance: float | None = None
+    """The value of :attr:`quantity` that means "no better than chance" (Fig. 7: log ½ = −0.693, a reward model
+    that ranks no pair; win rates against the reference: 0.5, parity), drawn as a line and printed beside every
+    value; None when the quantity has no such level (Eq. 2, ROUGE-L)."""
+    chance_label: str = "chance"
+    """What :attr:`chance` is called in the plot's legend and the console (``chance``, ``parity``)."""
 
     def __post_init__(self) -> None:
         if self.better not in ("higher", "lower"):

@@ -1,15 +1,18 @@
 r"""A figure's numbers summarised: over seeds (:func:`mean_se`, :func:`judged_point`, :func:`summarise_curves`: what
 the figure JSON holds per bar or curve point), and on the console (:func:`summary_lines` of
 :func:`allroads.llm.figures.paper.run_figure` output: one line per bar or curve point, with the judge's counts where
-the numbers are judged win rates)."""
+the numbers are judged win rates), and for trackers (:func:`figure_metrics`: flat scalars; :func:`sample_rows`: the
+samples the figure's evaluation stages wrote)."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from allroads.llm.figures.registry import FigureSpec
 
 __all__ = ["summary_lines", "frontier_lines", "mean_se", "judged_point", "summarise_online", "add_curves",
-           "summarise_curves"]
+           "summarise_curves", "figure_metrics", "sample_rows"]
 
 
 def mean_se(xs: list[float]) -> dict:
@@ -73,17 +76,31 @@ def _counts(point: dict) -> str:
             f"{j['unparseable']} unparseable)")
 
 
+def _chance(spec: FigureSpec | None, accuracy: dict | None = None) -> str:
+    """`` (chance -0.693, acc 0.48)``: the figure's chance level and, where the figure has one, the accuracy."""
+    if spec is None or spec.chance is None:
+        return ""
+    acc = f", acc {accuracy['mean']:.2f}" if accuracy and accuracy.get("mean") is not None else ""
+    return f" ({spec.chance_label} {spec.chance:.3f}{acc})"
+
+
 def summary_lines(result: dict, spec: FigureSpec | None = None) -> list[str]:
     """``<figure>: <metric>``, then ``  <bar>  mean ± s.e. (seeds; judged pairs, wins, losses, errors,
-    unparseable)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the points)`` per curve; then
-    the online DPO stages' pairs and optimizer steps per seed, and the ground-truth blocks. A figure whose entry
-    ``spec`` has lines of its own (the frontier's :func:`frontier_lines`) gets those after the first line."""
-    lines = [f"{result['figure']}: {result.get('metric', '')}"]
+    unparseable) (chance c, acc a)`` per bar, or ``  <panel> / <curve>:  x: mean, …  (counts summed over the
+    points)`` per curve; then the online DPO stages' pairs and optimizer steps per seed, the ground-truth blocks, and
+    the figure's ``outcome`` line. A figure whose entry ``spec`` has lines of its own (the frontier's
+    :func:`frontier_lines`) gets those after the first line. The chance level (and accuracy, Fig. 7) of the entry is
+    printed beside every bar of a likelihood (``chance_label`` "chance"), else once after the metric."""
+    per_bar = "bars" in result and spec is not None and spec.chance_label == "chance"  # a likelihood: each value
+    lines = [f"{result['figure']}: {result.get('metric', '')}" + ("" if per_bar else _chance(spec))]
+    outcome = [f"  outcome: {result['outcome']}"] if result.get("outcome") else []
     if spec is not None and spec.lines is not None:
-        return lines + spec.lines(result)
+        return lines + spec.lines(result) + outcome
     if "bars" in result:
         width = max((len(k) for k in result["bars"]), default=0)
-        lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}" for name, p in result["bars"].items()]
+        accuracy = result.get("accuracy") or {}
+        lines += [f"  {name:<{width}}  {_value(p)}  {_counts(p)}{_chance(spec, accuracy.get(name)) if per_bar else ''}"
+                  for name, p in result["bars"].items()]
     for panel, curves in result.get("curves", {}).items():
         for name, points in curves.items():
             values = ", ".join(f"{x}: {_value(p)}" for x, p in points.items())
@@ -97,7 +114,7 @@ def summary_lines(result: dict, spec: FigureSpec | None = None) -> list[str]:
         for name, v in block.items():
             text = _value(v) if "mean" in v else ", ".join(f"{x}: {_value(p)}" for x, p in v.items())
             lines.append(f"    {name}  {text}")
-    return lines
+    return lines + outcome
 
 
 def _summed(points: list[dict]) -> dict:
@@ -137,3 +154,39 @@ def frontier_lines(result: dict) -> list[str]:
     if "offline_data" in result:
         lines.append(f"  offline pairs: prefix pairs {result['offline_data']['prefix_pair_share']:.0%}")
     return lines
+
+
+def figure_metrics(result: dict) -> dict[str, float]:
+    """A figure's numbers as flat tracker metrics: ``<figure>/<bar>``, ``<figure>/<panel>/<curve>/<x>`` and
+    ``<figure>/ground_truth/<label>/<policy>[/<x>]`` → mean (points without a mean are left out)."""
+    fig, out = result["figure"], {}
+    blocks = [(f"{fig}/{k}", p) for k, p in result.get("bars", {}).items()]
+    blocks += [(f"{fig}/{panel}/{c}/{x}", p) for panel, cs in result.get("curves", {}).items()
+               for c, pts in cs.items() for x, p in pts.items()]
+    for label, block in (result.get("ground_truth") or {}).items():
+        for k, v in block.items():
+            blocks += [(f"{fig}/ground_truth/{label}/{k}", v)] if "mean" in v else [
+                (f"{fig}/ground_truth/{label}/{k}/{x}", p) for x, p in v.items()]
+    for key, point in blocks:
+        if isinstance(point, dict) and point.get("mean") is not None:
+            out[key] = float(point["mean"])
+    return out
+
+
+def sample_rows(result: dict) -> list[dict]:
+    """One row per sample an evaluation stage of the figure wrote (``result.json`` ``samples``): the stage, the
+    index, the completion, and the prompt, score and judge verdict where the stage recorded them."""
+    rows = []
+    for record in result.get("stages", []):
+        path = Path(record["path"]) / "result.json"
+        if not record["kind"].startswith("eval_") or not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        for i, sample in enumerate(res.get("samples") or []):
+            row = {"stage": path.parent.name, "index": i}
+            row.update(sample if isinstance(sample, dict) else {"completion": sample})
+            for key, column in (("prompts", "prompt"), ("scores", "score"), ("verdicts", "verdict")):
+                if isinstance(res.get(key), list) and i < len(res[key]):
+                    row.setdefault(column, res[key][i])
+            rows.append(row)
+    return rows

@@ -41,11 +41,14 @@ class HubUnreachableError(RuntimeError):
 
 
 def hub_error(name: str, what: str, err: Exception) -> HubUnreachableError:
+    """The error for a hub model or tokenizer that could not be opened. Its advice names only options that both entry
+    points have (the figure runner ``experiments/llm/run.py`` and the stage CLI ``python -m allroads.llm``): ``--model
+    DIR`` and ``--preset tiny``."""
     return HubUnreachableError(
         f"could not load {what} {name!r}: {type(err).__name__}: {str(err)[:300]}\n"
         f"No hub reachable (or HF_HUB_OFFLINE=1)? Download it where the hub is reachable "
-        f"(`huggingface-cli download {name} --local-dir DIR`) and pass the directory, e.g. `--model DIR`, "
-        f"or use `--model tiny --tokenizer tiny` for the CPU test model."
+        f"(`huggingface-cli download {name} --local-dir DIR`) and pass the directory, e.g. `--model DIR` (the "
+        f"tokenizer is read from it unless another is set), or use `--preset tiny` for the CPU test model."
     )
 
 

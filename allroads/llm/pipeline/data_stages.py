@@ -20,18 +20,22 @@ from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data.tldr_format import encode_prompt, encode_response
 from allroads.llm.evaluation.evaluate import policy_samples
-from allroads.llm.judge.judge import generate_two_word_summaries, gpt_label_dataset, two_word_preference_dataset
+from allroads.llm.judge.judge import (
+    generate_two_word_summaries,
+    gpt_label_dataset,
+    two_word_preference_dataset,
+)
 from allroads.llm.model.backend import RougeRM
 from allroads.llm.pipeline.context import Artifact, Pipeline
 from allroads.llm.pipeline.settings import online_config
 from allroads.llm.train.online_data import (
     build_online_pairs,
-    online_diversity,
     online_report,
     save_scored,
     to_tokenized_pairs,
 )
-from allroads.online import Scored, best_worst_pairs, best_worst_soft_pairs
+from allroads.llm.train.stage_files import LABELS, write_online_pairs
+from allroads.online import Scored, best_worst_pairs
 
 TOKENS = ("tokenizer", "model", "max_prompt_tokens")
 """Settings that make a prompt's token ids."""
@@ -69,9 +73,8 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
     Writes ``scored.jsonl``
     (re-rankable), ``pairs.jsonl``, ``report.json`` (with ``shortfall``: rows without a pair) and
     ``sampling.json`` (the sampling temperature, which online DPO's π_ref uses)."""
-    labels = {"hard": best_worst_pairs, "soft": best_worst_soft_pairs}
-    if label not in labels:
-        raise ValueError(f"online_pairs: label={label!r}; use one of {sorted(labels)}")
+    if label not in LABELS:
+        raise ValueError(f"online_pairs: label={label!r}; use one of {sorted(LABELS)}")
 
     def build(out: Path, pipe: Pipeline):
         s = pipe.settings
@@ -86,13 +89,9 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
                         if p not in seen]
         be = pipe.backend()
         pairs, scored, rep = build_online_pairs(be, pipe.policy(start), pipe.scorer(rm_kind, rm, sft), prompts, ocfg,
-                                                label=labels[label])
+                                                label=LABELS[label])
         save_scored(scored, out / "scored.jsonl")
-        _write_pairs(out, to_tokenized_pairs(be, pairs))
-        report = {**rep.to_dict(), "n_rows": len(prompts), "shortfall": len(prompts) - rep.n_pairs, "label": label,
-                  **online_diversity(scored, pairs, len(prompts))}
-        write_json(out / "report.json", report)
-        write_json(out / "sampling.json", {"sampling_temperature": scored.sampling_temperature})
+        report = write_online_pairs(out, be, scored, pairs, n_rows=len(prompts), label=label, report=rep.to_dict())
         pipe.log(f"[online_pairs] {report}" + (f"; {report['shortfall']} rows still tied after {ocfg.tie_redraws} "
                                                "redraws have no pair" if report["shortfall"] else ""))
 

@@ -26,10 +26,14 @@ from allroads.llm.evaluation.evaluate import (
     best_of_n_curve,
     eq2_objective,
     policy_rouge,
-    policy_win_rate,
     validation_likelihood,
 )
 from allroads.llm.evaluation.ground_truth import ground_truth_eval, rm_score_eval
+from allroads.llm.evaluation.judged import (
+    JudgeFailuresError,
+    check_judge_failures,
+    judged_win_rate,
+)
 from allroads.llm.pipeline.context import Artifact, Pipeline
 from allroads.llm.pipeline.data_stages import SAMPLES, TOKENS, two_word_refs
 
@@ -53,39 +57,24 @@ def _result(pipe: Pipeline, kind: str, reads: tuple[str, ...], inputs: list[Arti
     return json.loads((art.path / "result.json").read_text())
 
 
-class JudgeFailuresError(RuntimeError):
-    """A judged evaluation had more failed pairs (errors + unparseable answers) than its budget."""
-
-
 def _check_judged(pipe: Pipeline, kind: str, summaries: list[dict]) -> None:
-    """Raise :class:`JudgeFailuresError` (the stage is then not finished) when the judge's errors plus unparseable
-    answers over ``summaries`` (:meth:`~allroads.llm.judge.judge.PairwiseResult.summary` dicts) exceed the budget."""
-    errors, unparseable = sum(r["errors"] for r in summaries), sum(r["unparseable"] for r in summaries)
-    budget = pipe.settings.judge_failure_budget
-    if errors + unparseable > budget:
-        n = sum(r["n_pairs"] for r in summaries)
-        raise JudgeFailuresError(
-            f"{kind}: {errors + unparseable} of {n} judged pairs failed ({errors} errors, {unparseable} unparseable "
-            f"answers), over the budget of {budget}: the stage is not finished. Rerun to re-ask only those pairs (the "
-            "answers already paid for are cached), or raise Settings.judge_failure_budget to accept them")
+    """:func:`~allroads.llm.evaluation.judged.check_judge_failures` against ``Settings.judge_failure_budget``."""
+    check_judge_failures(kind, summaries, pipe.settings.judge_failure_budget)
 
 
-def _with_known_score(pipe: Pipeline, res: dict, posts: list[str]) -> dict:
-    """Synthetic presets: add the known score of the judged samples (mean over posts)."""
-    if pipe.settings.known_score:
-        score = pipe.known_score()
-        res["known_score"] = sum(score(p, t) for p, t in zip(posts, res["samples"])) / len(posts)
-    return res
+def _known(pipe: Pipeline):
+    """The known score of the synthetic presets (``Settings.known_score``), else None."""
+    return pipe.known_score() if pipe.settings.known_score else None
 
 
 def reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0) -> dict:
     """Judge win rate vs the reference summaries (B.4), plus the known score in the tiny preset."""
     def compute(pipe: Pipeline):
         prompts, posts, refs = pipe.test_set()
-        res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge(), prompts, posts, refs,
-                              temperature=pipe.settings.eval_sampling_temperature, seed=seed)
-        _check_judged(pipe, "eval_winrate", [res])
-        return _with_known_score(pipe, res, posts)
+        s = pipe.settings
+        return judged_win_rate("eval_winrate", pipe.backend(), pipe.policy(policy), pipe.judge(), prompts, posts, refs,
+                               temperature=s.eval_sampling_temperature, seed=seed, budget=s.judge_failure_budget,
+                               known=_known(pipe))
 
     return _result(pipe, "eval_winrate", TOKENS + SAMPLES + TEST + JUDGED, [policy], compute, seed=seed)
 
@@ -101,11 +90,10 @@ def two_word_reference_win_rate(pipe: Pipeline, policy: Artifact, seed: int = 0)
         ref = json.loads((refs.path / "refs.json").read_text())
         sel = [rows[d["index"]] for d in ref]
         posts = [r.post for r in sel]
-        res = policy_win_rate(pipe.backend(), pipe.policy(policy), pipe.judge("two_word"),
-                              [pipe.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
-                              temperature=s.eval_sampling_temperature, seed=seed, max_new_tokens=s.two_word_tokens)
-        _check_judged(pipe, "eval_winrate_2w", [res])
-        return _with_known_score(pipe, res, posts)
+        return judged_win_rate("eval_winrate_2w", pipe.backend(), pipe.policy(policy), pipe.judge("two_word"),
+                               [pipe.prompt_text(r, two_word=True) for r in sel], posts, [d["reference"] for d in ref],
+                               temperature=s.eval_sampling_temperature, seed=seed, budget=s.judge_failure_budget,
+                               known=_known(pipe), max_new_tokens=s.two_word_tokens)
 
     reads = TOKENS + SAMPLES + TEST + JUDGED + ("two_word_tokens", "n_test_two_word")
     return _result(pipe, "eval_winrate_2w", reads, [policy, refs], compute, seed=seed)

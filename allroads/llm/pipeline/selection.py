@@ -21,7 +21,9 @@ picks them by a protocol fixed before any result is seen, never by looking at th
         ``at_edge`` in the record and logged.
 
 With a constant schedule the model after e epochs of an E-epoch run is the e-epoch model, so one run per lr gives
-every (lr, e). β is not selected (it is the objective's own parameter, fixed in advance). The choice of online DPO
+every (lr, e). Each grid run logs its training steps and the held-out criterion (as ``eval/loss``, at the step that
+ends each epoch) into one run of the trackers of ``Settings.report_to``, and draws both in its ``curves.png``.
+β is not selected (it is the objective's own parameter, fixed in advance). The choice of online DPO
 (made from SFT) is used for online DPO from SFT and from DPO. How these rules compare with the reward–KL frontier
 each method traces is what the ``frontier`` figure measures (:mod:`allroads.llm.figures.frontier_rules`). The selection
 runs use training seed ``SelectionConfig.seed``; every stage of every seed then trains with the choice. Each grid
@@ -45,6 +47,8 @@ from allroads.llm.pipeline import train_stages as T
 from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
 from allroads.llm.pipeline.settings import SelectionConfig, Settings, stage_config
 from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_dpo, train_rm, train_sft
+from allroads.llm.train.metrics import plot_metrics
+from allroads.llm.train.trackers import make_tracker
 
 __all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "STAGES"]
 
@@ -72,28 +76,31 @@ def _objective(pipe: Pipeline, kind: str, model, ref, rows) -> float:
 
 
 def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None, pairs: Artifact | None):
-    """(train(stop_after), model, ref, held-out rows) of one grid run."""
+    """(train(stop_after, tracker), model, ref, held-out rows) of one grid run."""
     s, run = pipe.settings, cfg
     if kind == "sft":
         rows, _ = L.load_sft_rows(source, "validation")
         data = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
                         max_response_tokens=cfg.max_response_tokens)
         model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
-        return (lambda stop: train_sft(model, data, run, stop_after=stop)), model, None, rows
+        return (lambda stop, tr: train_sft(model, data, run, stop_after=stop, tracker=tr)), model, None, rows
     if kind == "online_dpo":
         train_art = pairs
         t = json.loads((train_art.path / "sampling.json").read_text())["sampling_temperature"]
         model, ref, data = pipe.policy(sft), pipe.policy(sft), read_pairs(train_art)
-        fit = lambda stop: train_online_dpo(model, pipe.policy(sft), data, run, sampling_temperature=t,  # noqa: E731
-                                            temper_policy=s.online.temper_policy, stop_after=stop)
+
+        def fit(stop, tr):
+            return train_online_dpo(model, pipe.policy(sft), data, run, sampling_temperature=t,
+                                    temper_policy=s.online.temper_policy, stop_after=stop, tracker=tr)
+
         return fit, model, ref, L.load_comparison_rows(source, "validation")[0]
     rows, _ = L.load_comparison_rows(source, "validation")
     data, ref = pipe.human_pairs(), pipe.policy(sft) if kind == "dpo" else None
     model = (M.load_reward_model(str(sft.path / "model"), tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
              if kind == "rm" else pipe.policy(sft))
-    fit = {"rm": lambda stop: train_rm(model, data, run, stop_after=stop),
-           "local_rm": lambda stop: train_local_rm(model, data, run, stop_after=stop),
-           "dpo": lambda stop: train_dpo(model, pipe.policy(sft), data, run, stop_after=stop)}
+    fit = {"rm": lambda stop, tr: train_rm(model, data, run, stop_after=stop, tracker=tr),
+           "local_rm": lambda stop, tr: train_local_rm(model, data, run, stop_after=stop, tracker=tr),
+           "dpo": lambda stop, tr: train_dpo(model, pipe.policy(sft), data, run, stop_after=stop, tracker=tr)}
     return fit[kind], model, ref, rows
 
 
@@ -101,8 +108,9 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
                        sft: Artifact | None, pairs: Artifact | None = None, patience: int = 0) -> Artifact:
     """One grid run: stage ``kind`` at ``lr`` for up to ``max_epochs`` epochs from the base model (SFT) or from
     ``sft`` (``online_dpo``: on the online-pair artifact ``pairs``); writes ``heldout.json`` with the held-out
-    criterion after each epoch. ``patience`` > 0: stop once it has not improved for that many epochs. Cached as
-    ``select_<kind>``."""
+    criterion after each epoch (and the training step that ends it), ``metrics.jsonl`` and ``curves.png`` (training
+    loss and held-out criterion), and logs both to the trackers of ``Settings.report_to`` (``eval/loss``).
+    ``patience`` > 0: stop once it has not improved for that many epochs. Cached as ``select_<kind>``."""
     s, source = pipe.settings, _heldout_source(pipe.settings, sel)
     cfg = stage_config(kind, s, seed=sel.seed, lr=lr, epochs=max_epochs, progress=False)
     if kind == "sft":
@@ -114,23 +122,37 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
     def build(out: Path, pipe: Pipeline):
         train, model, ref, rows = _train_fn(pipe, kind, dataclasses.replace(cfg, output_dir=str(out / "run")), source,
                                             sft, pairs)
-        losses: list[float] = []
-        for e in range(1, max_epochs + 1):
-            train(e * cfg.save_every if e < max_epochs else None)
-            losses.append(_objective(pipe, kind, model, ref, rows))
-            if patience_spent(losses, patience):
-                break
+        losses, steps = [], []
+        with make_tracker(cfg.report_to, out / "trackers", out.name.removesuffix(".partial"), cfg.to_dict()) as tracker:
+            for e in range(1, max_epochs + 1):
+                train(e * cfg.save_every if e < max_epochs else None, tracker)
+                losses.append(_objective(pipe, kind, model, ref, rows))
+                steps.append(e * cfg.save_every)  # the training step that ends epoch e
+                tracker.log({"eval/loss": losses[-1]}, steps[-1])
+                if patience_spent(losses, patience):
+                    break
+            tracker.summary({"eval/best_loss": min(losses), "eval/best_epoch": losses.index(min(losses)) + 1})
         write_json(out / "heldout.json", {"lr": lr, "epochs": list(range(1, len(losses) + 1)), "heldout_loss": losses,
-                                          "heldout": f"{source} [validation]", "n_heldout": len(rows),
+                                          "steps": steps, "heldout": f"{source} [validation]", "n_heldout": len(rows),
                                           "stopped_early": len(losses) < max_epochs})
         shutil.copy(out / "run" / "metrics.jsonl", out / "metrics.jsonl")
         shutil.rmtree(out / "run")
+        _plot_curves(out, list(zip(steps, losses)), _CRITERION[kind])
 
     reads = ("tokenizer", "model", "max_prompt_tokens", "max_response_tokens", "sampler", "online", "eval_micro_batch",
              "device", "dtype") + (("sft_data", "sft_limit") if kind == "sft" else ("pft_data", "pft_limit"))
     reads += {"local_rm": ("local_rm",), "dpo": ("dpo",), "online_dpo": ("dpo",)}.get(kind, ())
     return pipe.stage(f"select_{kind}", reads, [a for a in (sft, pairs) if a is not None], build, cfg=cfg,
                       heldout=source, selection_seed=sel.seed, criterion=_CRITERION[kind], patience=patience)
+
+
+def _plot_curves(out: Path, heldout: list[tuple[int, float]], criterion: str) -> None:
+    """``out/curves.png``: the grid run's training curves, the held-out criterion on the loss panel."""
+    try:
+        plot_metrics(out / "metrics.jsonl", out / "curves.png", validation=heldout,
+                     validation_label=f"held-out ({criterion})")
+    except ImportError as e:  # a bare GPU image without matplotlib still selects
+        print(f"[selection] {out / 'curves.png'} not written ({e}); metrics.jsonl and heldout.json have the numbers")
 
 
 def patience_spent(losses: list[float], patience: int) -> bool:

@@ -16,7 +16,8 @@ complete checkpoint (or no ``latest`` before the first one).
 The shards are keyed by parameter names, not by rank, so a checkpoint written by N processes (FSDP2, DDP
 or one process) loads into M processes with or without FSDP2: ``torch.distributed.checkpoint`` reshards.
 The final model is written once by :func:`export_pretrained` as ``save_pretrained`` safetensors, which plain
-transformers opens.
+transformers opens, with a model card (``README.md``, :func:`write_model_card`: YAML front matter the Hugging Face
+hub renders, then the stage, its base model, data, config and final metrics).
 """
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from allroads.llm.core.atomic import write_text
+from allroads.llm.core.config import RUN_ONLY_FIELDS
 from allroads.llm.train.distributed import DistInfo, barrier, is_fsdp
 
 __all__ = ["rng_state", "set_rng_state", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
-           "export_pretrained"]
+           "export_pretrained", "write_model_card", "model_card"]
 
 
 def rng_state() -> dict:
@@ -171,3 +174,52 @@ def export_pretrained(model, hf, path: str | Path, *, prefix: str = "", tokenize
             plain.save_pretrained(path, safe_serialization=True)
     if info.is_main and tokenizer is not None:
         tokenizer.save_pretrained(path)
+    if info.is_main:
+        write_model_card(path)
+
+
+def _hub_id(name: str) -> bool:
+    """``name`` looks like a hub id (``org/model``), not a local directory or the ``tiny`` models."""
+    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists()
+
+
+TIMING_METRICS = ("tokens_per_s", "step_time_s")
+"""Metrics that measure the machine, not the model (left out of the model card)."""
+
+
+def model_card(config: dict, metrics: list[dict]) -> str:
+    """The ``README.md`` of a saved model: YAML front matter (``library_name: transformers``, ``base_model`` and
+    ``datasets`` where they are hub ids, ``tags``), then the stage, base model, data, the final metrics (last
+    metrics line) and the config. What says where or how fast a run happened (the run-only config fields, e.g. the
+    output directory, and the step timings) is left out, so the same training gives the same card byte for byte."""
+    config = {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
+    stage = str(config.get("stage", "train"))
+    meta: dict = {"library_name": "transformers", "tags": ["allroads", stage, "tldr"]}
+    if _hub_id(str(config.get("model", ""))):
+        meta["base_model"] = config["model"]
+    if _hub_id(str(config.get("data", ""))):
+        meta["datasets"] = [config["data"]]
+    if stage != "rm":
+        meta["pipeline_tag"] = "text-generation"
+    final = {k: v for k, v in (metrics[-1] if metrics else {}).items() if k not in TIMING_METRICS}
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
+             f"# allroads `{stage}` model", "",
+             f"Trained by the `{stage}` stage of allroads (Swamy et al. 2025, \"All Roads Lead to Likelihood\").", "",
+             f"* base model: `{config.get('model', '')}`", f"* data: `{config.get('data', '')}` "
+             f"(split `{config.get('data_split', '')}`)", f"* optimizer steps: {final.get('step', 'unknown')}", "",
+             "## Final metrics (last line of metrics.jsonl)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in final.items()]
+    lines += ["", "## Config", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(path: str | Path) -> Path:
+    """Write ``path/README.md`` (:func:`model_card`) from the run's ``config.json`` and ``metrics.jsonl`` beside
+    ``path`` (the training loop writes both into the output directory that holds ``model/``)."""
+    path = Path(path)
+    config_file, metrics_file = path.parent / "config.json", path.parent / "metrics.jsonl"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    metrics = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+               if metrics_file.is_file() else [])
+    write_text(path / "README.md", model_card(config, metrics))
+    return path / "README.md"

@@ -11,6 +11,9 @@ the loop does what every stage shares:
 * bf16 autocast on CUDA (and FSDP2's bf16 compute / fp32 reduction); gradient checkpointing via the config;
 * metrics to ``metrics.jsonl`` every step (loss, TRL's rewards/chosen, rewards/rejected, rewards/margins,
   rewards/accuracies, logps/chosen, logps/rejected; lr, tokens/s), tqdm on rank 0, ``curves.png`` at the end;
+  the same records to the trackers of ``cfg.report_to`` under TRL's names (``train/loss``,
+  ``train/learning_rate``, …; :mod:`allroads.llm.train.metrics`), written under ``<output_dir>/trackers/``
+  (:mod:`allroads.llm.train.trackers`), or to a tracker the caller hands in and closes itself;
 * atomic sharded checkpoints (:mod:`allroads.llm.train.checkpoint`) every ``save_every`` steps and exact resume,
   also on another number of processes or with FSDP2 switched on or off: model, optimizer, scheduler, RNG and
   the step (which fixes the data position); the final weights are written once, to ``model/`` (safetensors;
@@ -41,8 +44,9 @@ from allroads.llm.train.distributed import (
     unwrap,
     wrap_model,
 )
-from allroads.llm.train.metrics import MetricsWriter, plot_metrics
+from allroads.llm.train.metrics import RunLog, plot_metrics
 from allroads.llm.train.resume import check_output_dir, finished_history_metrics, mark_finished
+from allroads.llm.train.trackers import Tracker, check_report_to, make_tracker
 
 __all__ = ["History", "StepLoss", "optimize", "resolve_device", "output_dir", "batch_to"]
 
@@ -178,13 +182,31 @@ def _finish(wrapped, hf, cfg: TrainConfig, info: DistInfo, out: Path, tokenizer)
     barrier(info)
 
 
+def _run_log(cfg: TrainConfig, info: DistInfo, out: Path, plan: _Plan, start: int,
+             tracker: Tracker | None) -> RunLog | None:
+    """The main rank's :class:`RunLog`: ``metrics.jsonl``, the bar, and ``tracker`` or else the trackers of
+    ``cfg.report_to`` in ``out/trackers`` (run name: the output folder's, without the stage cache's ``.partial``)."""
+    if not info.is_main:
+        return None
+    owns = tracker is None
+    if owns:
+        tracker = make_tracker(cfg.report_to, out / "trackers", out.name.removesuffix(".partial"), cfg.to_dict(),
+                               resume_step=start, is_main=True)
+    return RunLog(out / "metrics.jsonl", tracker, resume_step=start, total=plan.total,
+                  steps_per_epoch=plan.steps_per_epoch, log_every=cfg.log_every, progress=cfg.progress,
+                  desc=cfg.stage, owns_tracker=owns)
+
+
 def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list[int]], dict], step_loss: StepLoss,
-              cfg: TrainConfig, *, tokenizer=None, info: DistInfo | None = None, stop_after: int | None = None) -> History:
+              cfg: TrainConfig, *, tokenizer=None, info: DistInfo | None = None, stop_after: int | None = None,
+              tracker: Tracker | None = None) -> History:
     """The shared loop (module docstring). ``make_batch(indices)`` collates examples; ``step_loss``
     returns per-example losses (b,) and per-example metrics; ``stop_after`` ends the run after that
-    many steps as if the process were killed there (used to test resume)."""
+    many steps as if the process were killed there (used to test resume). ``tracker``: log there (left open)
+    instead of in trackers of ``cfg.report_to``."""
     info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
+    check_report_to(cfg.report_to)  # an unknown or missing tracker stops here, before any work
     if check_output_dir(cfg, output_dir(cfg)) == "finished":  # another config's run is refused here, before any work
         return _finished(cfg, info)
     out, plan, device, hf = output_dir(cfg), _plan(cfg, n_examples, info), resolve_device(cfg, info), _hf_model(model)
@@ -192,46 +214,40 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
         write_json(out / "config.json", cfg.to_dict())
     ckpt_root = out / "checkpoints"
     wrapped, opt, sched, start = _start(model, cfg, info, device, ckpt_root, plan.total)
-    writer = MetricsWriter(out / "metrics.jsonl", resume_step=start) if info.is_main else None
-    history = History(output_dir=out, final_step=start)
+    log, history = _run_log(cfg, info, out, plan, start, tracker), History(output_dir=out, final_step=start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    bar = None
-    if info.is_main and cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=plan.total, initial=start, desc=cfg.stage, dynamic_ncols=True)
     order, order_epoch = None, -1
-    for step in range(start, plan.total):
-        epoch, pos = divmod(step, plan.steps_per_epoch)
-        if epoch != order_epoch:  # the data order of an epoch depends only on (seed, epoch)
-            gen = torch.Generator().manual_seed(cfg.seed + epoch)
-            order, order_epoch = torch.randperm(n_examples, generator=gen).tolist(), epoch
-        batch_idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-        t0, lr = time.perf_counter(), sched.get_last_lr()[0]
-        opt.zero_grad(set_to_none=True)
-        sums, tokens = _accumulate(wrapped, make_batch, step_loss, batch_idx[info.rank * plan.per_rank:
-                                   (info.rank + 1) * plan.per_rank], cfg, plan, device, autocast)
-        grad_norm = _clip(wrapped, cfg)
-        opt.step()
-        sched.step()
-        record = _record(sums, tokens, info, cfg, step, epoch, lr, t0, grad_norm)
-        history.metrics.append(record)
-        history.final_step = step + 1
-        last = step + 1 == plan.total
-        if writer is not None and ((step + 1) % cfg.log_every == 0 or last):
-            writer.write(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last) or (last and cfg.save_final_checkpoint):
-            ckpt.save_checkpoint(ckpt_root, step=step + 1, model=wrapped, optimizer=opt, scheduler=sched, info=info,
-                                 extra={"epoch": epoch, "seed": cfg.seed, "config_hash": config_hash(cfg)})
-        if stop_after is not None and step + 1 >= stop_after and not last:
-            if bar is not None:
-                bar.close()
-            return history
-    if bar is not None:
-        bar.close()
+    try:
+        for step in range(start, plan.total):
+            epoch, pos = divmod(step, plan.steps_per_epoch)
+            if epoch != order_epoch:  # the data order of an epoch depends only on (seed, epoch)
+                gen = torch.Generator().manual_seed(cfg.seed + epoch)
+                order, order_epoch = torch.randperm(n_examples, generator=gen).tolist(), epoch
+            batch_idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+            t0, lr = time.perf_counter(), sched.get_last_lr()[0]
+            opt.zero_grad(set_to_none=True)
+            sums, tokens = _accumulate(wrapped, make_batch, step_loss, batch_idx[info.rank * plan.per_rank:
+                                       (info.rank + 1) * plan.per_rank], cfg, plan, device, autocast)
+            grad_norm = _clip(wrapped, cfg)
+            opt.step()
+            sched.step()
+            record = _record(sums, tokens, info, cfg, step, epoch, lr, t0, grad_norm)
+            history.metrics.append(record)
+            history.final_step = step + 1
+            last = step + 1 == plan.total
+            if log is not None:
+                log.write(record)
+            periodic = cfg.save_every and (step + 1) % cfg.save_every == 0 and not last
+            if periodic or (last and cfg.save_final_checkpoint):
+                ckpt.save_checkpoint(ckpt_root, step=step + 1, model=wrapped, optimizer=opt, scheduler=sched,
+                                     info=info, extra={"epoch": epoch, "seed": cfg.seed, "config_hash": config_hash(cfg)})
+            if stop_after is not None and step + 1 >= stop_after and not last:
+                break
+    finally:  # a failed step still flushes what was logged
+        if log is not None:
+            log.close()
+    if history.final_step < plan.total:  # stopped by stop_after
+        return history
     _finish(wrapped, hf, cfg, info, out, tokenizer)
     if info.is_main:
         mark_finished(out, plan.total)

@@ -8,7 +8,9 @@ r"""Training loops for the four LLM stages, each a plain function over the loss 
 
 Each stage is a small ``step_loss(model, batch) -> (per-example loss (b,), per-example metrics)``
 handed to the one optimisation loop, :func:`allroads.llm.train.loop.optimize` (data order, gradient
-accumulation, AdamW and schedule, metrics, checkpoints and exact resume).
+accumulation, AdamW and schedule, metrics, checkpoints and exact resume). Each takes ``tracker=``: an open
+:class:`~allroads.llm.train.trackers.Tracker` that receives the per-step metrics and stays open (a caller that
+logs more into the same run, e.g. a held-out curve); without it the loop opens the trackers of ``cfg.report_to``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from allroads.llm.model.models import RewardModel, sequence_logps
 from allroads.llm.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from allroads.llm.train.loop import History, batch_to, optimize, output_dir, resolve_device
 from allroads.llm.train.resume import check_output_dir
+from allroads.llm.train.trackers import Tracker, check_report_to
 from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 
 __all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
@@ -51,7 +54,7 @@ def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | N
 
 
 def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer=None, info: DistInfo | None = None,
-              stop_after: int | None = None) -> History:
+              stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""SFT (B.2: one epoch over the SFT set): minimise :func:`allroads.losses.sft_loss`,
     −log π(" " + summary + EOS | prompt) per example (Thm 2.4's g_sft); per-token mean if
     ``cfg.per_token_mean``."""
@@ -67,11 +70,12 @@ def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer
             loss = loss / n_tok
         return loss, {"logps": logp.detach(), "response_tokens": n_tok.double()}
 
-    return optimize(policy, len(data), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+    return optimize(policy, len(data), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
+                    tracker=tracker)
 
 
 def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tokenizer=None, info: DistInfo | None = None,
-             stop_after: int | None = None) -> History:
+             stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""Global RM (Eq. 4–6, Table 2): minimise :func:`allroads.losses.bt_loss` (r(ξ_w), r(ξ_l)), the
     rewards read at the last real token of ``prompt + response`` (:func:`allroads.llm.model.models.rewards`).
     ``reward_model`` is a ``*ForSequenceClassification`` with one label."""
@@ -87,11 +91,12 @@ def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tok
         r_w, r_l = r.chunk(2)
         return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
 
-    return optimize(module, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+    return optimize(module, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
+                    tracker=tracker)
 
 
 def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *, tokenizer=None,
-                   info: DistInfo | None = None, stop_after: int | None = None) -> History:
+                   info: DistInfo | None = None, stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""Local RM (Eq. 7–9, Table 4): reference-free DPO, :func:`allroads.losses.local_rm_loss`
     (log π(ξ_w), log π(ξ_l), β = 1/53); its reward is β·log π(ξ) (Eq. 1)."""
     _hard_labels_only(pairs, "train_local_rm")
@@ -106,7 +111,8 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
         logp_w, logp_l = logp.chunk(2)  # (b,) each
         return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l, logp_w, logp_l)
 
-    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
+                    tracker=tracker)
 
 
 @torch.no_grad()
@@ -180,7 +186,7 @@ def _load_or_compute_ref_table(ref, pairs: Sequence[TokenizedPair], cfg: DPOConf
 
 
 def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
-              info: DistInfo | None = None, stop_after: int | None = None) -> History:
+              info: DistInfo | None = None, stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""DPO (Eq. 9 with a reference, Table 3): :func:`allroads.losses.dpo_loss` with β = 0.05,
 
         log π(ξ) at ``cfg.policy_temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
@@ -194,11 +200,11 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
     """
     _hard_labels_only(pairs, "train_dpo")
     return _fit_dpo(policy, ref, pairs, cfg, lambda lw, ll, rw, rl, batch: dpo_loss(lw, ll, rw, rl, cfg.beta),
-                    tokenizer=tokenizer, info=info, stop_after=stop_after)
+                    tokenizer=tokenizer, info=info, stop_after=stop_after, tracker=tracker)
 
 
 def train_dpo_soft(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, tokenizer=None,
-                   info: DistInfo | None = None, stop_after: int | None = None) -> History:
+                   info: DistInfo | None = None, stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""DPO with soft labels (Eq. 9 with a BT-probability label; Lemma A.1): :func:`allroads.losses.dpo_soft_loss`
 
         −[p_w log σ(Δ) + (1 − p_w) log σ(−Δ)],   Δ = β[(log π − log π_ref)(ξ_w) − (·)(ξ_l)]
@@ -214,15 +220,17 @@ def train_dpo_soft(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, 
     def loss(lw, ll, rw, rl, batch):
         return dpo_soft_loss(lw, ll, rw, rl, cfg.beta, batch["p_w"].to(device=lw.device, dtype=lw.dtype))
 
-    return _fit_dpo(policy, ref, pairs, cfg, loss, tokenizer=tokenizer, info=info, stop_after=stop_after)
+    return _fit_dpo(policy, ref, pairs, cfg, loss, tokenizer=tokenizer, info=info, stop_after=stop_after,
+                    tracker=tracker)
 
 
 def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_loss, *, tokenizer,
-             info: DistInfo | None, stop_after: int | None) -> History:
+             info: DistInfo | None, stop_after: int | None, tracker: Tracker | None) -> History:
     """The loop shared by :func:`train_dpo` and :func:`train_dpo_soft`: ``pair_loss(logp_w, logp_l, ref_w, ref_l,
     batch)`` → per-pair loss (b,)."""
     info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
+    check_report_to(cfg.report_to)  # before the reference table is computed
     pad = policy.config.pad_token_id
     ref_table = None
     finished = check_output_dir(cfg, output_dir(cfg)) == "finished"  # another config's run is refused before any work
@@ -259,12 +267,13 @@ def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_l
         return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta),
                                    logp_w, logp_l)
 
-    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after)
+    return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
+                    tracker=tracker)
 
 
 def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,
                      temper_policy: bool = True, soft_labels: bool = False, tokenizer=None,
-                     stop_after: int | None = None):
+                     stop_after: int | None = None, tracker: Tracker | None = None):
     r"""Online DPO (Table 3): DPO on ``pairs`` with π_ref = ``ref``, the policy that sampled them, at the
     temperature it sampled with:
 
@@ -285,4 +294,5 @@ def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig
     if temper_policy:
         temps["policy_temperature"] = sampling_temperature
     fit = train_dpo_soft if soft_labels else train_dpo
-    return fit(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after)
+    return fit(policy, ref, pairs, dataclasses.replace(cfg, **temps), tokenizer=tokenizer, stop_after=stop_after,
+               tracker=tracker)
