@@ -2,23 +2,15 @@
 same kind, spec and inputs built by the old code, and says so in :attr:`StageCache.records`. Without it (the
 negative control), the edit re-runs the stage. Edits go to a copy of the package (``code_root``)."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.pipeline.cache import PACKAGE_ROOT, StageCache, StageCorrupted
+from allroads.llm.pipeline.cache import StageCache, StageCorrupted
 from allroads.llm.pipeline.context import Pipeline
 
 from . import _tiny
-
-
-@pytest.fixture
-def package_copy(tmp_path):
-    dst = tmp_path / "src" / "allroads"
-    shutil.copytree(PACKAGE_ROOT, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    return dst
 
 
 def _edit_statement(root: Path, module: str) -> None:

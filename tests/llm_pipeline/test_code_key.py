@@ -8,25 +8,15 @@ cache hashes through ``code_root``):
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pytest
 
 from allroads.llm.figures.paper import FigureConfig, run_figure
-from allroads.llm.pipeline.cache import PACKAGE_ROOT
 from allroads.llm.pipeline.context import Pipeline
 
 from . import _tiny
 
 TRAINING = {"sft", "rm", "local_rm", "dpo", "online_dpo"}
-
-
-@pytest.fixture
-def package_copy(tmp_path) -> Path:
-    dst = tmp_path / "src" / "allroads"
-    shutil.copytree(PACKAGE_ROOT, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    return dst
 
 
 def _fig7(root: Path, code_root: Path, out: Path) -> tuple[list[str], dict]:

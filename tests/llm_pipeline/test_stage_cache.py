@@ -2,7 +2,6 @@
 an edit of a module re-runs exactly the stages whose code imports it (and what consumes their outputs).
 Edits are made to a copy of the package that the code hasher reads, never to the real source."""
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,11 @@ from allroads.llm.core.config import config_key
 from allroads.llm.judge.factory import JudgeFactory
 from allroads.llm.pipeline import eval_stages as E
 from allroads.llm.pipeline import train_stages as T
-from allroads.llm.pipeline.cache import PACKAGE_ROOT, StageCache, code_hash, module_closure
+from allroads.llm.pipeline.cache import StageCache, code_hash, module_closure
 from allroads.llm.pipeline.context import Pipeline
 from allroads.llm.pipeline.settings import paper_settings, stage_config
 
 from . import _tiny
-
-
-@pytest.fixture
-def package_copy(tmp_path):
-    dst = tmp_path / "src" / "allroads"
-    shutil.copytree(PACKAGE_ROOT, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    return dst
 
 
 def _edit(root: Path, module: str) -> None:
