@@ -8,6 +8,7 @@ import pytest
 from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data import synthetic as S
+from allroads.llm.data import synthetic_rows as SR
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # tests/fixtures/, inside the repository
 PYTHIA_TOKENIZER = FIXTURES / "gpt-neox-20b" / "tokenizer.json"  # Apache-2.0, see its README.md
@@ -72,7 +73,7 @@ def _write_jsonl(path, rows):
 
 
 def test_sft_missing_field_names_file_and_line(tmp_path):
-    rows = S.make_synthetic_sft(4, seed=0)
+    rows = SR.make_synthetic_sft(4, seed=0)
     del rows[2]["summary"]
     _write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=r"train\.jsonl:3.*summary"):
@@ -80,7 +81,7 @@ def test_sft_missing_field_names_file_and_line(tmp_path):
 
 
 def test_sft_empty_summary_is_an_error(tmp_path):
-    rows = S.make_synthetic_sft(3, seed=0)
+    rows = SR.make_synthetic_sft(3, seed=0)
     rows[1]["summary"] = "   "
     _write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(ValueError, match=r"d\.jsonl:2: empty summary"):
@@ -88,7 +89,7 @@ def test_sft_empty_summary_is_an_error(tmp_path):
 
 
 def test_comparisons_skips_are_counted_and_errors_named(tmp_path):
-    rows = S.make_synthetic_comparisons(5, seed=1)
+    rows = SR.make_synthetic_comparisons(5, seed=1)
     rows[1]["summaries"][1]["text"] = rows[1]["summaries"][0]["text"]  # identical → skip
     rows[3]["info"] = {"article": "cnn text", "title": "x", "site": "cnn"}  # CNN/DM → skip
     _write_jsonl(tmp_path / "c.jsonl", rows)
@@ -102,7 +103,7 @@ def test_comparisons_skips_are_counted_and_errors_named(tmp_path):
 
 
 def test_chosen_is_summary_at_choice():
-    raw = S.make_synthetic_comparisons(20, seed=3)
+    raw = SR.make_synthetic_comparisons(20, seed=3)
     rows, _ = L.load_comparison_rows("synthetic:20:3")
     for r, x in zip(rows, raw):
         assert r.chosen == x["summaries"][x["choice"]]["text"]
@@ -113,7 +114,7 @@ def test_parquet_directory_and_preformatted_prompt(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    raw = S.make_synthetic_sft(6, seed=2)
+    raw = SR.make_synthetic_sft(6, seed=2)
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(raw), tmp_path / "data" / "train-00000-of-00001.parquet")
     _write_jsonl(tmp_path / "data" / "validation.jsonl", raw[:2])

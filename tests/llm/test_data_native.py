@@ -19,7 +19,7 @@ import pytest
 
 from allroads.llm.data import load as L
 from allroads.llm.data import sources as S
-from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
+from allroads.llm.data.synthetic_rows import make_synthetic_comparisons, make_synthetic_sft
 from allroads.llm.data.tldr_format import PROMPT_TEMPLATE
 from allroads.llm.model import models as M
 

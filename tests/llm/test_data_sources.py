@@ -8,7 +8,7 @@ import pytest
 from allroads.llm.core.config import SFTConfig, load_config
 from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
-from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
+from allroads.llm.data.synthetic_rows import make_synthetic_comparisons, make_synthetic_sft
 
 
 def _jsonl(path, rows):

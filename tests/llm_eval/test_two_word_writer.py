@@ -1,5 +1,6 @@
 """The tiny preset's stand-in for gpt-4o writing two-word summaries (Fig. 10), through the real openai client."""
-from allroads.llm.data.synthetic import make_synthetic_sft, synthetic_score, synthetic_two_word_summary
+from allroads.llm.data.synthetic import synthetic_score, synthetic_two_word_summary
+from allroads.llm.data.synthetic_rows import make_synthetic_sft
 from allroads.llm.judge.client import make_client
 from allroads.llm.judge.judge import (
     Judge,

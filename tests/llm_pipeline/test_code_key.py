@@ -57,6 +57,8 @@ def test_comments_docstrings_and_non_training_code_rerun_no_training_stage(tmp_p
     assert TRAINING - {"online_dpo"} <= set(executed)
     assert _touch_comments_and_docstrings(package_copy) > 50
     assert _fig7(root, package_copy, out) == ([], bars)  # nothing at all re-runs
+    _edit_statement(package_copy, "llm/data/synthetic_rows.py")  # the generator, its rows unchanged: keyed by content
+    assert _fig7(root, package_copy, out) == ([], bars)
     # the synthetic-task generator: training stages key their rows by content, which this edit leaves unchanged
     for relpath in ("llm/data/rouge.py", "llm/judge/judge.py", "llm/model/sample.py", "llm/figures/plot.py",
                     "llm/data/synthetic.py"):
@@ -76,3 +78,21 @@ def test_a_training_loop_statement_reruns_sft_and_everything_downstream(tmp_path
     again, bars_again = _fig7(root, package_copy, out)
     assert sorted(again) == sorted(first)  # SFT, the three RMs and their evaluations: every stage of the figure
     assert bars_again == bars  # the statement does nothing, so the numbers are the same
+
+
+def test_rows_changed_by_the_generator_rerun_exactly_the_stages_that_read_them(tmp_path, package_copy, monkeypatch):
+    """The synthetic generator's comparisons change (every preference flipped), its SFT rows do not: SFT is reused,
+    every stage that reads the comparisons (the three RMs, their evaluations) re-runs."""
+    import allroads.llm.data.load as load
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    first, _ = _fig7(root, package_copy, out)
+    real = load.make_synthetic_comparisons
+
+    def flipped(*args, **kwargs):
+        return [{**r, "choice": 1 - r["choice"]} for r in real(*args, **kwargs)]
+
+    monkeypatch.setattr(load, "make_synthetic_comparisons", flipped)
+    again, _ = _fig7(root, package_copy, out)
+    assert "sft" in first and "sft" not in again
+    assert sorted(again) == sorted(k for k in first if k != "sft")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
+from allroads.llm.data.synthetic_rows import make_synthetic_comparisons, make_synthetic_sft
 from allroads.llm.figures.paper import FigureConfig
 from allroads.llm.figures.preflight import PreflightError, check_inputs
 from allroads.llm.judge.factory import JudgeFactory

@@ -74,8 +74,8 @@ class _KeyOnly(Pipeline):
 
     keys: list
 
-    def run(self, kind, spec, inputs, build, *, code=None):
-        self.keys.append(digest(self.cache.key(kind, spec, inputs, code or build.__module__)))
+    def run(self, kind, spec, inputs, build, *, code=None, code_exclude=()):
+        self.keys.append(digest(self.cache.key(kind, spec, inputs, code or build.__module__, code_exclude)))
         fake = self.cache.root / "not-run"
         fake.mkdir(exist_ok=True)
         (fake / "result.json").write_text("{}")

@@ -56,7 +56,7 @@ from typing import Sequence
 from allroads.llm.data.packed import PackedPairs, PackedSFT, pack_pairs, pack_sft
 from allroads.llm.data.rows import LoadReport, PreferenceRow, SFTRow
 from allroads.llm.data.sources import PFT_FLAGS, SFT_FLAGS, BadRow, DataSourceError, iter_rows
-from allroads.llm.data.synthetic import make_synthetic_comparisons, make_synthetic_sft
+from allroads.llm.data.synthetic_rows import make_synthetic_comparisons, make_synthetic_sft
 from allroads.llm.data.tldr_format import PROMPT_RE, PROMPT_TEMPLATE
 
 __all__ = ["DataSourceError", "DataRowsError", "RowError", "MAX_REPORTED", "load_sft_rows", "load_comparison_rows",

@@ -12,12 +12,14 @@ The known score of a summary for a post (:func:`synthetic_score`) is
     score = #(post facts mentioned) − #(fact-vocabulary words mentioned that are not post facts)
 
 so covering more facts is better and naming a wrong fact is penalised; it is computed from the two
-texts alone. SFT summaries (:func:`make_synthetic_sft`) are mostly short (1 fact with probability
+texts alone. SFT summaries (:func:`allroads.llm.data.synthetic_rows.make_synthetic_sft`) are mostly short (1 fact with probability
 0.55), so a policy that imitates them greedily stops early and scores about 1; preference pairs
-(:func:`make_synthetic_comparisons`) are labelled by the known score (the higher-scoring summary is
+(:func:`allroads.llm.data.synthetic_rows.make_synthetic_comparisons`) are labelled by the known score (the higher-scoring summary is
 chosen, ties are redrawn), so preference learning should raise the greedy policy's score.
 
-Rows come out in the raw OpenAI schemas that :mod:`allroads.llm.data.rows` reads
+This module holds the tasks and their scores; the rows are drawn by :mod:`allroads.llm.data.synthetic_rows` (imported
+only by the loaders, so stages that key their rows by content do not hash the generator's code). Rows come out in
+the raw OpenAI schemas that :mod:`allroads.llm.data.rows` reads
 (``tldr_3_filtered``: id, subreddit, title, post, summary; ``comparisons``: info{id, post, title,
 subreddit}, summaries[{text}], choice). Every draw uses an explicit ``numpy`` generator from ``seed``.
 
@@ -35,7 +37,6 @@ Three *tasks* share the posts (:data:`TASKS`; the data source ``synthetic-TASK:N
 """
 from __future__ import annotations
 
-import numpy as np
 
 __all__ = [
     "FACT_SLOTS",
@@ -44,8 +45,10 @@ __all__ = [
     "task_score",
     "lookup_reference",
     "lookup_score",
-    "make_synthetic_sft",
-    "make_synthetic_comparisons",
+    "FACT_ORDER",
+    "LOOKUP_ORDERS",
+    "SUBREDDITS",
+    "WHEN",
     "synthetic_score",
     "synthetic_vocabulary",
     "post_facts",
@@ -60,7 +63,8 @@ FACT_SLOTS: dict[str, tuple[str, ...]] = {
 }
 SUBREDDITS = ("relationships", "tifu", "personalfinance", "advice")
 WHEN = ("yesterday", "today", "tonight")
-_ORDER = ("person", "action", "object", "feeling")
+FACT_ORDER = ("person", "action", "object", "feeling")
+"""The canonical order of the facts in a summary."""
 TASKS = ("facts", "two_word", "lookup")
 LOOKUP_ORDERS: dict[str, tuple[str, ...]] = {
     "yesterday": ("person", "action", "object", "feeling"),
@@ -98,24 +102,12 @@ def synthetic_score(post: str, summary: str) -> float:
     return float(len(said & facts) - len(said - facts))
 
 
-def _draw_post(rng: np.random.Generator) -> tuple[dict[str, str], str, str, str]:
-    facts = {slot: str(rng.choice(words)) for slot, words in FACT_SLOTS.items()}
-    subreddit = str(rng.choice(SUBREDDITS))
-    title = f"advice about my {facts['person']}"
-    when = str(rng.choice(WHEN))
-    post = (
-        f"my {facts['person']} {facts['action']} my {facts['object']} {when} .\n"
-        f"i feel {facts['feeling']} about it .\nwhat should i do ?"
-    )
-    return {**facts, "when": when}, subreddit, title, post
-
-
 def lookup_reference(post: str) -> list[str]:
     """The ``lookup`` task's reference summary of ``post``: its four facts in the order its time word selects
     (:data:`LOOKUP_ORDERS`)."""
     words = post.split()
     when = next((w for w in words if w in LOOKUP_ORDERS), None)
-    slot = {s: next((w for w in words if w in FACT_SLOTS[s]), None) for s in _ORDER}
+    slot = {s: next((w for w in words if w in FACT_SLOTS[s]), None) for s in FACT_ORDER}
     if when is None or None in slot.values():
         raise ValueError(f"lookup_reference: not a synthetic post (needs a time word and four facts): {post[:80]!r}")
     return [slot[s] for s in LOOKUP_ORDERS[when]]
@@ -161,80 +153,6 @@ def task_of(source: str) -> str:
         raise ValueError(f"data source {source!r}: a synthetic source is synthetic[-TASK][:N[:SEED]] with TASK in "
                          f"{TASKS}")
     return task
-
-
-_SFT_LENGTHS = {"facts": (0.55, 0.2, 0.15, 0.1), "two_word": (0.55, 0.45), "lookup": (0.55, 0.2, 0.15, 0.1)}
-_PAIR_LENGTHS = {"facts": (0.25,) * 4, "two_word": (0.5, 0.5), "lookup": (0.25,) * 4}
-
-
-def _draw_summary(facts: dict[str, str], rng: np.random.Generator, length_probs: tuple[float, ...], p_wrong: float,
-                  task: str = "facts", p_swap: float = 0.0) -> str:
-    """A prefix of length k ~ ``length_probs`` of the task's fact order (canonical; ``lookup``: the reference
-    order), each word wrong with probability ``p_wrong``; ``lookup`` also swaps two adjacent words with
-    probability ``p_swap`` (an order error)."""
-    order = LOOKUP_ORDERS[facts["when"]] if task == "lookup" else _ORDER
-    k = int(rng.choice(len(length_probs), p=np.asarray(length_probs))) + 1
-    words = []
-    for slot in order[:k]:
-        if rng.random() < p_wrong:
-            others = [w for w in FACT_SLOTS[slot] if w != facts[slot]]
-            words.append(str(rng.choice(others)))
-        else:
-            words.append(facts[slot])
-    if task == "lookup" and k > 1 and rng.random() < p_swap:
-        i = int(rng.integers(k - 1))
-        words[i], words[i + 1] = words[i + 1], words[i]
-    return " ".join(words)
-
-
-def make_synthetic_sft(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = 0.05,
-                       p_swap: float = 0.05) -> list[dict]:
-    """``n`` SFT rows in the OpenAI ``tldr_3_filtered`` schema (id, subreddit, title, post, summary).
-
-    Summaries are prefixes of the post's facts in the task's order, of length k ~ ``length_probs`` (default
-    (0.55, 0.2, 0.15, 0.1); ``two_word``: (0.55, 0.45)); each word is replaced by a wrong fact with probability
-    ``p_wrong``; ``lookup``: two adjacent words swapped with probability ``p_swap``.
-    """
-    task_score(task)
-    length_probs = length_probs or _SFT_LENGTHS[task]
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        facts, subreddit, title, post = _draw_post(rng)
-        rows.append(
-            {"id": f"syn-{seed}-{i}", "subreddit": subreddit, "title": title, "post": post,
-             "summary": _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)}
-        )
-    return rows
-
-
-def make_synthetic_comparisons(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = 0.25,
-                               p_swap: float = 0.25) -> list[dict]:
-    """``n`` comparison rows in the OpenAI ``comparisons`` schema, labelled by the task's known score
-    (:func:`task_score`).
-
-    Two summaries are drawn independently (lengths uniform over the task's, ``p_wrong`` and ``p_swap`` as in
-    :func:`make_synthetic_sft`); pairs with equal scores are redrawn, so every row carries a strict preference;
-    ``choice`` is the index of the higher-scoring summary (placed at random).
-    """
-    score = task_score(task)
-    length_probs = length_probs or _PAIR_LENGTHS[task]
-    rng = np.random.default_rng(seed)
-    rows = []
-    i = 0
-    while len(rows) < n:
-        facts, subreddit, title, post = _draw_post(rng)
-        a = _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)
-        b = _draw_summary(facts, rng, length_probs, p_wrong, task, p_swap)
-        sa, sb = score(post, a), score(post, b)
-        if sa == sb:
-            continue
-        rows.append(
-            {"info": {"id": f"syn-{seed}-{i}", "post": post, "title": title, "subreddit": subreddit},
-             "summaries": [{"text": a}, {"text": b}], "choice": int(sb > sa)}
-        )
-        i += 1
-    return rows
 
 
 def synthetic_two_word_summary(post: str, k: int) -> str:

@@ -111,16 +111,18 @@ def _imports(name: str, file: Path, package: str) -> set[str]:
     return {m for m in out if m == package or m.startswith(package + ".")}
 
 
-def module_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT, package: str = "allroads") -> dict[str, Path]:
+def module_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT, package: str = "allroads",
+                   exclude: Iterable[str] = ()) -> dict[str, Path]:
     """Every module of ``package`` that ``modules`` import, transitively, with their parent packages'
     ``__init__`` files: name → source file under ``root``. Names that are not modules (imported classes
-    or functions) are dropped."""
-    todo, found = list(modules), {}
+    or functions) are dropped. Modules in ``exclude`` are neither listed nor followed (a stage that keys what they
+    produce by content instead: the data readers)."""
+    todo, found, skip = list(modules), {}, set(exclude)
     while todo:
         name = todo.pop()
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
         for mod in [name] + parents:
-            if mod in found:
+            if mod in found or mod in skip:
                 continue
             file = _module_file(mod, root)
             if file is None:
@@ -146,9 +148,10 @@ def source_key(file: Path) -> str:
     return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
 
 
-def code_hash(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> str:
-    """Hash of the code of :func:`module_closure` ``(modules)``: each module's name and :func:`source_key`."""
-    files = module_closure(modules, root)
+def code_hash(modules: Iterable[str], root: Path = PACKAGE_ROOT, exclude: Iterable[str] = ()) -> str:
+    """Hash of the code of :func:`module_closure` ``(modules, exclude=exclude)``: each module's name and
+    :func:`source_key`."""
+    files = module_closure(modules, root, exclude=exclude)
     return digest({name: source_key(f) for name, f in files.items()})
 
 
@@ -232,18 +235,20 @@ class StageCache:
         ``reused``, ``rebuilt``: a failed verification re-ran it, ``reused_across_code``), ``seconds`` (the whole
         call: waiting, verifying, building), ``path`` (the directory returned) and, when reused across code,
         ``code_of`` (the code hash the stage was built with)."""
-        self._code: dict[str, str] = {}
+        self._code: dict[tuple, str] = {}
         self._verified: set[Path] = set()
 
-    def code(self, module: str) -> str:
-        """:func:`code_hash` of ``module`` (computed once per cache object)."""
-        if module not in self._code:
-            self._code[module] = code_hash([module], self.code_root)
-        return self._code[module]
+    def code(self, module: str, exclude: tuple[str, ...] = ()) -> str:
+        """:func:`code_hash` of ``module`` without the modules ``exclude`` (computed once per cache object)."""
+        if (module, exclude) not in self._code:
+            self._code[(module, exclude)] = code_hash([module], self.code_root, exclude=exclude)
+        return self._code[(module, exclude)]
 
-    def key(self, kind: str, spec: dict[str, Any], inputs: list[Artifact], module: str) -> dict:
+    def key(self, kind: str, spec: dict[str, Any], inputs: list[Artifact], module: str,
+            exclude: tuple[str, ...] = ()) -> dict:
         """What the stage's hash is taken of."""
-        return {"kind": kind, "spec": config_key(spec), "inputs": [i.hash for i in inputs], "code": self.code(module)}
+        return {"kind": kind, "spec": config_key(spec), "inputs": [i.hash for i in inputs],
+                "code": self.code(module, tuple(exclude))}
 
     @contextlib.contextmanager
     def lock(self, kind: str, h: str) -> Iterator[None]:
@@ -262,11 +267,12 @@ class StageCache:
             os.close(fd)  # releases the lock
 
     def run(self, kind: str, spec: dict[str, Any], inputs: list[Artifact], build: Callable[[Path], None], *,
-            code: str | None = None) -> Artifact:
+            code: str | None = None, code_exclude: tuple[str, ...] = ()) -> Artifact:
         """``build(partial_dir)`` unless a verified ``<kind>-<hash>/DONE`` exists. ``code``: the module whose import
-        closure is hashed (default :func:`build_module` ``(build)``)."""
+        closure is hashed (default :func:`build_module` ``(build)``); ``code_exclude``: modules left out of it
+        (their output must then be in ``spec``, by content)."""
         t0 = time.perf_counter()
-        key = self.key(kind, spec, inputs, code or build_module(build))
+        key = self.key(kind, spec, inputs, code or build_module(build), tuple(code_exclude))
         h = digest(key)
         final = self.root / f"{kind}-{h}"
         extra: dict[str, Any] = {}

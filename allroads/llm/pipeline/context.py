@@ -14,7 +14,10 @@ A :class:`Pipeline` is what the stages of one run share and nothing else: the ca
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -39,6 +42,11 @@ __all__ = ["Pipeline", "Artifact", "Settings", "paper_settings", "tiny_settings"
 def read_pairs(art: Artifact) -> list[D.TokenizedPair]:
     """The preference pairs a data stage wrote (``pairs.jsonl``)."""
     return D.read_pairs(art.path / "pairs.jsonl")
+
+
+DATA_READERS = ("allroads.llm.data.load",)
+"""The modules that turn sources into rows (and, through them, the readers and the synthetic-task generator): left
+out of every closure stage's code key, which holds the rows' content instead (:meth:`Pipeline.rows_digest`)."""
 
 
 class Pipeline:
@@ -212,23 +220,49 @@ class Pipeline:
         return "vllm" if torch.device(self.device).type == "cuda" and vllm_available() else "hf"
 
     def run(self, kind: str, spec, inputs: list[Artifact], build: Callable[[Path], None], *,
-            code: str | None = None) -> Artifact:
+            code: str | None = None, code_exclude: tuple[str, ...] = ()) -> Artifact:
         """One cached stage (:meth:`StageCache.run`); ``code``: the module whose import closure the key hashes
-        (default: ``build``'s module)."""
-        return self.cache.run(kind, spec, inputs, build, **({} if code is None else {"code": code}))
+        (default: ``build``'s module), without ``code_exclude``."""
+        return self.cache.run(kind, spec, inputs, build, code=code, code_exclude=code_exclude)
+
+    def rows_digest(self, source: str, kind: str) -> str:
+        """SHA-256 of every row of ``source`` — SFT rows (``kind="sft"``) or comparisons (``"pft"``) — in each split
+        it has (train, validation, test; a split it lacks counts as absent): the data a closure stage reads, keyed by
+        content (:meth:`stage`). Computed once per run."""
+        key = ("rows_digest", kind, source)
+        if key not in self._rows:
+            load = L.load_sft_rows if kind == "sft" else L.load_comparison_rows
+            h = hashlib.sha256(f"{kind}:{source}".encode())
+            for split in ("train", "validation", "test"):
+                try:
+                    rows = self._cached_rows(load, source, split, 0)
+                except L.DataSourceError:
+                    h.update(f"{split}: absent".encode())
+                    continue
+                h.update(split.encode())
+                h.update(json.dumps([dataclasses.astuple(r) for r in rows], default=str).encode())
+            self._rows[key] = h.hexdigest()
+        return self._rows[key]
 
     def stage(self, kind: str, reads: Iterable[str], inputs: list[Artifact], build: Callable[[Path, "Pipeline"], None],
               **args) -> Artifact:
         """A cached closure stage: ``build(out, pipe)`` runs with a ``pipe`` whose settings are only the fields
         ``reads`` (:class:`~allroads.llm.pipeline.spec.GuardedSettings`: reading another raises), keyed by those
         fields' values (``device`` excepted), ``args`` (plus the resolved sampler when ``sampler`` is read), the inputs'
-        hashes and the code of ``build``'s module
-        (:func:`~allroads.llm.pipeline.spec.stage_spec`)."""
+        hashes and the code of ``build``'s module (:func:`~allroads.llm.pipeline.spec.stage_spec`). The rows it reads
+        are keyed by content (:meth:`rows_digest` of ``sft_data`` / ``pft_data`` when read, and of each ``(kind,
+        source)`` in ``args["sources"]``), so the data readers (:data:`DATA_READERS`) are left out of its code key:
+        an edit of the synthetic-task generator re-runs exactly the stages whose rows it changes."""
         if "sampler" in reads:  # the sampler actually used ("auto" resolved), so hf and vLLM samples never mix
             args = {**args, "resolved_sampler": self.sampler()}
+        sources = [("sft", self.settings.sft_data)] if "sft_data" in reads else []
+        sources += [("pft", self.settings.pft_data)] if "pft_data" in reads else []
+        sources += list(args.pop("sources", ()))
+        args["rows"] = {f"{kind_}:{src}": self.rows_digest(src, kind_) for kind_, src in sources}
         spec = stage_spec(kind, self.settings, reads, **args)
         guarded = self.with_settings(GuardedSettings(self.settings, spec.reads, kind))
-        return self.run(kind, spec, inputs, functools.partial(build, pipe=guarded), code=build.__module__)
+        return self.run(kind, spec, inputs, functools.partial(build, pipe=guarded), code=build.__module__,
+                        code_exclude=DATA_READERS)
 
     def settings_block(self) -> dict:
         """The settings as JSON-able data (for the figure JSON)."""

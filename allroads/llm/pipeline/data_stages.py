@@ -100,7 +100,8 @@ def online_pairs(pipe: Pipeline, start: Artifact, rm: Artifact | None, rm_kind: 
     reads += (("sft_data", "sft_limit") if augment else ()) + (("two_word_tokens",) if two_word else ())
     reads += {"local": ("local_rm",), "dpo": ("dpo",), "known": ("sft_data",)}.get(rm_kind, ())
     return pipe.stage("online_pairs", reads, inputs, build, seed=seed, rm_kind=rm_kind, fraction=fraction,
-                      augment=augment, two_word=two_word, heldout=heldout, label=label)
+                      augment=augment, two_word=two_word, heldout=heldout, label=label,
+                      sources=[("pft", heldout)] if heldout else [])
 
 
 def rouge_data(pipe: Pipeline, sft: Artifact) -> Artifact:

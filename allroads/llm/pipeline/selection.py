@@ -143,7 +143,8 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
              "device", "dtype") + (("sft_data", "sft_limit") if kind == "sft" else ("pft_data", "pft_limit"))
     reads += {"local_rm": ("local_rm",), "dpo": ("dpo",), "online_dpo": ("dpo",)}.get(kind, ())
     return pipe.stage(f"select_{kind}", reads, [a for a in (sft, pairs) if a is not None], build, cfg=cfg,
-                      heldout=source, selection_seed=sel.seed, criterion=_CRITERION[kind], patience=patience)
+                      heldout=source, selection_seed=sel.seed, criterion=_CRITERION[kind], patience=patience,
+                      sources=[("sft" if kind == "sft" else "pft", source)])
 
 
 def _plot_curves(out: Path, heldout: list[tuple[int, float]], criterion: str) -> None:
