@@ -22,6 +22,12 @@ def _env():
     return env
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT back to its default, as in a terminal. A test run started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _lines(stream, q):
     for line in stream:
         q.put(line)
@@ -32,7 +38,7 @@ def _interrupt(command, when):
     """Start ``command``; at the first stdout line where ``when(line, finished)`` holds (``finished``: the stages
     the run reported finished so far), send SIGINT to its process group; return (rc, stderr, finished)."""
     proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     q: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, q), daemon=True).start()
     seen, finished = [], []
