@@ -58,6 +58,8 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -205,6 +207,11 @@ def _cache_flags(p: argparse.ArgumentParser) -> None:
                    "researcher who fixed a typo in a plot label or a log line is not forced to retrain. The figure "
                    "JSON records it: reuse_stages lists the kinds, and each such stage appears under stages with "
                    "status reused_across_code and the code hash it was built with")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N processes share --root, each taking the independent stages (seeds, methods, grid runs) in "
+                   "another order; the stage locks keep one writer per stage and each reuses what the others "
+                   "finished. This process writes the outputs; the others log to <out>/.worker-<i>.log")
+    p.add_argument("--worker-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--strict", action="store_true",
                    help="a finished stage whose files no longer match its manifest (truncated, edited, deleted) is "
                    "an error naming the files (exit code 1) instead of being rebuilt; recorded in the figure JSON")
@@ -217,6 +224,8 @@ def _option_errors(p: argparse.ArgumentParser, args) -> None:
                 "loopback rule)")
     if args.task != "facts" and args.preset != "small":
         p.error("--task applies to --preset small")
+    if not 0 <= args.worker_rank < args.workers:
+        p.error(f"--workers {args.workers} --worker-rank {args.worker_rank}: need 0 <= rank < workers")
     if args.online_temperature is not None and args.online_temperature <= 0:
         p.error(f"--online-temperature {args.online_temperature}: must be > 0")
 
@@ -296,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     judges = JudgeFactory(args.preset, root, model=settings.judge_id, base_url=args.judge_base_url, task=args.task)
     progress = _Progress()
     cache_options = {"reuse_kinds": args.reuse_stages, "strict": args.strict}
-    pipe = Pipeline(root, settings, judges, log=progress.log, **cache_options)
+    pipe = Pipeline(root, settings, judges, log=progress.log, worker=(args.worker_rank, args.workers),
+                    **cache_options)
+    helpers, finished = _spawn_workers(argv, args, out), False
     extra = {"seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
              "settings_from": {"preset": args.preset, "config": args.config or None,
                                "assignments": [f"{k}={v}" for k, v in _assignments(args)[0]]}}
     try:
         check_inputs(pipe, figs)
         _run(pipe, figs, out, name, extra)
+        finished = True
     except PreflightError as e:
         print(f"run.py: {e}", file=sys.stderr)
         return 2
@@ -314,8 +326,38 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         judges.close()
+        failed = _wait_workers(helpers, out, stop=not finished)
     print(f"stages executed: {len(pipe.executed)} {pipe.executed}")
-    return 0
+    return 1 if failed else 0
+
+
+def _spawn_workers(argv: list[str], args, out: Path) -> list[subprocess.Popen]:
+    """Workers 1 … N−1 of ``--workers N``: this command with their rank, their figures under ``<out>/.worker-<i>``,
+    no trackers, their log in ``<out>/.worker-<i>.log`` (only worker 0, this process, spawns them)."""
+    if args.workers <= 1 or args.worker_rank != 0:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(1, args.workers):
+        log = open(out / f".worker-{i}.log", "w")  # noqa: SIM115 - the child writes it until it ends
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-rank", str(i),
+               "--out", str(out / f".worker-{i}"), "--report_to", "none"]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    return procs
+
+
+def _wait_workers(procs: list[subprocess.Popen], out: Path, stop: bool) -> list[int]:
+    """Wait for the other workers (``stop``: this one is ending early, so they are stopped); the ranks that failed,
+    named."""
+    failed = []
+    for i, proc in enumerate(procs, start=1):
+        if stop:
+            proc.terminate()
+        if proc.wait() not in (0, -signal.SIGTERM):
+            failed.append(i)
+            print(f"run.py: worker {i} exited {proc.returncode}: see {out / f'.worker-{i}.log'}", file=sys.stderr)
+    return failed
 
 
 def _run(pipe: Pipeline, figs: list, out: Path, name: str, extra: dict) -> None:

@@ -25,6 +25,8 @@ def test_set_types_each_value_against_its_field():
     assert s.report_to == ("tensorboard", "wandb") and s.size_models == (("1.4b", "tiny"),)
     assert s.rm.adam_betas == (0.9, 0.95) and isinstance(s.n_test, int) and isinstance(s.dpo.lr, float)
     assert s.sft == tiny_settings().sft  # control: what was not named is unchanged
+    assert _set("report_to=tensorboard", "report_to=none").report_to == ()  # none: no tracker (not a null)
+    assert _set("judge_id=none").judge_id == "none"  # a text field keeps the text
 
 
 def test_online_dpo_none_means_dpo_and_a_set_field_starts_from_it():

@@ -207,37 +207,55 @@ def figure_frontier(pipe: Pipeline, fig) -> dict:
     raw: dict[str, list[dict]] = {m: [] for m in METHODS}
     pruned: dict[str, dict] = {}
     online_data: dict[str, list[dict]] = {}
-    rms = {seed: global_rm(pipe, sft, seed) for seed in fig.seeds}
-    sft_points = [_sft_point(pipe, sft, rms[seed], seed) for seed in fig.seeds]
-    for seed in fig.seeds:
-        _method(pipe, fig, "DPO", raw, pruned, lambda lr, seed=seed: frontier_curve(
-            pipe, "dpo", sft, sft, rms[seed], seed, lr, fig.frontier_max_epochs), seed)
-        for name, (ranker, label) in ONLINE_LABELS.items():
-            pairs = G.online_pairs(pipe, sft, rms[seed] if ranker == "global" else None, ranker, seed, label=label)
-            online_data.setdefault(name, []).append(json.loads((pairs.path / "report.json").read_text()))
-            _method(pipe, fig, name, raw, pruned, lambda lr, seed=seed, pairs=pairs, label=label: frontier_curve(
-                pipe, "online_dpo", sft, sft, rms[seed], seed, lr, fig.frontier_max_epochs, pairs, label), seed)
+    built = {seed: global_rm(pipe, sft, seed) for seed in pipe.in_turn(list(fig.seeds))}
+    rms = {seed: built[seed] for seed in fig.seeds}
+    points_of = {seed: _sft_point(pipe, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds))}
+    sft_points = [points_of[seed] for seed in fig.seeds]
+    jobs = [(seed, name) for seed in fig.seeds for name in ["DPO", *ONLINE_LABELS]]
+    done = {job: _sft_method(pipe, fig, sft, rms[job[0]], *job) for job in pipe.in_turn(jobs)}
+    for seed, name in jobs:  # assembled in the canonical order, whatever order this worker built them in
+        points, skipped, report = done[(seed, name)]
+        raw[name] += points
+        if skipped:
+            pruned.setdefault(name, {})[str(seed)] = skipped
+        if report is not None:
+            online_data.setdefault(name, []).append(report)
     dpo_pick = pick(fig.rule_pick, aggregate(raw["DPO"]), fig.rule_kl_budget)
     start_pipe = pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(
         pipe.settings.dpo, lr=dpo_pick["lr"], epochs=dpo_pick["epochs"])))
+    done = {seed: _dpo_method(pipe, start_pipe, fig, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds))}
     for seed in fig.seeds:
-        start = T.dpo(start_pipe, sft, seed)
-        pairs = G.online_pairs(pipe, start, rms[seed], "global", seed)
-        online_data.setdefault("Online DPO (DPO)", []).append(json.loads((pairs.path / "report.json").read_text()))
-        _method(pipe, fig, "Online DPO (DPO)", raw, pruned, lambda lr, seed=seed, start=start, pairs=pairs:
-                frontier_curve(pipe, "online_dpo", start, sft, rms[seed], seed, lr, fig.frontier_max_epochs, pairs),
-                seed)
+        points, skipped, report = done[seed]
+        raw["Online DPO (DPO)"] += points
+        if skipped:
+            pruned.setdefault("Online DPO (DPO)", {})[str(seed)] = skipped
+        online_data.setdefault("Online DPO (DPO)", []).append(report)
     out = _summary(pipe, fig, raw, sft_points, pruned, online_data, dpo_pick)
     out["premise"] = premise(pipe, sft, rms, out["methods"]["DPO"]["curve"])
     out["rm_model"] = pipe.settings.rm_model or pipe.settings.model
     return out
 
 
-def _method(pipe, fig, name: str, raw: dict, pruned: dict, curve, seed: int) -> None:
-    points, skipped = _sweep(pipe, fig, curve)
-    raw[name] += points
-    if skipped:
-        pruned.setdefault(name, {})[str(seed)] = skipped
+def _sft_method(pipe: Pipeline, fig, sft: Artifact, rm: Artifact, seed: int, name: str):
+    """One method started from SFT, one seed: its points, the lrs pruned and (online) its pairs' report."""
+    if name == "DPO":
+        return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "dpo", sft, sft, rm, seed, lr,
+                                                             fig.frontier_max_epochs)), None)
+    ranker, label = ONLINE_LABELS[name]
+    pairs = G.online_pairs(pipe, sft, rm if ranker == "global" else None, ranker, seed, label=label)
+    report = json.loads((pairs.path / "report.json").read_text())
+    return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "online_dpo", sft, sft, rm, seed, lr,
+                                                         fig.frontier_max_epochs, pairs, label)), report)
+
+
+def _dpo_method(pipe: Pipeline, start_pipe: Pipeline, fig, sft: Artifact, rm: Artifact, seed: int):
+    """Online DPO (DPO), one seed: from the DPO policy that ``start_pipe``'s settings train (the rule's pick), its
+    points, the lrs pruned and its pairs' report."""
+    start = T.dpo(start_pipe, sft, seed)
+    pairs = G.online_pairs(pipe, start, rm, "global", seed)
+    report = json.loads((pairs.path / "report.json").read_text())
+    return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "online_dpo", start, sft, rm, seed, lr,
+                                                         fig.frontier_max_epochs, pairs)), report)
 
 
 def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dict, online_data: dict,

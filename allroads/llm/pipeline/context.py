@@ -51,16 +51,22 @@ out of every closure stage's code key, which holds the rows' content instead (:m
 
 class Pipeline:
     """The shared state of one run: stage cache under ``root``, settings, judges (``judge_factory(variant)``);
-    ``cache_options`` go to :class:`~allroads.llm.pipeline.cache.StageCache` (``reuse_kinds``, ``strict``)."""
+    ``cache_options`` go to :class:`~allroads.llm.pipeline.cache.StageCache` (``reuse_kinds``, ``strict``); ``worker``: see
+    :attr:`worker`."""
 
     def __init__(self, root: str | Path, settings: Settings, judge_factory: Callable[[str], Any] | None = None,
-                 *, log: Callable[[str], None] = print, code_root: Path | None = None, **cache_options):
+                 *, log: Callable[[str], None] = print, code_root: Path | None = None,
+                 worker: tuple[int, int] = (0, 1), **cache_options):
         self.cache = StageCache(root, log=log, code_root=code_root, **cache_options)
         self.settings = settings
         self.judge_factory = judge_factory
         self.log = log
         self._rows: dict[tuple, Any] = {}  # tokenizers, data rows and tokenized pairs, loaded once per run
         self._judges: dict[str, Any] = {}
+        self.worker = worker
+        """``(rank, n)``: this process is worker ``rank`` of ``n`` sharing the cache root (``run.py --workers n``);
+        :meth:`in_turn` gives each worker the independent stages in another order, so they build different ones at
+        once (the stage locks make the sharing safe; each worker reuses what the others finished)."""
         M.quiet_progress_bars()
 
     @property
@@ -224,6 +230,13 @@ class Pipeline:
         """One cached stage (:meth:`StageCache.run`); ``code``: the module whose import closure the key hashes
         (default: ``build``'s module), without ``code_exclude``."""
         return self.cache.run(kind, spec, inputs, build, code=code, code_exclude=code_exclude)
+
+    def in_turn(self, items: list) -> list:
+        """``items`` (independent pieces of work) in this worker's order: rotated by ``rank / n`` of their number, so
+        ``n`` workers start at evenly spaced places. Results must be assembled in the original order."""
+        rank, n = self.worker
+        k = (rank * len(items)) // n if items else 0
+        return items[k:] + items[:k]
 
     def rows_digest(self, source: str, kind: str) -> str:
         """SHA-256 of every row of ``source`` — SFT rows (``kind="sft"``) or comparisons (``"pft"``) — in each split

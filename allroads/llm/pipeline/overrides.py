@@ -89,6 +89,8 @@ def _unknown(name: str) -> str:
 def _parse_text(text: str, hint: Any) -> Any:
     """A command-line value as the JSON-like data its field type expects (lists, objects, null from JSON)."""
     stripped = text.strip()
+    if stripped.lower() == "none" and type(None) not in typing.get_args(hint):
+        return [] if typing.get_origin(hint) is tuple else text  # report_to=none: no tracker; else the text "none"
     if _dataclass_of(hint) is not None or stripped in ("null", "none", "None") or stripped[:1] in "[{":
         try:
             return json.loads("null" if stripped in ("none", "None") else stripped)

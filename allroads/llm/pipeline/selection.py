@@ -167,8 +167,9 @@ _CRITERION = {"sft": "nll", "rm": "bt", "local_rm": "bt", "dpo": "bt", "online_d
 
 def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfig, sft: Artifact | None,
             pairs: Artifact | None = None, patience: int = 0) -> dict:
-    grid = [json.loads((heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience).path /
-                        "heldout.json").read_text()) for lr in lrs]
+    runs = {lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
+            for lr in pipe.in_turn(list(lrs))}
+    grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
     best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
     edge = [what for what, hit in (("lr", best[1] in (min(lrs), max(lrs)) and len(lrs) > 1),
                                    ("epochs", best[2] == max_epochs)) if hit]
