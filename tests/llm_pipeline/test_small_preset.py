@@ -258,7 +258,7 @@ def test_repeated_samples_are_scored_once_with_the_same_values():
     be = backend(tk)
     a, b = be.completions_from_texts([["sister broke", "boss"]])[0]
     grid = [[a, a, b], [b, b, b]]
-    distinct = sum(len(groups) for groups, _ in be._flat_batches(texts, grid))
+    distinct = sum(len(groups) for groups, _ in be._batches(texts, grid))
     assert distinct == 3
     got = be.seq_logp(pi, texts, grid)
     alone = torch.tensor([[float(be.seq_logp(pi, [t], [[c]])[0, 0]) for c in row] for t, row in zip(texts, grid)],

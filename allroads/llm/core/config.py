@@ -196,6 +196,11 @@ class RMConfig(TrainConfig):
 
     data: str = PFT_HUB_ID
     """Comparisons (OpenAI ``comparisons`` schema: info{post,title,subreddit}, summaries[{text}], choice)."""
+    shared_prompt: bool = True
+    """Run each prompt once for both responses of a pair, the responses on its key/value cache
+    (:mod:`allroads.llm.model.shared_prompt`): P + 2R positions a pair instead of 2(P + R), the same values and
+    gradients. False, and always under FSDP (which frees its parameters between the two passes): chosen and
+    rejected as two padded prompt + response sequences."""
 
     @property
     def stage(self) -> str:
@@ -217,6 +222,11 @@ class PreferenceConfig(TrainConfig):
     """Linear decay (Table 3)."""
     beta: float = 0.05
     """KL weight β of the implicit reward β·log π/π_ref (Table 3)."""
+    shared_prompt: bool = True
+    """Run each prompt once for both responses of a pair, the responses on its key/value cache
+    (:mod:`allroads.llm.model.shared_prompt`): P + 2R positions a pair instead of 2(P + R), the same values and
+    gradients. False, and always under FSDP (which frees its parameters between the two passes): chosen and
+    rejected as two padded prompt + response sequences."""
     policy_temperature: float = 1.0
     """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
     at its own temperature; offline DPO and the local RM). Online DPO sets it to the sampling temperature, as

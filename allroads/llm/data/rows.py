@@ -33,6 +33,8 @@ __all__ = [
     "collate_sequences",
     "collate_sft",
     "collate_pairs",
+    "collate_shared",
+    "collate_pairs_shared",
     "read_pairs",
     "nested_subset",
 ]
@@ -163,6 +165,40 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, padding_side: str
     prompts = [p.prompt_ids for p in pairs] * 2
     responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     batch = collate_sequences(prompts, responses, pad_id, padding_side)
+    batch["p_w"] = torch.tensor([p.p_w for p in pairs], dtype=torch.float64)
+    return batch
+
+
+def collate_shared(prompts: Sequence[list[int]], responses: Sequence[list[int]], prompt_index: Sequence[int],
+                   pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompts once and responses apart (the layout of :mod:`allroads.llm.model.shared_prompt`): ``prompt_ids`` /
+    ``prompt_mask`` (B, P) left-padded, ``response_ids`` / ``response_mask`` (N, R) right-padded and
+    ``prompt_index`` (N,): response i continues prompt ``prompt_index[i]``."""
+    if len(responses) != len(prompt_index):
+        raise ValueError(f"{len(responses)} responses but {len(prompt_index)} prompt indices")
+    if any(not r for r in responses):
+        raise ValueError("collate_shared: a response has no tokens (responses end with EOS)")
+    P, R = max(len(p) for p in prompts), max(len(r) for r in responses)
+    prompt_ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, P - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        prompt_mask[i, P - len(p):] = 1
+    response_ids = torch.full((len(responses), R), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), R), dtype=torch.bool)
+    for i, r in enumerate(responses):
+        response_ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        response_mask[i, :len(r)] = True
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
+            "response_mask": response_mask, "prompt_index": torch.tensor(list(prompt_index), dtype=torch.long)}
+
+
+def collate_pairs_shared(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """:func:`collate_pairs`'s pairs in the shared-prompt layout (:func:`collate_shared`): each prompt once,
+    response rows ``[:B]`` the chosen and ``[B:]`` the rejected ones. Adds ``p_w`` (B,)."""
+    B = len(pairs)
+    batch = collate_shared([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
+                           list(range(B)) * 2, pad_id)
     batch["p_w"] = torch.tensor([p.p_w for p in pairs], dtype=torch.float64)
     return batch
 

@@ -154,11 +154,20 @@ def _point_line(p: dict) -> str:
 def _sweep(pipe: Pipeline, fig, curve: Callable[[float], Artifact]) -> tuple[list[dict], list[float]]:
     """Every point of one method and seed over the lr grid, ascending, each with ``stage``: the directory of the sweep
     run that made it (its stage hash); lrs after a run whose first epoch is beyond ``fig.prune_kl`` are skipped and
-    returned."""
-    points: list[dict] = []
+    returned. Workers (``run.py --workers``) take the lrs in rotated orders, so one method's runs overlap; a worker
+    skips an lr once it knows a smaller one was beyond ``prune_kl``, and the assembly in ascending order drops any
+    run built past that point, so the result is the one-process result."""
     lrs = sorted(fig.frontier_lrs)
+    first_kl: dict[float, float] = {}
+    arts: dict[float, Artifact] = {}
+    for lr in pipe.in_turn(lrs):
+        if any(k > fig.prune_kl for low, k in first_kl.items() if low < lr):
+            continue
+        arts[lr] = curve(lr)
+        first_kl[lr] = json.loads((arts[lr].path / "points.json").read_text())[0]["kl"]
+    points: list[dict] = []
     for i, lr in enumerate(lrs):
-        art = curve(lr)
+        art = arts[lr] if lr in arts else curve(lr)  # a run this worker skipped: another one may have built it
         got = [{**p, "stage": art.path.name} for p in json.loads((art.path / "points.json").read_text())]
         points += got
         if got[0]["kl"] > fig.prune_kl:

@@ -30,14 +30,16 @@ from typing import Any, Callable, Sequence
 import torch
 
 from allroads.llm.data.rouge import rouge_l_f1
-from allroads.llm.data.rows import collate_sequences
+from allroads.llm.data.rows import collate_sequences, collate_shared
 from allroads.llm.data.tldr_format import encode_prompt, encode_response
 from allroads.llm.model.models import rewards, sequence_logps
 from allroads.llm.model.sample import Completion, SamplingConfig, sample
+from allroads.llm.model.shared_prompt import shared_prompt_logps, shared_prompt_rewards
 
 __all__ = ["LLMBackend", "GlobalRM", "LocalRM", "DPORM", "RougeRM", "FunctionRM", "Completions"]
 
 Completions = list[list[Completion]]
+_SHARED = ("prompt_ids", "prompt_mask", "prompt_index", "response_ids", "response_mask")
 
 
 @dataclass
@@ -53,6 +55,10 @@ class LLMBackend:
     """Sequences per forward pass in :meth:`seq_logp` and in global-RM scoring."""
     device: str = "cpu"
     """Device of the forward passes in :meth:`seq_logp` / scoring."""
+    shared_prompt: bool = True
+    """Run each prompt once for all its completions in :meth:`seq_logp` / global-RM scoring, the completions on
+    its key/value cache (:mod:`allroads.llm.model.shared_prompt`; the same values); False: one padded
+    prompt + completion sequence each."""
 
     def __post_init__(self):
         if self.micro_batch_size < 1:
@@ -76,26 +82,37 @@ class LLMBackend:
         """Wrap texts (e.g. reference summaries) as finished completions ``" " + text + EOS`` (Table 1 format)."""
         return [[completion_from_text(t, self.tokenizer) for t in row] for row in texts]
 
-    def _flat_batches(self, prompts: Sequence[str], completions: Completions):
-        """Yield ``(groups, batch)`` over the distinct prompt+completion sequences of the (B, n) grid; ``groups[i]``
-        lists the ``(b, j)`` cells that hold sequence i of the batch (samples at a low temperature repeat, and a
-        sequence's score or log-probability is computed once)."""
+    def _cells(self, prompts: Sequence[str], completions: Completions) -> dict[tuple, dict[tuple, list]]:
+        """prompt ids → completion ids → the ``(b, j)`` cells holding that pair (samples at a low temperature repeat,
+        and a sequence's score or log-probability is computed once)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} rows of completions")
         p_ids = self.encode_prompts(prompts)
-        cells: dict[tuple, list[tuple[int, int]]] = {}
+        cells: dict[tuple, dict[tuple, list]] = {}
         for b, row in enumerate(completions):
             for j, c in enumerate(row):
                 if not c.token_ids:
                     raise ValueError(f"a completion has no tokens (prompt {b}, sample {j}); an empty response has no "
                                      "log-probability to score")
-                cells.setdefault((tuple(p_ids[b]), tuple(c.token_ids)), []).append((b, j))
-        flat = list(cells.items())
+                cells.setdefault(tuple(p_ids[b]), {}).setdefault(tuple(c.token_ids), []).append((b, j))
+        return cells
+
+    def _batches(self, prompts: Sequence[str], completions: Completions):
+        """Yield ``(groups, batch)`` over the distinct prompt + completion pairs of the (B, n) grid, at most
+        ``micro_batch_size`` completions a batch; ``groups[i]`` lists the ``(b, j)`` cells of batch row i. The batch is
+        in the shared-prompt layout (``prompt_ids`` …) with :attr:`shared_prompt`, else padded sequences (left: the
+        LM head then runs on response positions only)."""
+        flat = [(p, c, g) for p, row in self._cells(prompts, completions).items() for c, g in row.items()]
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(flat), self.micro_batch_size):
             chunk = flat[s:s + self.micro_batch_size]
-            batch = collate_sequences([list(k[0]) for k, _ in chunk], [list(k[1]) for k, _ in chunk], pad, "left")  # left: the LM head runs on response positions only
-            yield [g for _, g in chunk], {k: v.to(self.device) for k, v in batch.items()}
+            if self.shared_prompt:
+                rows = {p: i for i, p in enumerate(dict.fromkeys(p for p, _, _ in chunk))}
+                batch = collate_shared([list(p) for p in rows], [list(c) for _, c, _ in chunk],
+                                       [rows[p] for p, _, _ in chunk], pad)
+            else:
+                batch = collate_sequences([list(p) for p, _, _ in chunk], [list(c) for _, c, _ in chunk], pad, "left")
+            yield [g for _, _, g in chunk], {k: v.to(self.device) for k, v in batch.items()}
 
     @staticmethod
     def _fill(out: torch.Tensor, groups, values: torch.Tensor) -> None:
@@ -118,9 +135,12 @@ class LLMBackend:
         was_training = policy.training
         policy.eval()
         try:
-            for groups, batch in self._flat_batches(prompts, completions):
-                logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                         temperature)
+            for groups, batch in self._batches(prompts, completions):
+                if self.shared_prompt:
+                    logp, _ = shared_prompt_logps(policy, *(batch[k] for k in _SHARED), temperature)
+                else:
+                    logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"],
+                                             batch["response_mask"], temperature)
                 self._fill(out, groups, logp)
         finally:
             policy.train(was_training)
@@ -133,8 +153,10 @@ class LLMBackend:
         was_training = reward_model.training
         reward_model.eval()
         try:
-            for groups, batch in self._flat_batches(prompts, completions):
-                self._fill(out, groups, rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
+            for groups, batch in self._batches(prompts, completions):
+                r = (shared_prompt_rewards(reward_model, *(batch[k] for k in _SHARED)) if self.shared_prompt
+                     else rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
+                self._fill(out, groups, r)
         finally:
             reward_model.train(was_training)
         return out

@@ -164,8 +164,17 @@ def _accumulate(wrapped, make_batch, step_loss: StepLoss, rank_idx: list[int], c
             (loss.sum() / plan.per_rank).backward()  # Σ over micro-batches = gradient of the batch mean
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0) + v.detach().double().sum().cpu()
-        tokens += micro["attention_mask"].sum().cpu().double()
+        tokens += sequence_tokens(micro)
     return sums, tokens
+
+
+def sequence_tokens(batch: dict) -> torch.Tensor:
+    """Real tokens of the batch's prompt + response sequences, in either pair layout (the shared-prompt one counts
+    each prompt once per response, as the sequences hold it), so ``tokens_per_s`` measures data, not positions."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum().cpu().double()
+    prompt = batch["prompt_mask"].sum(1)[batch["prompt_index"]].sum()
+    return (prompt + batch["response_mask"].sum()).cpu().double()
 
 
 def _finish(wrapped, hf, cfg: TrainConfig, info: DistInfo, out: Path, tokenizer) -> None:

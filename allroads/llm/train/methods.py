@@ -23,15 +23,17 @@ import torch
 
 from allroads.llm.core.atomic import torch_save
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
-from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, collate_pairs, collate_sft
+from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, collate_pairs, collate_pairs_shared, collate_sft
 from allroads.llm.model.models import RewardModel, sequence_logps
+from allroads.llm.model.shared_prompt import SharedPromptRewardModel, shared_prompt_logps
 from allroads.llm.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from allroads.llm.train.loop import History, batch_to, optimize, output_dir, resolve_device
 from allroads.llm.train.resume import check_output_dir
 from allroads.llm.train.trackers import Tracker, check_report_to
 from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 
-__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device"]
+__all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device",
+           "pair_batch", "batch_logps", "shares_prompt"]
 
 
 def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
@@ -51,6 +53,29 @@ def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | N
     if logp_w is not None:
         out.update({"logps/chosen": logp_w.detach(), "logps/rejected": logp_l.detach()})
     return out
+
+
+def shares_prompt(cfg) -> bool:
+    """Whether a stage runs its pairs in the shared-prompt layout: ``cfg.shared_prompt``, except under FSDP, whose
+    parameters are freed between the prompt's forward pass and the responses' (it then uses two sequences)."""
+    return bool(cfg.shared_prompt and not cfg.fsdp)
+
+
+def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int, cfg) -> dict:
+    """A batch of pairs, chosen rows ``[:b]`` and rejected rows ``[b:]``: each prompt once, in the shared-prompt
+    layout, when ``cfg.shared_prompt`` (:func:`allroads.llm.data.rows.collate_pairs_shared`); else prompt + response
+    sequences padded on ``cfg.padding_side`` (:func:`allroads.llm.data.rows.collate_pairs`)."""
+    if shares_prompt(cfg):
+        return collate_pairs_shared(pairs, pad_id)
+    return collate_pairs(pairs, pad_id, cfg.padding_side)
+
+
+def batch_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """log π_T of every response row of a :func:`pair_batch` (either layout; the same values), shape (2b,)."""
+    if "prompt_ids" in batch:
+        return shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["prompt_index"],
+                                   batch["response_ids"], batch["response_mask"], temperature)[0]
+    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)[0]
 
 
 def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer=None, info: DistInfo | None = None,
@@ -81,13 +106,15 @@ def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tok
     ``reward_model`` is a ``*ForSequenceClassification`` with one label."""
     _hard_labels_only(pairs, "train_rm")
     pad = reward_model.config.pad_token_id
-    module = RewardModel(reward_model)
+    module = SharedPromptRewardModel(reward_model) if shares_prompt(cfg) else RewardModel(reward_model)
 
     def make_batch(idx: list[int]) -> dict:
-        return collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+        return pair_batch([pairs[i] for i in idx], pad, cfg)
 
     def step_loss(model, batch):
-        r = model(batch["input_ids"], batch["attention_mask"])  # (2b,): chosen rows then rejected rows
+        args = (("prompt_ids", "prompt_mask", "prompt_index", "response_ids", "response_mask") if shares_prompt(cfg)
+                else ("input_ids", "attention_mask"))
+        r = model(*(batch[k] for k in args))  # (2b,): chosen rows then rejected rows
         r_w, r_l = r.chunk(2)
         return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
 
@@ -103,12 +130,10 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
     pad = policy.config.pad_token_id
 
     def make_batch(idx: list[int]) -> dict:
-        return collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+        return pair_batch([pairs[i] for i in idx], pad, cfg)
 
     def step_loss(model, batch):
-        logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                 cfg.policy_temperature)
-        logp_w, logp_l = logp.chunk(2)  # (b,) each
+        logp_w, logp_l = batch_logps(model, batch, cfg.policy_temperature).chunk(2)  # (b,) each
         return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l, logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
@@ -139,10 +164,9 @@ def precompute_ref_logps(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *,
             if j % info.world_size != info.rank:
                 continue
             idx = list(range(s, min(s + cfg.micro_batch_size, len(pairs))))
-            batch = batch_to(collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side), device)
+            batch = batch_to(pair_batch([pairs[i] for i in idx], pad, cfg), device)
             with autocast:
-                logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                         cfg.ref_temperature)
+                logp = batch_logps(ref, batch, cfg.ref_temperature)
             table[idx] = torch.stack(logp.double().chunk(2), dim=1).cpu()
     finally:
         ref.train(was_training)
@@ -160,6 +184,7 @@ def ref_table_key(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, device_ty
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
         h.update(t.view(torch.uint8).numpy())
     h.update(json.dumps({"ref_temperature": float(cfg.ref_temperature), "padding_side": cfg.padding_side,
+                         "shared_prompt": shares_prompt(cfg),
                          "autocast_bf16": bool(cfg.bf16 and device_type == "cuda")}, sort_keys=True).encode())
     for p in pairs:
         h.update(json.dumps([list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)]).encode())
@@ -247,21 +272,19 @@ def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_l
             p.requires_grad_(False)
 
     def make_batch(idx: list[int]) -> dict:
-        batch = collate_pairs([pairs[i] for i in idx], pad, cfg.padding_side)
+        batch = pair_batch([pairs[i] for i in idx], pad, cfg)
         if ref_table is not None:
             batch["ref_logp"] = ref_table[idx]  # (b, 2)
         return batch
 
     def step_loss(model, batch):
-        logp, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                 cfg.policy_temperature)
+        logp = batch_logps(model, batch, cfg.policy_temperature)
         logp_w, logp_l = logp.chunk(2)  # (b,) each
         if "ref_logp" in batch:
             ref_w, ref_l = batch["ref_logp"].to(logp.dtype).unbind(1)
         else:
             with torch.no_grad():
-                ref_logp, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                             cfg.ref_temperature)
+                ref_logp = batch_logps(ref, batch, cfg.ref_temperature)
             ref_w, ref_l = ref_logp.to(logp.dtype).chunk(2)
         loss = pair_loss(logp_w, logp_l, ref_w, ref_l, batch)
         return loss, _pair_metrics(dpo_implicit_reward(logp_w, ref_w, cfg.beta), dpo_implicit_reward(logp_l, ref_l, cfg.beta),
