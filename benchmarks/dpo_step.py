@@ -3,13 +3,16 @@ r"""Time one DPO optimizer step of the LLM backend against a naive baseline, in 
     python benchmarks/dpo_step.py                       # CPU: tiny and ~20M-parameter GPT-NeoX
     python benchmarks/dpo_step.py --device cuda         # + pythia-1.4b-shaped model (random weights), bf16
 
-Ours: chosen and rejected concatenated into one left-padded batch (one policy forward/backward; the LM
-head only on the positions that predict response tokens), reference log-probs precomputed (the defaults
-of ``train_dpo``), :func:`allroads.losses.dpo_loss`, AdamW step.
+Ours, two layouts, reference log-probs precomputed (as ``train_dpo`` does), :func:`allroads.losses.dpo_loss`, AdamW:
+* shared prompt (``shared_prompt=True``, the default): each prompt runs once, chosen and rejected on its key/value
+  cache (:mod:`allroads.llm.model.shared_prompt`): P + R_w + R_l positions a pair;
+* two sequences (``shared_prompt=False``): chosen and rejected concatenated into one left-padded batch (the LM head
+  only on the positions that predict response tokens): 2P + R_w + R_l real positions a pair, plus padding.
 Baseline: per example, four separate unpadded forwards (policy chosen, policy rejected, ref chosen,
 ref rejected), a backward per example, then the AdamW step (how a first implementation often looks).
-Reported: seconds per step, policy tokens/s (real tokens of chosen + rejected per step / time), the
-ratio ours / baseline, and on CUDA the model FLOPs utilisation 6·N·tokens/s / peak FLOP/s.
+Reported: seconds per step, tokens/s of the pairs' sequences (2P + R_w + R_l real tokens a pair, the same data for
+every variant), the speed-ups, and on CUDA the model FLOPs utilisation 6·N·(positions computed)/s / peak FLOP/s
+(for the shared layout P + R_w + R_l a pair: the work done, not the data covered).
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import time
 
 import torch
 
-from allroads.llm.data.rows import TokenizedPair, collate_pairs
+from allroads.llm.data.rows import TokenizedPair, collate_pairs, collate_pairs_shared
 from allroads.llm.model.models import sequence_logps
+from allroads.llm.model.shared_prompt import shared_prompt_logps
 from allroads.losses import dpo_loss
 
 
@@ -57,6 +61,19 @@ def ours_step(policy, opt, pairs, ref_table, beta, device, autocast):
     return int(batch["attention_mask"].sum())
 
 
+def shared_step(policy, opt, pairs, ref_table, beta, device, autocast):
+    """One step in the shared-prompt layout; returns the positions computed (each prompt once)."""
+    b = {k: v.to(device) for k, v in collate_pairs_shared(pairs, 1).items()}
+    with autocast:
+        logp, _ = shared_prompt_logps(policy, b["prompt_ids"], b["prompt_mask"], b["prompt_index"], b["response_ids"],
+                                      b["response_mask"])
+    logp_w, logp_l = logp.chunk(2)
+    dpo_loss(logp_w, logp_l, ref_table[:, 0], ref_table[:, 1], beta).mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return int(b["prompt_mask"].sum() + b["response_mask"].sum())
+
+
 def naive_step(policy, ref, opt, pairs, beta, device, autocast):
     def logp(model, p, r):
         ids = torch.tensor([p + r], device=device)
@@ -90,25 +107,29 @@ def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, p
             ref_logp, _ = sequence_logps(ref, b["input_ids"], b["attention_mask"], b["response_mask"])
         ref_table = torch.stack(ref_logp.float().chunk(2), 1)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-7, eps=1e-5)
+    data_tokens = sum(2 * len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs)
     results = {}
-    for label, fn in (("ours", lambda: ours_step(policy, opt, pairs, ref_table, 0.05, device, autocast)),
+    for label, fn in (("shared", lambda: shared_step(policy, opt, pairs, ref_table, 0.05, device, autocast)),
+                      ("two-seq", lambda: ours_step(policy, opt, pairs, ref_table, 0.05, device, autocast)),
                       ("naive", lambda: naive_step(policy, ref, opt, pairs, 0.05, device, autocast))):
         fn()  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        tokens = 0
+        computed = 0
         for _ in range(steps):
-            tokens += fn()
+            computed += fn()
         if device == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
-        results[label] = (dt, tokens / steps / dt)
-    (to, ko), (tn, kn) = results["ours"], results["naive"]
-    line = (f"{name:>12} N={n_params / 1e6:7.2f}M pairs/step={n_pairs:3d} | ours {to * 1e3:9.1f} ms/step "
-            f"{ko:10.0f} tok/s | naive {tn * 1e3:9.1f} ms/step {kn:10.0f} tok/s | speed-up x{tn / to:5.2f}")
+        results[label] = (dt, computed / steps / dt)
+    line = f"{name:>12} N={n_params / 1e6:7.2f}M pairs/step={n_pairs:3d} |"
+    for label, (dt, _) in results.items():
+        line += f" {label} {dt * 1e3:8.1f} ms/step {data_tokens / dt:9.0f} tok/s |"
+    t_sh, t_two, t_naive = (results[k][0] for k in ("shared", "two-seq", "naive"))
+    line += f" shared vs two-seq x{t_two / t_sh:4.2f}, two-seq vs naive x{t_naive / t_two:4.2f}"
     if device == "cuda" and peak_flops:
-        line += f" | MFU ours {6 * n_params * ko / peak_flops:.1%} naive {6 * n_params * kn / peak_flops:.1%}"
+        line += " | MFU " + " ".join(f"{k} {6 * n_params * v[1] / peak_flops:.1%}" for k, v in results.items())
     print(line, flush=True)
 
 

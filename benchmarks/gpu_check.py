@@ -12,8 +12,9 @@ Sections (each recorded with its status and seconds; the JSON is rewritten after
 * ``gpu_tests``: ``pytest -m gpu tests/llm/test_gpu.py`` (bf16 DPO step vs fp32, FSDP2 on one GPU vs the plain
   model, CUDA greedy vs CPU greedy); skipped by pytest without CUDA;
 * ``dpo_step``: DPO optimizer steps of a pythia-1.4b-shaped GPT-NeoX (random weights, fp32 master weights, bf16
-  autocast, fused AdamW, reference log-probs precomputed), pairs of 512 prompt + 53 response tokens:
-  seconds/step, tokens/s, MFU = 6·N·tokens/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense bf16 peak);
+  autocast, fused AdamW, reference log-probs precomputed), pairs of 512 prompt + 53 response tokens, in both pair
+  layouts (``shared_prompt``: each prompt once, the default; ``two_sequences``): seconds/step, tokens/s of the pairs'
+  sequences, MFU = 6·N·(positions computed)/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense bf16 peak);
 * ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
   with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run (fp32), then runs
   2 steps with bf16 compute and fp32 gradient reduction;
@@ -69,7 +70,9 @@ def section_gpu_tests(args) -> dict:
 
 
 def section_dpo_step(args) -> dict:
-    from dpo_step import make_model, make_pairs, ours_step
+    """DPO optimizer steps in both pair layouts (shared prompt, the default, and two sequences): seconds, tokens/s of
+    the pairs' sequences, MFU on the positions each computes, peak memory."""
+    from dpo_step import make_model, make_pairs, ours_step, shared_step
 
     from allroads.llm.data.rows import collate_pairs
     from allroads.llm.model.models import sequence_logps
@@ -86,21 +89,28 @@ def section_dpo_step(args) -> dict:
             ref_logp, _ = sequence_logps(policy, b["input_ids"], b["attention_mask"], b["response_mask"])
         ref_table = torch.stack(ref_logp.float().chunk(2), 1)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-7, eps=1e-5, fused=dev == "cuda")
-    step = lambda: ours_step(policy, opt, pairs, ref_table, 0.05, dev, autocast)  # noqa: E731
-    step()  # warm-up
-    _sync(dev)
-    t0, tokens = time.perf_counter(), 0
-    for _ in range(args.steps):
-        tokens += step()
-    _sync(dev)
-    dt = (time.perf_counter() - t0) / args.steps
-    finite = all(torch.isfinite(p).all() for p in policy.parameters())
+    data_tokens = sum(2 * len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs)
     out = {"shape": dict(zip(("vocab", "hidden", "layers", "heads", "intermediate"), shape)), "params": n_params,
-           "pairs_per_step": n_pairs, "tokens_per_step": tokens // args.steps, "seconds_per_step": round(dt, 4),
-           "tokens_per_s": round(tokens / args.steps / dt), "weights_finite": bool(finite), "ok": bool(finite)}
-    if dev == "cuda":
-        out["mfu"] = round(6 * n_params * out["tokens_per_s"] / PEAK_FLOPS, 4)
-        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+           "pairs_per_step": n_pairs, "tokens_per_step": data_tokens}
+    for label, fn in (("shared_prompt", shared_step), ("two_sequences", ours_step)):
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        fn(policy, opt, pairs, ref_table, 0.05, dev, autocast)  # warm-up
+        _sync(dev)
+        t0, computed = time.perf_counter(), 0
+        for _ in range(args.steps):
+            computed += fn(policy, opt, pairs, ref_table, 0.05, dev, autocast)
+        _sync(dev)
+        dt = (time.perf_counter() - t0) / args.steps
+        r = {"seconds_per_step": round(dt, 4), "tokens_per_s": round(data_tokens / dt),
+             "positions_per_step": computed // args.steps}
+        if dev == "cuda":
+            r["mfu"] = round(6 * n_params * computed / args.steps / dt / PEAK_FLOPS, 4)
+            r["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out[label] = r
+    finite = all(torch.isfinite(p).all() for p in policy.parameters())
+    out.update(speedup_shared=round(out["two_sequences"]["seconds_per_step"] / out["shared_prompt"]["seconds_per_step"],
+                                    3), weights_finite=bool(finite), ok=bool(finite))
     return out
 
 

@@ -19,7 +19,9 @@ def test_gpu_check_cpu_smoke(tmp_path):
     sections = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
     assert set(sections) == {"env", "gpu_tests", "dpo_step", "fsdp_torchrun", "generate", "vllm_generate", "trl"}
     assert sections["gpu_tests"]["summary"].startswith("3 skipped")  # the gpu tests need CUDA
-    assert sections["dpo_step"]["ok"] and sections["dpo_step"]["tokens_per_s"] > 0
+    dpo = sections["dpo_step"]
+    assert dpo["ok"] and dpo["shared_prompt"]["tokens_per_s"] > 0 and dpo["two_sequences"]["tokens_per_s"] > 0
+    assert dpo["shared_prompt"]["positions_per_step"] < dpo["two_sequences"]["positions_per_step"]
     fsdp = sections["fsdp_torchrun"]
     assert fsdp["ok"] and fsdp["stopped_at"] == 2 and fsdp["resumed_from"] == 2 and fsdp["shards"] == ["__0_0.distcp"]
     assert fsdp["max_abs_diff_vs_plain"] <= 1e-5

@@ -187,6 +187,47 @@ def test_aggregate_means_over_seeds_with_their_standard_error():
     assert row["known_score_se"] == pytest.approx(1.0)  # sd √2 / √2
 
 
+class _Worker:
+    """The part of a Pipeline ``_sweep`` uses: this worker's order of independent work."""
+
+    in_turn = Pipeline.in_turn
+
+    def __init__(self, rank: int, n: int):
+        self.worker = (rank, n)
+
+
+def test_sweep_prunes_the_same_lrs_whatever_the_worker_order(tmp_path):
+    """A run whose first epoch is beyond prune_kl ends the method's sweep: every worker order gives the one-process
+    points and pruned lrs; the one process never builds a pruned lr, a rotated worker may (and its run is dropped)."""
+    from types import SimpleNamespace
+
+    from allroads.llm.figures.frontier import _sweep
+
+    first_kl = {1e-5: 1.0, 1e-4: 2.0, 1e-3: 45.0, 3e-3: 3.0}  # KL need not grow with the lr
+    fig = SimpleNamespace(frontier_lrs=tuple(first_kl), prune_kl=30.0)
+
+    def run(rank, n):
+        built = []
+
+        def curve(lr):
+            built.append(lr)
+            d = tmp_path / f"{rank}-{n}-{lr:g}"
+            d.mkdir(exist_ok=True)
+            (d / "points.json").write_text(json.dumps([{"lr": lr, "epochs": 1, "kl": first_kl[lr]}]))
+            return SimpleNamespace(path=d)
+
+        points, pruned = _sweep(_Worker(rank, n), fig, curve)
+        return [(p["lr"], p["kl"]) for p in points], pruned, built
+
+    one = run(0, 1)
+    assert one[0] == [(1e-5, 1.0), (1e-4, 2.0), (1e-3, 45.0)] and one[1] == [3e-3]
+    assert 3e-3 not in one[2]
+    rotated = run(3, 4)  # order 3e-3, 1e-5, 1e-4, 1e-3: it builds 3e-3 before it knows
+    assert rotated[:2] == one[:2] and 3e-3 in rotated[2]
+    late = run(1, 4)  # order 1e-4, 1e-3, 3e-3, …: knows 1e-3 is beyond before reaching 3e-3, so skips it
+    assert late[:2] == one[:2] and 3e-3 not in late[2]
+
+
 def test_patience_stops_after_the_best_epoch():
     assert not patience_spent([3.0, 2.0, 1.0], 2)
     assert not patience_spent([3.0, 1.0, 1.5], 2) and patience_spent([3.0, 1.0, 1.5, 1.2], 2)

@@ -5,6 +5,7 @@ argmin)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import itertools
 import math
 
@@ -189,6 +190,45 @@ def test_selection_picks_each_stages_argmin_and_sets_it(tmp_path):
     n = len(pipe.executed)
     select_hyperparameters(pipe)
     assert len(pipe.executed) == n
+
+
+def test_the_chosen_sft_and_rm_adopt_the_selection_runs_best_epoch(tmp_path):
+    """The SFT and the selection seed's RM trained with the choice are the chosen grid run's best epoch, adopted
+    instead of trained again: their weights equal a separate training of that config (tolerance 1e-6, float32 on
+    one CPU: bitwise in practice), their stage says where they came from; a linear schedule is refused."""
+    from allroads.llm.model import models as M
+    from allroads.llm.pipeline import train_builds as B
+    from allroads.llm.pipeline import train_stages as T
+    from allroads.llm.train.methods import train_rm, train_sft
+
+    pipe = _tiny_selection_pipe(tmp_path)
+    chosen, record = select_hyperparameters(pipe, ("sft", "rm"))
+    cp = pipe.with_settings(chosen)
+    n = len(pipe.executed)
+    sft, rm = T.sft(cp), T.rm(cp, T.sft(cp), 0)
+    assert len(pipe.executed) == n  # both were made by the selection
+    for art, kind in ((sft, "sft"), (rm, "rm")):
+        adopted = json.loads((art.path / "adopted.json").read_text())
+        assert adopted["from"] == record[kind]["stage"]
+        assert json.loads((art.path / "finished.json").read_text())["steps"] == adopted["steps"]
+        assert (art.path / "model" / "README.md").is_file() and (art.path / "curves.png").is_file()
+    cfg = stage_config("sft", chosen, output_dir=str(tmp_path / "sep-sft"))
+    alone = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+    train_sft(alone, pipe.sft_examples(), cfg)
+    got = pipe.policy(sft)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(alone.parameters(), got.parameters()))
+    rcfg = stage_config("rm", chosen, seed=0, output_dir=str(tmp_path / "sep-rm"))
+    ralone = M.load_reward_model(str(sft.path / "model"), tokenizer=pipe.tokenizer, dtype=rcfg.dtype, seed=0)
+    train_rm(ralone, pipe.human_pairs(), rcfg)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=0)
+               for a, b in zip(ralone.parameters(), pipe.reward_model(rm).parameters()))
+    donor = pipe.cache.root / record["sft"]["stage"] / "best"
+    linear = dataclasses.replace(stage_config("sft", chosen), schedule="linear")
+    why = B.why_not_adopted(donor, linear, pipe.sft_examples().digest(), "", pipe.tokenizer_digest)
+    assert "schedule" in why and "config differs in ['schedule']" in why
+    assert "other data" in B.why_not_adopted(donor, stage_config("sft", chosen), "0" * 64, "", pipe.tokenizer_digest)
+    assert not B.why_not_adopted(donor, stage_config("sft", chosen), pipe.sft_examples().digest(), "",
+                                 pipe.tokenizer_digest)
 
 
 def test_small_settings_fix_beta_and_the_local_rm_scale():

@@ -18,7 +18,9 @@ Objects of this backend:
   ====================  ===================================================  =====================
 
 Sampling goes through :func:`allroads.llm.model.sample.sample` (HF ``generate`` or vLLM; EOS handling there);
-sequence log-probs through :func:`allroads.llm.model.models.sequence_logps` (logits / T before the softmax).
+sequence log-probs through :func:`allroads.llm.model.shared_prompt.shared_prompt_logps` (each prompt run once for
+its completions; :func:`allroads.llm.model.models.sequence_logps` with ``shared_prompt=False``; logits / T before the
+softmax).
 Randomness: ``sample`` draws its seed from the ``torch.Generator`` it is given, so the same generator
 state gives the same samples.
 """

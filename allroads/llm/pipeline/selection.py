@@ -38,7 +38,6 @@ from pathlib import Path
 
 from allroads.llm.core.atomic import write_json
 from allroads.llm.data import load as L
-from allroads.llm.data.packed import pack_sft
 from allroads.llm.evaluation.evaluate import validation_likelihood
 from allroads.llm.model import models as M
 from allroads.llm.model.backend import DPORM, GlobalRM, LocalRM
@@ -46,6 +45,7 @@ from allroads.llm.pipeline import data_stages as G
 from allroads.llm.pipeline import train_stages as T
 from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
 from allroads.llm.pipeline.settings import SelectionConfig, Settings, stage_config
+from allroads.llm.pipeline import train_builds
 from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_dpo, train_rm, train_sft
 from allroads.llm.train.metrics import plot_metrics
 from allroads.llm.train.trackers import make_tracker
@@ -80,8 +80,7 @@ def _train_fn(pipe: Pipeline, kind: str, cfg, source: str, sft: Artifact | None,
     s, run = pipe.settings, cfg
     if kind == "sft":
         rows, _ = L.load_sft_rows(source, "validation")
-        data = pack_sft(pipe.sft_rows("train", s.sft_limit), pipe.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
-                        max_response_tokens=cfg.max_response_tokens)
+        data = pipe.sft_examples()  # the stage's own training rows (same settings: max_prompt/response_tokens)
         model = M.load_policy(cfg.model, tokenizer=pipe.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
         return (lambda stop, tr: train_sft(model, data, run, stop_after=stop, tracker=tr)), model, None, rows
     if kind == "online_dpo":
@@ -129,6 +128,8 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
                 losses.append(_objective(pipe, kind, model, ref, rows))
                 steps.append(e * cfg.save_every)  # the training step that ends epoch e
                 tracker.log({"eval/loss": losses[-1]}, steps[-1])
+                if kind in KEEPS_BEST and losses[-1] < min(losses[:-1], default=float("inf")):
+                    _keep(pipe, kind, out / "best", model, dataclasses.replace(cfg, epochs=e), steps[-1], sft)
                 if patience_spent(losses, patience):
                     break
             tracker.summary({"eval/best_loss": min(losses), "eval/best_epoch": losses.index(min(losses)) + 1})
@@ -145,6 +146,18 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
     return pipe.stage(f"select_{kind}", reads, [a for a in (sft, pairs) if a is not None], build, cfg=cfg,
                       heldout=source, selection_seed=sel.seed, criterion=_CRITERION[kind], patience=patience,
                       sources=[("sft" if kind == "sft" else "pft", source)])
+
+
+KEEPS_BEST = ("sft", "rm")
+"""Kinds whose grid runs keep the model of their best epoch (``best/``): the stage trained with the choice is that
+very training (same config, data and start, a constant schedule), so it adopts the model instead of repeating it
+(:func:`allroads.llm.pipeline.train_builds.why_not_adopted`)."""
+
+
+def _keep(pipe: Pipeline, kind: str, path: Path, model, cfg, steps: int, sft: Artifact | None) -> None:
+    data = pipe.sft_examples() if kind == "sft" else pipe.human_pairs()
+    train_builds.write_donor(path, model, dataclasses.replace(cfg, output_dir=""), steps, data.digest(),
+                sft.path.name if sft is not None else "", pipe.tokenizer_digest)
 
 
 def _plot_curves(out: Path, heldout: list[tuple[int, float]], criterion: str) -> None:
@@ -167,6 +180,8 @@ _CRITERION = {"sft": "nll", "rm": "bt", "local_rm": "bt", "dpo": "bt", "online_d
 
 def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfig, sft: Artifact | None,
             pairs: Artifact | None = None, patience: int = 0) -> dict:
+    """The choice over the grid (module docstring): ``{lr, epochs, heldout_loss, at_edge, grid, stage}``, ``stage``
+    the grid run of the chosen lr."""
     runs = {lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
             for lr in pipe.in_turn(list(lrs))}
     grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
@@ -176,7 +191,7 @@ def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfi
     if edge:
         pipe.log(f"[selection] {kind}: the choice lr {best[1]:g} x {best[2]} is at the grid's edge in {edge}: widen "
                  "the grid (Settings.selection) if the held-out loss is still falling there")
-    return {"lr": best[1], "epochs": best[2], "heldout_loss": best[0], "at_edge": edge,
+    return {"lr": best[1], "epochs": best[2], "heldout_loss": best[0], "at_edge": edge, "stage": runs[best[1]].path.name,
             "grid": [{"lr": g["lr"], "epochs": e, "heldout_loss": v} for g in grid for e, v in zip(g["epochs"],
                                                                                                g["heldout_loss"])]}
 
@@ -197,7 +212,7 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
         raise ValueError(f"select_hyperparameters: unknown stage(s) {unknown}; use {STAGES}")
     record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience)}
     s = _with_choice(pipe.settings, "sft", record)
-    sft = T.sft(pipe.with_settings(s))
+    sft = T.sft(pipe.with_settings(s), donor=_kept(pipe, record["sft"]))
     for kind in ("rm", "local_rm", "dpo"):
         if kind in kinds or (kind == "rm" and "online_dpo" in kinds):
             lrs, epochs, patience = ((sel.rm_lrs, sel.rm_max_epochs, sel.patience) if kind == "rm" else
@@ -205,6 +220,11 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
             record[kind] = _choose(pipe.with_settings(s), kind, lrs, epochs, sel, sft, patience=patience)
     for kind in ("rm", "local_rm", "dpo"):
         s = _with_choice(s, kind, record) if kind in record else s
+    if "rm" in record:  # the selection seed's RM is that grid run's best epoch: adopted, not trained again
+        donor = _kept(pipe, record["rm"])
+        if not train_builds.why_not_adopted(donor, stage_config("rm", s, seed=sel.seed), pipe.human_pairs().digest(),
+                                      sft.path.name, pipe.tokenizer_digest):
+            T.rm(pipe.with_settings(s), sft, sel.seed, donor=donor)
     if "online_dpo" in kinds:
         chosen = pipe.with_settings(s)
         rm = T.rm(chosen, sft, sel.seed)  # the seed's global RM of the figures (a cached stage they reuse)
@@ -214,6 +234,11 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
                                                                   epochs=record["online_dpo"]["epochs"]))
     record["protocol"] = {**dataclasses.asdict(sel), "heldout": _heldout_source(s, sel), "stages": list(record)}
     return s, record
+
+
+def _kept(pipe: Pipeline, record: dict) -> Path:
+    """Where the chosen grid run kept its best epoch's model."""
+    return pipe.cache.root / record["stage"] / "best"
 
 
 def _with_choice(s: Settings, kind: str, record: dict) -> Settings:

@@ -29,10 +29,13 @@ from allroads.llm.core.atomic import write_json
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
 from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, read_pairs
 from allroads.llm.model.models import load_policy, load_reward_model
+from allroads.llm.train.loop import adopt_finished
 from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_dpo, train_rm, train_sft
+from allroads.llm.train.metrics import read_metrics
+from allroads.llm.train.resume import differing_fields
 
 __all__ = ["SFTSpec", "RMSpec", "LocalRMSpec", "DPOSpec", "OnlineDPOSpec", "SPECS", "build_sft", "build_rm",
-           "build_local_rm", "build_dpo", "build_online_dpo"]
+           "build_local_rm", "build_dpo", "build_online_dpo", "why_not_adopted", "write_donor"]
 
 
 @dataclass(frozen=True)
@@ -115,16 +118,70 @@ def _policy(stage_dir: Path, cfg):
     return load_policy(str(stage_dir / "model"), dtype=cfg.dtype)
 
 
-def build_sft(spec: SFTSpec, out: Path, *, examples: Sequence[TokenizedSFT], tokenizer) -> None:
-    """SFT (B.2) of ``spec.cfg.model`` on ``examples``."""
+def write_donor(path: Path, hf, cfg, steps: int, data: str, start: str, tokenizer: str) -> None:
+    """Keep ``hf`` — the model after ``steps`` optimizer steps of the training ``cfg`` (its ``epochs`` = the epochs
+    done) on data of digest ``data`` from the start stage ``start`` ("" = the base model ``cfg.model``) — in ``path``
+    (``model/``, ``config.json``, ``trained.json``), so that the stage of that exact training can adopt it instead of
+    repeating it (:func:`why_not_adopted`). The hyperparameter selection keeps each run's best epoch so."""
+    hf.save_pretrained(path / "model", safe_serialization=True)
+    write_json(path / "config.json", cfg.to_dict())
+    write_json(path / "trained.json", {"steps": steps, "data": data, "start": start, "tokenizer": tokenizer})
+
+
+def why_not_adopted(donor: Path | None, cfg, data: str, start: str, tokenizer: str) -> str:
+    """Why the model kept in ``donor`` (:func:`write_donor`) is *not* this training's result ("" when it is, and a
+    stage may adopt it): it must be the same
+    config in every field that changes what a run computes (:func:`allroads.llm.train.resume.differing_fields`), a
+    constant schedule (with it the model after e epochs of a longer run is the e-epoch model, bitwise; tested), the
+    same data, start and tokenizer."""
+    if donor is None or not (donor / "trained.json").is_file():
+        return "no model kept"
+    kept = json.loads((donor / "trained.json").read_text())
+    diff = differing_fields(cfg, json.loads((donor / "config.json").read_text()))
+    reasons = [f"config differs in {sorted(diff)}"] if diff else []
+    reasons += ["the schedule is not constant"] if cfg.schedule != "constant" else []
+    reasons += [f"other {k}" for k, v in (("data", data), ("start", start), ("tokenizer", tokenizer)) if kept[k] != v]
+    return "; ".join(reasons)
+
+
+def _refused(donor: Path | None, cfg, data: str, start: str, tokenizer: str) -> str:
+    """:func:`why_not_adopted`, said when a donor was offered."""
+    why = why_not_adopted(donor, cfg, data, start, tokenizer)
+    if why and donor is not None:
+        print(f"[{cfg.stage}] not adopting {donor.parent.name}: {why}; training")
+    return why
+
+
+def _adopt(donor: Path, cfg, out: Path, hf, tokenizer) -> None:
+    """Write the kept model as this stage's finished run (:func:`allroads.llm.train.loop.adopt_finished`) and say so
+    in ``adopted.json``."""
+    steps = json.loads((donor / "trained.json").read_text())["steps"]
+    metrics = [m for m in read_metrics(donor.parent / "metrics.jsonl") if m["step"] <= steps]
+    adopt_finished(hf, _out(cfg, out), steps, metrics, tokenizer=tokenizer)
+    write_json(out / "adopted.json", {"from": donor.parent.name.removesuffix(".partial"), "steps": steps})
+    print(f"[{cfg.stage}] adopted the model of {donor.parent.name} after {steps} steps: the same training, not repeated")
+
+
+def build_sft(spec: SFTSpec, out: Path, *, examples: Sequence[TokenizedSFT], tokenizer, donor: Path | None = None
+              ) -> None:
+    """SFT (B.2) of ``spec.cfg.model`` on ``examples``, or the kept model of ``donor`` when it is that training
+    (:func:`why_not_adopted`)."""
     cfg = spec.cfg
+    if not _refused(donor, cfg, spec.data, "", spec.tokenizer):
+        return _adopt(donor, cfg, out, load_policy(str(donor / "model"), tokenizer=tokenizer, dtype=cfg.dtype),
+                      tokenizer)
     policy = load_policy(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype, seed=cfg.seed)
     train_sft(policy, examples, _out(cfg, out), tokenizer=tokenizer)
 
 
-def build_rm(spec: RMSpec, out: Path, *, pairs: Sequence[TokenizedPair], tokenizer, sft: Path) -> None:
-    """Global RM (Table 2) from ``spec.base`` or the SFT stage directory ``sft``."""
+def build_rm(spec: RMSpec, out: Path, *, pairs: Sequence[TokenizedPair], tokenizer, sft: Path,
+             donor: Path | None = None) -> None:
+    """Global RM (Table 2) from ``spec.base`` or the SFT stage directory ``sft``, or the kept model of ``donor``
+    when it is that training (:func:`why_not_adopted`)."""
     cfg = spec.cfg
+    if not spec.base and not _refused(donor, cfg, spec.data, sft.name, spec.tokenizer):
+        return _adopt(donor, cfg, out, load_reward_model(str(donor / "model"), tokenizer=tokenizer, dtype=cfg.dtype),
+                      tokenizer)
     model = load_reward_model(spec.base or str(sft / "model"), tokenizer=tokenizer, dtype=cfg.dtype, seed=cfg.seed)
     train_rm(model, pairs, _out(cfg, out), tokenizer=tokenizer)
 

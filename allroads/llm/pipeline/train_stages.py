@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 from allroads.llm.data.rows import TokenizedPair
 from allroads.llm.pipeline import train_builds as B
@@ -36,11 +37,14 @@ def _call(build, spec, kwargs: dict, out) -> None:
     build(spec, out, **kwargs)
 
 
-def sft(pipe: Pipeline) -> Artifact:
-    """SFT of the base model on the SFT rows (B.2)."""
+def sft(pipe: Pipeline, donor: Path | None = None) -> Artifact:
+    """SFT of the base model on the SFT rows (B.2). ``donor``: a model kept by a run of this very training (the
+    selection's best epoch), adopted instead of training when
+    :func:`~allroads.llm.pipeline.train_builds.why_not_adopted` finds nothing against it (not part of the key: the
+    result is the same)."""
     examples = pipe.sft_examples()
     spec = B.SFTSpec(stage_config("sft", pipe.settings), examples.digest(), pipe.tokenizer_digest)
-    return _run(pipe, spec, [], B.build_sft, examples=examples, tokenizer=pipe.tokenizer)
+    return _run(pipe, spec, [], B.build_sft, examples=examples, tokenizer=pipe.tokenizer, donor=donor)
 
 
 def _pairs(pipe: Pipeline, pairs: Artifact | None, fraction: float) -> tuple[list[TokenizedPair], str]:
@@ -52,12 +56,12 @@ def _pairs(pipe: Pipeline, pairs: Artifact | None, fraction: float) -> tuple[lis
 
 
 def rm(pipe: Pipeline, sft: Artifact, seed: int, pairs: Artifact | None = None, base: str = "",
-       fraction: float = 1.0) -> Artifact:
-    """Global RM from the SFT checkpoint (or from ``base`` weights), Table 2."""
+       fraction: float = 1.0, donor: Path | None = None) -> Artifact:
+    """Global RM from the SFT checkpoint (or from ``base`` weights), Table 2; ``donor`` as in :func:`sft`."""
     data, digest = _pairs(pipe, pairs, fraction)
     spec = B.RMSpec(stage_config("rm", pipe.settings, seed=seed), base, digest, pipe.tokenizer_digest)
     return _run(pipe, spec, [sft] + ([pairs] if pairs else []), B.build_rm, pairs=data, tokenizer=pipe.tokenizer,
-                sft=sft.path)
+                sft=sft.path, donor=donor)
 
 
 def local_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:

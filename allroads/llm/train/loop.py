@@ -21,6 +21,7 @@ the loop does what every stage shares:
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -48,7 +49,7 @@ from allroads.llm.train.metrics import RunLog, plot_metrics
 from allroads.llm.train.resume import check_output_dir, finished_history_metrics, mark_finished
 from allroads.llm.train.trackers import Tracker, check_report_to, make_tracker
 
-__all__ = ["History", "StepLoss", "optimize", "resolve_device", "output_dir", "batch_to"]
+__all__ = ["History", "StepLoss", "optimize", "resolve_device", "output_dir", "batch_to", "adopt_finished"]
 
 StepLoss = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -262,6 +263,24 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
         mark_finished(out, plan.total)
     history.finished = True
     return history
+
+
+def adopt_finished(hf, cfg: TrainConfig, steps: int, metrics: list[dict], *, tokenizer=None) -> None:
+    """Write ``cfg.output_dir`` as the finished run of ``cfg`` whose trained model is ``hf``, trained elsewhere by
+    exactly this config's ``steps`` optimizer steps (the caller checks it: a selection run's epoch of the same config,
+    :func:`allroads.llm.pipeline.train_builds.why_not_adopted`): ``config.json``, the ``metrics.jsonl`` lines of those
+    steps, ``model/`` with its card, ``curves.png`` and ``finished.json`` — what :func:`optimize` leaves. One process."""
+    out = output_dir(cfg)
+    if check_output_dir(cfg, out) == "finished":
+        return
+    write_json(out / "config.json", cfg.to_dict())
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    ckpt.export_pretrained(hf, hf, out / "model", tokenizer=tokenizer)
+    try:
+        plot_metrics(out / "metrics.jsonl", out / "curves.png")
+    except ImportError as e:
+        print(f"[{cfg.stage}] curves.png not written ({e}); metrics.jsonl has every step")
+    mark_finished(out, steps)
 
 
 def _finished(cfg: TrainConfig, info: DistInfo) -> History:

@@ -217,8 +217,8 @@ def train_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, to
         log π(ξ) at ``cfg.policy_temperature`` (1),   log π_ref(ξ) at ``cfg.ref_temperature``
 
     offline: π_ref = π_sft at T = 1; online: π_ref = the sampling policy at the sampling temperature
-    (:func:`allroads.llm.train.online_data.train_online_dpo`). Chosen and rejected go through one concatenated
-    forward pass. With ``cfg.precompute_ref`` the reference log-probs are computed once
+    (:func:`allroads.llm.train.online_data.train_online_dpo`). Each prompt runs once and its chosen and rejected
+    responses on its key/value cache (``cfg.shared_prompt``, :func:`pair_batch`), or both as one padded batch. With ``cfg.precompute_ref`` the reference log-probs are computed once
     (:func:`precompute_ref_logps`) and stored in ``output_dir/ref_logps.pt`` under :func:`ref_table_key`
     (reused on resume only when the key matches); otherwise ``ref`` runs under ``no_grad`` on every micro-batch.
     Pairs must carry hard labels (``p_w`` = 1); soft labels train with :func:`train_dpo_soft`.
