@@ -72,6 +72,7 @@ from allroads.llm.figures.summary import figure_metrics, sample_rows, summary_li
 from allroads.llm.judge.factory import JudgeFactory
 from allroads.llm.pipeline.cache import StageCorrupted
 from allroads.llm.pipeline.context import Pipeline
+from allroads.llm.pipeline.imports import StageImport, from_flags
 from allroads.llm.pipeline.overrides import (
     SettingsError,
     apply_assignments,
@@ -212,6 +213,12 @@ def _cache_flags(p: argparse.ArgumentParser) -> None:
                    "another order; the stage locks keep one writer per stage and each reuses what the others "
                    "finished. This process writes the outputs; the others log to <out>/.worker-<i>.log")
     p.add_argument("--worker-rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--stage", action="append", default=[], metavar="KIND[@SEED]=DIR",
+                   help="use a training stage made elsewhere (e.g. by torchrun -m allroads.llm sft --fsdp, or another "
+                   "tool) as this run's: sft=DIR, or rm@SEED=DIR, local_rm@SEED=DIR, dpo@SEED=DIR (repeatable). DIR "
+                   "is a training output directory or a save_pretrained one; checked before any stage runs (its "
+                   "files; a run of this library must be finished and have this run's config for that stage) and "
+                   "recorded in the figure JSON; presets that choose their hyperparameters (small) take none")
     p.add_argument("--strict", action="store_true",
                    help="a finished stage whose files no longer match its manifest (truncated, edited, deleted) is "
                    "an error naming the files (exit code 1) instead of being rebuilt; recorded in the figure JSON")
@@ -271,6 +278,13 @@ def _interrupted(pipe: Pipeline, progress: _Progress, root: Path, argv: list[str
     return f"run.py: interrupted; {kept}{running}; resume with: {shlex.join([sys.executable, script, *argv])}"
 
 
+def _imports(args, settings) -> tuple[list[StageImport], list[str]]:
+    """The ``--stage`` imports and their problems (:func:`allroads.llm.pipeline.imports.from_flags`)."""
+    if settings is None:
+        return [], []
+    return from_flags(args.stage, settings, args.preset)
+
+
 def _prepare(args, out: Path, root: Path):
     """The settings and figure configs of the run, and every problem of them (nothing is built)."""
     problems, settings, run_file = [], None, {"settings": {}, "figures": {}}
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"results/llm-{name}")
     seeds, seeds_from = seeds_of(args)
     settings, figs, problems = _prepare(args, out, root)
+    imports, more = _imports(args, settings)
+    problems += more
     if problems:
         print(f"run.py: {len(problems)} problem(s), found before any stage ran:\n"
               + "\n".join(f"* {q}" for q in problems), file=sys.stderr)
@@ -306,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress()
     cache_options = {"reuse_kinds": args.reuse_stages, "strict": args.strict}
     pipe = Pipeline(root, settings, judges, log=progress.log, worker=(args.worker_rank, args.workers),
-                    **cache_options)
+                    imports=imports, **cache_options)
     helpers, finished = _spawn_workers(argv, args, out), False
     extra = {"seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
+             "imported_stages": {i.label: str(i.path.resolve()) for i in imports},
              "settings_from": {"preset": args.preset, "config": args.config or None,
                                "assignments": [f"{k}={v}" for k, v in _assignments(args)[0]]}}
     try:

@@ -33,6 +33,7 @@ from allroads.llm.model import tokenizer as TK
 from allroads.llm.model.backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
 from allroads.llm.model.sample import SamplingConfig, vllm_available
 from allroads.llm.pipeline.cache import Artifact, StageCache
+from allroads.llm.pipeline.imports import StageImport, register
 from allroads.llm.pipeline.settings import Settings, paper_settings, tiny_settings
 from allroads.llm.pipeline.spec import GuardedSettings, stage_spec
 
@@ -56,8 +57,10 @@ class Pipeline:
 
     def __init__(self, root: str | Path, settings: Settings, judge_factory: Callable[[str], Any] | None = None,
                  *, log: Callable[[str], None] = print, code_root: Path | None = None,
-                 worker: tuple[int, int] = (0, 1), **cache_options):
+                 worker: tuple[int, int] = (0, 1), imports: Iterable[StageImport] = (), **cache_options):
         self.cache = StageCache(root, log=log, code_root=code_root, **cache_options)
+        self.imports = {(i.kind, i.seed, i.model or settings.model): i for i in imports}
+        """Training stages made elsewhere (``run.py --stage``), by (kind, seed, base model): :meth:`imported`."""
         self.settings = settings
         self.judge_factory = judge_factory
         self.log = log
@@ -73,6 +76,20 @@ class Pipeline:
     def device(self) -> str:
         """``Settings.device``, or CUDA when available."""
         return self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def imported(self, kind: str, seed: int | None = None) -> Artifact | None:
+        """The artifact of the stage ``kind`` (of training seed ``seed``, of this pipeline's base model) registered
+        with ``--stage``, or None (:mod:`allroads.llm.pipeline.imports`); each use is recorded as ``imported``."""
+        imp = self.imports.get((kind, seed, self.settings.model))
+        if imp is None:
+            return None
+        key = ("import", kind, seed)
+        if key not in self._rows:
+            self._rows[key] = register(self.cache.root, imp)
+        art = self._rows[key]
+        self.cache.records.append({"kind": kind, "hash": art.hash, "status": "imported", "seconds": 0.0,
+                                   "path": str(art.path), "source": str(imp.path.resolve()), "seed": seed})
+        return art
 
     @property
     def executed(self) -> list[str]:

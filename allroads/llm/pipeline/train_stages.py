@@ -42,6 +42,8 @@ def sft(pipe: Pipeline, donor: Path | None = None) -> Artifact:
     selection's best epoch), adopted instead of training when
     :func:`~allroads.llm.pipeline.train_builds.why_not_adopted` finds nothing against it (not part of the key: the
     result is the same)."""
+    if (imported := pipe.imported("sft")) is not None:
+        return imported
     examples = pipe.sft_examples()
     spec = B.SFTSpec(stage_config("sft", pipe.settings), examples.digest(), pipe.tokenizer_digest)
     return _run(pipe, spec, [], B.build_sft, examples=examples, tokenizer=pipe.tokenizer, donor=donor)
@@ -57,7 +59,10 @@ def _pairs(pipe: Pipeline, pairs: Artifact | None, fraction: float) -> tuple[lis
 
 def rm(pipe: Pipeline, sft: Artifact, seed: int, pairs: Artifact | None = None, base: str = "",
        fraction: float = 1.0, donor: Path | None = None) -> Artifact:
-    """Global RM from the SFT checkpoint (or from ``base`` weights), Table 2; ``donor`` as in :func:`sft`."""
+    """Global RM from the SFT checkpoint (or from ``base`` weights), Table 2; ``donor`` as in :func:`sft`. The
+    default RM of a seed may be a stage made elsewhere (``--stage rm@SEED=DIR``)."""
+    if pairs is None and not base and fraction == 1.0 and (imported := pipe.imported("rm", seed)) is not None:
+        return imported
     data, digest = _pairs(pipe, pairs, fraction)
     spec = B.RMSpec(stage_config("rm", pipe.settings, seed=seed), base, digest, pipe.tokenizer_digest)
     return _run(pipe, spec, [sft] + ([pairs] if pairs else []), B.build_rm, pairs=data, tokenizer=pipe.tokenizer,
@@ -65,7 +70,9 @@ def rm(pipe: Pipeline, sft: Artifact, seed: int, pairs: Artifact | None = None, 
 
 
 def local_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:
-    """Local RM: reference-free DPO from SFT on the human pairs, β = 1/53 (Table 4)."""
+    """Local RM: reference-free DPO from SFT on the human pairs, β = 1/53 (Table 4); or ``--stage local_rm@SEED``."""
+    if (imported := pipe.imported("local_rm", seed)) is not None:
+        return imported
     data, digest = _pairs(pipe, None, 1.0)
     spec = B.LocalRMSpec(stage_config("local_rm", pipe.settings, seed=seed), digest, pipe.tokenizer_digest)
     return _run(pipe, spec, [sft], B.build_local_rm, pairs=data, tokenizer=pipe.tokenizer, sft=sft.path)
@@ -74,7 +81,9 @@ def local_rm(pipe: Pipeline, sft: Artifact, seed: int) -> Artifact:
 def dpo(pipe: Pipeline, sft: Artifact, seed: int, *, epochs: int = 1, pairs: Artifact | None = None,
         fraction: float = 1.0) -> Artifact:
     """Offline DPO from SFT with π_ref = π_sft (Table 3); ``epochs=2`` is "DPO (2x)" (Fig. 3): twice the epochs of
-    ``Settings.dpo`` (the paper's 1)."""
+    ``Settings.dpo`` (the paper's 1). The default DPO of a seed (1x, all human pairs) may be ``--stage dpo@SEED``."""
+    if epochs == 1 and pairs is None and fraction == 1.0 and (imported := pipe.imported("dpo", seed)) is not None:
+        return imported
     data, digest = _pairs(pipe, pairs, fraction)
     spec = B.DPOSpec(stage_config("dpo", pipe.settings, seed=seed, epochs=epochs * pipe.settings.dpo.epochs), digest,
                      pipe.tokenizer_digest)
