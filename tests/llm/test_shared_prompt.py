@@ -137,3 +137,20 @@ def test_backend_scores_equal_in_both_layouts(tok):
                               atol=1e-10, rtol=0)
     assert torch.allclose(shared.score(GlobalRM(rm), prompts, grid), flat.score(GlobalRM(rm), prompts, grid),
                           atol=1e-10, rtol=0)
+
+
+def test_fsdp_and_gradient_checkpointing_fall_back_to_two_sequences(tmp_path, tok):
+    """Both drop what the shared layout needs (parameters between the passes, the cache in training): such a config
+    trains in the two-sequence layout, and a checkpointed run equals a plain one (float64, 1e-9)."""
+    assert T.shares_prompt(DPOConfig()) and not T.shares_prompt(DPOConfig(fsdp=True))
+    assert not T.shares_prompt(RMConfig(gradient_checkpointing=True))
+    rows, _ = L.load_comparison_rows("synthetic:8:7")
+    data = D.tokenize_pairs(rows, tok)
+    losses = []
+    for gc in (True, False):
+        model = M.load_policy("tiny", tokenizer=tok, seed=0, dtype="float64", gradient_checkpointing=gc)
+        ref = M.load_policy("tiny", tokenizer=tok, seed=1, dtype="float64")
+        cfg = DPOConfig(**COMMON, batch_size=8, micro_batch_size=8, max_steps=2, lr=1e-3, gradient_checkpointing=gc,
+                        output_dir=str(tmp_path / f"gc-{gc}"))
+        losses.append([m["loss"] for m in T.train_dpo(model, ref, data, cfg).metrics])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-9, rel=0)

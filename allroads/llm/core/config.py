@@ -199,8 +199,9 @@ class RMConfig(TrainConfig):
     shared_prompt: bool = True
     """Run each prompt once for both responses of a pair, the responses on its key/value cache
     (:mod:`allroads.llm.model.shared_prompt`): P + 2R positions a pair instead of 2(P + R), the same values and
-    gradients. False, and always under FSDP (which frees its parameters between the two passes): chosen and
-    rejected as two padded prompt + response sequences."""
+    gradients. False, and always under FSDP (which frees its parameters between the two passes) or gradient
+    checkpointing (which drops the cache in training): chosen and rejected as two padded prompt + response
+    sequences."""
 
     @property
     def stage(self) -> str:
@@ -225,8 +226,9 @@ class PreferenceConfig(TrainConfig):
     shared_prompt: bool = True
     """Run each prompt once for both responses of a pair, the responses on its key/value cache
     (:mod:`allroads.llm.model.shared_prompt`): P + 2R positions a pair instead of 2(P + R), the same values and
-    gradients. False, and always under FSDP (which frees its parameters between the two passes): chosen and
-    rejected as two padded prompt + response sequences."""
+    gradients. False, and always under FSDP (which frees its parameters between the two passes) or gradient
+    checkpointing (which drops the cache in training): chosen and rejected as two padded prompt + response
+    sequences."""
     policy_temperature: float = 1.0
     """Divide the *trained policy's* logits by this before the softmax in log π(ξ) (1: the policy is trained
     at its own temperature; offline DPO and the local RM). Online DPO sets it to the sampling temperature, as

@@ -57,8 +57,9 @@ def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | N
 
 def shares_prompt(cfg) -> bool:
     """Whether a stage runs its pairs in the shared-prompt layout: ``cfg.shared_prompt``, except under FSDP, whose
-    parameters are freed between the prompt's forward pass and the responses' (it then uses two sequences)."""
-    return bool(cfg.shared_prompt and not cfg.fsdp)
+    parameters are freed between the prompt's forward pass and the responses', and with gradient checkpointing,
+    which drops the key/value cache in training (both then use two sequences)."""
+    return bool(cfg.shared_prompt and not cfg.fsdp and not cfg.gradient_checkpointing)
 
 
 def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int, cfg) -> dict:
