@@ -18,7 +18,8 @@ Sections (each recorded with its status and seconds; the JSON is rewritten after
 * ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
   with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run (fp32), then runs
   2 steps with bf16 compute and fp32 gradient reduction;
-* ``generate``: Hugging Face ``generate`` throughput, 64 prompts × 25 samples × 53 new tokens at T = 0.1;
+* ``generate``: plain Hugging Face ``generate`` against the library's ``sample()`` (prompt run once for its samples),
+  64 prompts of ≈ 400 words × 25 samples × 53 new tokens at T = 0.1: generated tokens/s of each and their ratio;
 * ``vllm_generate`` / ``trl``: the same sampling through vLLM, and ``benchmarks/dpo_vs_trl.py``, only when
   vllm / trl import.
 
@@ -180,26 +181,38 @@ def fsdp_worker(work: Path, device: str) -> None:
 
 
 def section_generate(args) -> dict:
+    """Plain ``model.generate(num_return_sequences=25)`` against the library's ``sample()`` (the prompt run once for
+    its samples) on the same prompts, T = 0.1, 53 new tokens: generated tokens kept (EOS included) per second."""
     from dpo_step import make_model
+    from sampling import TOKENIZER_JSON, load_tokenizer, plain_generate
+
+    from allroads.llm.model.sample import SamplingConfig, sample
 
     dev = args.device
-    shape, n_prompts, n, new, plen = (TINY, 4, 3, 8, 32) if args.tiny else (PYTHIA_1B4, 64, 25, 53, 512)
+    tiny = (PYTHIA_1B4[0], *TINY[1:])  # the tokenizer's vocabulary, the tiny body
+    shape, n_prompts, n, new, words = (tiny, 4, 3, 8, 24) if args.tiny else (PYTHIA_1B4, 64, 25, 53, 400)
     model = make_model(*shape, dtype=torch.bfloat16 if dev == "cuda" else torch.float32, device=dev).eval()
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(2, shape[0], (n_prompts, plen), generator=g).to(dev)
+    tok = load_tokenizer(TOKENIZER_JSON)
+    vocab = "the quick brown fox jumps over a lazy dog while my landlord raised rent again".split()
+    prompts = [" ".join(vocab[(i * 7 + j) % len(vocab)] for j in range(words)) + "\nTL;DR:" for i in range(n_prompts)]
     per_call = max(1, 200 // n)  # ≈ 200 sequences per generate call
-    _sync(dev)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, n_prompts, per_call):
-            chunk = prompts[s:s + per_call]
-            model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True, temperature=0.1,
-                           top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=new, min_new_tokens=new,
-                           pad_token_id=1, eos_token_id=0)
-    _sync(dev)
-    dt = time.perf_counter() - t0
-    return {"prompts": n_prompts, "samples_per_prompt": n, "new_tokens": new, "prompt_tokens": plen,
-            "seconds": round(dt, 2), "generated_tokens_per_s": round(n_prompts * n * new / dt), "ok": True}
+    out = {"prompts": n_prompts, "samples_per_prompt": n, "new_tokens": new,
+           "prompt_tokens": len(tok(prompts[0])["input_ids"])}
+    runs = {"plain_generate": lambda: plain_generate(model, tok, prompts, n, 0.1, new, per_call),
+            "sample": lambda: sum(len(c.token_ids) for p in sample(model, tok, prompts, SamplingConfig(
+                n=n, temperature=0.1, max_new_tokens=new, batch_size=per_call, backend="hf")).samples
+                for c in p.completions)}
+    for name, fn in runs.items():
+        _sync(dev)
+        t0 = time.perf_counter()
+        kept = fn()
+        _sync(dev)
+        dt = time.perf_counter() - t0
+        out[name] = {"seconds": round(dt, 2), "generated_tokens": kept, "generated_tokens_per_s": round(kept / dt)}
+    out["generated_tokens_per_s"] = out["plain_generate"]["generated_tokens_per_s"]
+    out["sample_vs_plain"] = round(out["sample"]["generated_tokens_per_s"] / out["generated_tokens_per_s"], 3)
+    out["ok"] = True
+    return out
 
 
 def section_vllm_generate(args) -> dict:

@@ -1,5 +1,6 @@
-"""Sampling throughput (generated tokens / s) of allroads.llm.model.sample: HF ``generate`` and, when vLLM imports
-and a GPU exists, vLLM, on the same model and prompts.
+"""Sampling throughput (generated tokens / s) of allroads.llm.model.sample — HF ``generate`` with the prompt run once
+for its n samples, and, when vLLM imports and a GPU exists, vLLM — against plain ``model.generate(
+num_return_sequences=n)`` on the same model, prompts, batch of prompts, temperature and budget, in one process.
 
     python benchmarks/sampling.py                       # tiny random GPT-NeoX, CPU-friendly
     python benchmarks/sampling.py --model EleutherAI/pythia-1b-deduped --n 25 --max-new-tokens 53
@@ -54,6 +55,30 @@ def timed(fn, repeats: int):
     return tokens, statistics.median(times), res
 
 
+def plain_generate(model, tok, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
+                   batch_size: int) -> int:
+    """Plain ``model.generate`` (n return sequences per prompt, left-padded batches of ``batch_size`` prompts); the
+    generated tokens kept, EOS included (what :func:`sample` counts)."""
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    device = next(model.parameters()).device
+    kept = 0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[s:s + batch_size]]
+            width = max(map(len, enc))
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
+            mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(e) for e in enc],
+                                                                              device=device)[:, None]).long()
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0,
+                                 top_p=1.0, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=eos)[:, width:]
+            for row in out.tolist():
+                kept += row.index(eos) + 1 if eos in row else len(row)
+    return kept
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="'tiny' or a hub id / directory")
@@ -90,6 +115,15 @@ def main():
     print(f"device={device} model={args.model} params={n_params / 1e6:.2f}M threads={args.threads} "
           f"prompts={args.prompts} n={args.n} max_new_tokens={args.max_new_tokens} T={args.temperature}")
     rows = []
+    plain = lambda: plain_generate(model, tok, prompts, args.n, args.temperature, args.max_new_tokens,  # noqa: E731
+                                   args.batch_size)
+    plain()  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        tokens = plain()
+        times.append(time.perf_counter() - t0)
+    rows.append(("plain generate", tokens, statistics.median(times), 0, 0))
     for logp in (False, True):
         c = SamplingConfig(**{**cfg.__dict__, "compute_logp": logp})
         tokens, secs, res = timed(lambda: sample(model, tok, prompts, c), args.repeats)
@@ -103,9 +137,11 @@ def main():
         rows.append(("vllm", tokens, secs, res.n_unfinished, res.n_completions))
     else:
         print("vllm: skipped (not importable, no GPU, or tiny model which vLLM cannot load from memory)")
-    print(f"{'backend':<26}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'unfinished':>12}")
+    print(f"{'backend':<26}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'vs plain':>10}{'unfinished':>12}")
+    base = rows[0][1] / rows[0][2]
     for name, tokens, secs, unfinished, total in rows:
-        print(f"{name:<26}{tokens:>8}{secs:>10.3f}{tokens / secs:>11.1f}{unfinished:>8}/{total}")
+        done = f"{unfinished:>8}/{total}" if total else f"{'—':>12}"
+        print(f"{name:<26}{tokens:>8}{secs:>10.3f}{tokens / secs:>11.1f}{tokens / secs / base:>9.2f}x{done}")
 
 
 if __name__ == "__main__":

@@ -25,4 +25,6 @@ def test_gpu_check_cpu_smoke(tmp_path):
     fsdp = sections["fsdp_torchrun"]
     assert fsdp["ok"] and fsdp["stopped_at"] == 2 and fsdp["resumed_from"] == 2 and fsdp["shards"] == ["__0_0.distcp"]
     assert fsdp["max_abs_diff_vs_plain"] <= 1e-5
-    assert sections["generate"]["generated_tokens_per_s"] > 0
+    gen = sections["generate"]
+    assert gen["generated_tokens_per_s"] > 0 and gen["sample"]["generated_tokens_per_s"] > 0
+    assert gen["sample"]["generated_tokens"] > 0 and gen["sample_vs_plain"] > 0
