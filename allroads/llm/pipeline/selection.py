@@ -42,10 +42,10 @@ from allroads.llm.evaluation.evaluate import validation_likelihood
 from allroads.llm.model import models as M
 from allroads.llm.model.backend import DPORM, GlobalRM, LocalRM
 from allroads.llm.pipeline import data_stages as G
+from allroads.llm.pipeline import train_builds
 from allroads.llm.pipeline import train_stages as T
 from allroads.llm.pipeline.context import Artifact, Pipeline, read_pairs
 from allroads.llm.pipeline.settings import SelectionConfig, Settings, stage_config
-from allroads.llm.pipeline import train_builds
 from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_dpo, train_rm, train_sft
 from allroads.llm.train.metrics import plot_metrics
 from allroads.llm.train.trackers import make_tracker
@@ -157,7 +157,7 @@ very training (same config, data and start, a constant schedule), so it adopts t
 def _keep(pipe: Pipeline, kind: str, path: Path, model, cfg, steps: int, sft: Artifact | None) -> None:
     data = pipe.sft_examples() if kind == "sft" else pipe.human_pairs()
     train_builds.write_donor(path, model, dataclasses.replace(cfg, output_dir=""), steps, data.digest(),
-                sft.path.name if sft is not None else "", pipe.tokenizer_digest)
+                             sft.path.name if sft is not None else "", pipe.tokenizer_digest)
 
 
 def _plot_curves(out: Path, heldout: list[tuple[int, float]], criterion: str) -> None:
@@ -223,7 +223,7 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
     if "rm" in record:  # the selection seed's RM is that grid run's best epoch: adopted, not trained again
         donor = _kept(pipe, record["rm"])
         if not train_builds.why_not_adopted(donor, stage_config("rm", s, seed=sel.seed), pipe.human_pairs().digest(),
-                                      sft.path.name, pipe.tokenizer_digest):
+                                            sft.path.name, pipe.tokenizer_digest):
             T.rm(pipe.with_settings(s), sft, sel.seed, donor=donor)
     if "online_dpo" in kinds:
         chosen = pipe.with_settings(s)

@@ -130,10 +130,9 @@ def write_donor(path: Path, hf, cfg, steps: int, data: str, start: str, tokenize
 
 def why_not_adopted(donor: Path | None, cfg, data: str, start: str, tokenizer: str) -> str:
     """Why the model kept in ``donor`` (:func:`write_donor`) is *not* this training's result ("" when it is, and a
-    stage may adopt it): it must be the same
-    config in every field that changes what a run computes (:func:`allroads.llm.train.resume.differing_fields`), a
-    constant schedule (with it the model after e epochs of a longer run is the e-epoch model, bitwise; tested), the
-    same data, start and tokenizer."""
+    stage may adopt it). It is only with the same config in every field that changes what a run computes
+    (:func:`allroads.llm.train.resume.differing_fields`), a constant schedule (then the model after e epochs of a
+    longer run is the e-epoch model, bitwise; tested), and the same data, start and tokenizer."""
     if donor is None or not (donor / "trained.json").is_file():
         return "no model kept"
     kept = json.loads((donor / "trained.json").read_text())
