@@ -1,6 +1,6 @@
 r"""Time one DPO optimizer step of the LLM backend against a naive baseline, in one process.
 
-    python benchmarks/dpo_step.py                       # CPU: tiny and ~20M-parameter GPT-NeoX
+    python benchmarks/dpo_step.py                       # CPU: tiny and ~20M-parameter GPT-NeoX (short and TL;DR lengths)
     python benchmarks/dpo_step.py --device cuda         # + pythia-1.4b-shaped model (random weights), bf16
 
 Ours, two layouts, reference log-probs precomputed (as ``train_dpo`` does), :func:`allroads.losses.dpo_loss`, AdamW:
@@ -146,6 +146,8 @@ def main():
               resp_len=16, steps=args.steps, peak_flops=0)
         bench("~20M", (16384, 384, 4, 6, 1536), device="cpu", dtype=torch.float32, n_pairs=8, prompt_len=96,
               resp_len=24, steps=args.steps, peak_flops=0)
+        bench("~20M TL;DR", (16384, 384, 4, 6, 1536), device="cpu", dtype=torch.float32, n_pairs=4, prompt_len=512,
+              resp_len=53, steps=args.steps, peak_flops=0)  # the paper's lengths: prompts ≤ 512, responses ≤ 53
     else:
         bench("pythia-1.4b", (50304, 2048, 24, 16, 8192), device="cuda", dtype=torch.float32, n_pairs=8,
               prompt_len=512, resp_len=53, steps=args.steps, peak_flops=args.peak_tflops * 1e12)
