@@ -33,12 +33,13 @@ __all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "sm
 class SelectionConfig:
     """The grid and the held-out data of :func:`allroads.llm.pipeline.selection.select_hyperparameters`."""
 
-    sft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    """Learning rates tried for SFT."""
+    sft_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    """Learning rates tried for SFT (the small preset's choice, 3e-4, is inside it)."""
     sft_max_epochs: int = 16
     """SFT epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
-    rm_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-    """Learning rates tried for the global RM."""
+    rm_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+    """Learning rates tried for the global RM (the small preset's choice, 3e-5, is inside it; it chose 1e-4, at the
+    low edge, when the grid started there)."""
     rm_max_epochs: int = 16
     """Global-RM epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
     patience: int = 2
