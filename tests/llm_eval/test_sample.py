@@ -194,3 +194,14 @@ def test_shared_prefill_gives_the_samples_of_plain_generate(model, tok):
         cut = row[: row.index(EOS) + 1] if EOS in row else row
         assert list(c.token_ids) == cut
         assert abs(c.logp - float(step_logp[r][: len(cut)].sum())) < 1e-5
+
+
+def test_samples_do_not_depend_on_recording_their_log_probs(model, tok):
+    """Without ``compute_logp`` the sampler skips the per-step log-softmax (the costly part on a large vocabulary,
+    ``benchmarks/sampling.py``); the tokens drawn are the same, for the same seed, at T = 1 and T = 0.1."""
+    prompts = ["a b c TL;DR:", "d e TL;DR:"]
+    for t in (1.0, 0.1):
+        runs = [sample(model, tok, prompts, SamplingConfig(n=5, temperature=t, max_new_tokens=6, seed=3,
+                                                           compute_logp=logp)) for logp in (True, False)]
+        assert ids_of(runs[0]) == ids_of(runs[1])
+        assert all(c.logp is None for p in runs[1].samples for c in p.completions)

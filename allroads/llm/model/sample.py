@@ -121,8 +121,9 @@ class _TemperatureLogp:
     by :meth:`finish`. Being the only processor (top-k/top-p off), its output is the sampling distribution.
     """
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float, record: bool = True):
         self.inv_t = 1.0 if temperature == 0 else 1.0 / temperature
+        self.record = record  # False: only divide by T (the log-softmax over the vocabulary is the costly part)
         self.prev: torch.Tensor | None = None  # (B, V) log-probs of the previous step
         self.steps: list[torch.Tensor] = []    # each (B,)
 
@@ -130,6 +131,8 @@ class _TemperatureLogp:
         if self.prev is not None:
             self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
         scores = scores.float() * self.inv_t  # (B, V)
+        if not self.record:
+            return scores
         # float64: a float32 sum of ~50k tiny exp terms next to a dominant one is off by ~1e-4 at T = 0.01
         self.prev = torch.log_softmax(scores.double(), dim=-1)
         return scores
@@ -193,7 +196,7 @@ def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], c
             for start in range(0, len(prompts), cfg.batch_size):
                 chunk = encoded[start:start + cfg.batch_size]
                 ids, mask = _left_pad(chunk, pad, device)  # (b, P)
-                proc = _TemperatureLogp(cfg.temperature)
+                proc = _TemperatureLogp(cfg.temperature, record=cfg.compute_logp)
                 seqs = model.generate(
                     **_shared_prefill(model, ids, mask, n_gen), generation_config=gen_cfg,
                     logits_processor=LogitsProcessorList([proc]),
