@@ -15,12 +15,14 @@ Everything is saved with ``save_pretrained`` and loaded with ``from_pretrained``
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
 import torch
 
 __all__ = [
+    "forward_takes",
     "HubUnreachableError",
     "tiny_config",
     "tiny_shape",
@@ -182,17 +184,15 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(-1).values
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether the (possibly DDP/FSDP-wrapped) causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50)."""
-    inner = getattr(model, "module", model)
-    cached = getattr(inner, "_allroads_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
-        try:
-            inner._allroads_logits_to_keep = cached
-        except AttributeError:
-            pass
-    return cached
+def forward_takes(model, name: str) -> bool:
+    """Whether the (possibly DDP/FSDP-wrapped) model's ``forward`` takes argument ``name`` (``logits_to_keep`` from
+    transformers 4.50, ``cache`` from 5.2x); looked up once per model class."""
+    return name in _forward_parameters(type(getattr(model, "module", model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
@@ -216,7 +216,7 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     targets = response_mask[:, 1:].any(0)  # positions t+1 that are response tokens in some row
     first = int(targets.nonzero()[0]) if bool(targets.any()) else T - 1  # earliest predicting position t
     kw = {}
-    if _accepts_logits_to_keep(model):
+    if forward_takes(model, "logits_to_keep"):
         kw["logits_to_keep"] = T - first
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), use_cache=False, **kw).logits  # (B, ≤T, V)

@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 
 from allroads.llm.model.completions import Completion, PromptSamples, SamplingConfig, SamplingResult, make_completion
+from allroads.llm.model.models import forward_takes
 from allroads.llm.model.sample_vllm import engine, sample_vllm
 
 __all__ = ["SamplingConfig", "Completion", "PromptSamples", "SamplingResult", "sample", "vllm_available"]
@@ -163,9 +164,7 @@ def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, n: int) -> dic
     rows = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
     if n == 1 or ids.shape[1] < 2:
         return rows
-    import inspect
-
-    key = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    key = "cache" if forward_takes(model, "cache") else "past_key_values"
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
     cache = out[key] if key in out else out.past_key_values

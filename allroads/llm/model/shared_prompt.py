@@ -15,11 +15,9 @@ P + 2R positions instead of 2(P + R): on TL;DR (P ≈ 400–550, R ≤ 53) close
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from allroads.llm.model.models import RewardModel, position_ids_from_mask
+from allroads.llm.model.models import RewardModel, forward_takes, position_ids_from_mask
 
 __all__ = ["shared_prompt_logps", "shared_prompt_rewards", "cache_argument", "SharedPromptRewardModel"]
 
@@ -27,8 +25,7 @@ __all__ = ["shared_prompt_logps", "shared_prompt_rewards", "cache_argument", "Sh
 def cache_argument(model) -> str:
     """The name under which ``model``'s forward takes a key/value cache: ``cache`` (transformers ≥ 5.2x) or
     ``past_key_values`` (earlier). DDP / FSDP wrappers are looked through."""
-    inner = getattr(model, "module", model)
-    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def _cache_of(out, key: str):
@@ -67,8 +64,7 @@ def shared_prompt_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     """
     _check(prompt_ids, prompt_mask, prompt_index, response_ids, response_mask)
     key = cache_argument(model)
-    inner = getattr(model, "module", model)
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(inner).forward).parameters else {}
+    keep = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                 use_cache=True, **keep)
     first = out.logits[:, -1][prompt_index]  # (N, V): the prompt's last position predicts the response's first token
