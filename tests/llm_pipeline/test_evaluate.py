@@ -42,6 +42,13 @@ def test_validation_scaling_local_and_dpo():
     got = validation_likelihood(be, DPORM(pol, ref, 0.05), prompts, chosen, rejected)
     d = 0.05 * ((lp[:, 0] - lr[:, 0]) - (lp[:, 1] - lr[:, 1]))
     assert abs(got.loglik - float(torch.nn.functional.logsigmoid(d).mean())) < 1e-9
+    # π_ref scored once beforehand (a frozen reference against many policies): the same scores; the wrong
+    # reference's log-probs give others; log-probs of other completions (another shape) are refused
+    fixed = be.score(DPORM(pol, ref, 0.05, ref_logp=lr), prompts, comps)
+    assert torch.equal(fixed, be.score(DPORM(pol, ref, 0.05), prompts, comps))
+    assert not torch.allclose(be.score(DPORM(pol, ref, 0.05, ref_logp=lp), prompts, comps), fixed)
+    with pytest.raises(ValueError, match="ref_logp"):
+        be.score(DPORM(pol, ref, 0.05, ref_logp=lr[:, :1]), prompts, comps)
 
 
 def test_eq2_reverse_kl_matches_exact_enumeration():

@@ -129,6 +129,13 @@ def test_rm_score_eval_scores_the_ground_truth_samples():
             torch.tensor([p + list(row[0].token_ids)]) for p, row in zip(be.encode_prompts(texts), comps))])
     assert r["rm_score"] == pytest.approx(float(direct.mean()), abs=1e-5)
     assert r["rm_score_se"] == pytest.approx(float(direct.std() / math.sqrt(len(texts))), rel=1e-4)
+    # ground_truth_eval given the scorer scores its own draw: rm_score_eval's numbers without sampling again
+    both = ground_truth_eval(be, pi, pi, S.synthetic_score, texts, refs, beta=0.1, temperature=1.0, n_kl_samples=1,
+                             seed=5, scorer=scorer)
+    assert (both["rm_score"], both["rm_score_se"]) == (r["rm_score"], r["rm_score_se"])
+    other = ground_truth_eval(be, pi, pi, S.synthetic_score, texts, refs, beta=0.1, temperature=1.0, n_kl_samples=1,
+                              seed=6, scorer=scorer)
+    assert other["rm_score"] != r["rm_score"]  # control: another draw scores differently
 
 
 def _tiny_selection_pipe(tmp_path) -> Pipeline:

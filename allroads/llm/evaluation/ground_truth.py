@@ -45,10 +45,11 @@ def known_win_counts(scores: Sequence[float], ref_scores: Sequence[float]) -> di
 
 def ground_truth_eval(backend, policy, sft, score: Callable[[str, str], float], prompts: Sequence[str],
                       references: Sequence[str], *, beta: float, temperature: float, n_kl_samples: int,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, scorer=None) -> dict:
     """The module's four quantities for ``policy`` (π_sft = ``sft``, r* = ``score(prompt, text)``) on ``prompts``
     with reference summaries ``references``: one sample per prompt at ``temperature``, ``n_kl_samples`` per prompt
-    at T = 1 (seeded by ``seed``)."""
+    at T = 1 (seeded by ``seed``). With a backend ``scorer`` (e.g. ``GlobalRM``) also ``rm_score`` ± ``rm_score_se``:
+    its mean score of the same ``temperature`` samples — :func:`rm_score_eval`'s numbers without drawing them again."""
     if beta <= 0 or n_kl_samples < 1:
         raise ValueError(f"beta ({beta}) must be > 0 and n_kl_samples ({n_kl_samples}) >= 1")
     prompts = list(prompts)
@@ -59,6 +60,8 @@ def ground_truth_eval(backend, policy, sft, score: Callable[[str, str], float], 
     known, known_se = _mean_se(r)
     out = {"known_score": known, "known_score_se": known_se, "reference_known_score": sum(r_ref) / len(r_ref),
            **known_win_counts(r.tolist(), r_ref), "unfinished": unfinished, "samples": texts}
+    if scorer is not None:
+        out["rm_score"], out["rm_score_se"] = _mean_se(backend.score(scorer, prompts, comps)[:, 0])
     ratio, on, on_unfinished = on_policy_log_ratio(backend, policy, sft, prompts, n=n_kl_samples, seed=seed + 1)
     r_on = torch.tensor([[score(p, c.text) for c in row] for p, row in zip(prompts, on)], dtype=torch.float64)
     kl, kl_se = _mean_se(ratio.double().mean(1))

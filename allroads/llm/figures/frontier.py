@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from allroads.llm.core.atomic import write_json
-from allroads.llm.evaluation.evaluate import on_policy_log_ratio, policy_samples, policy_win_rate, validation_likelihood
-from allroads.llm.evaluation.ground_truth import ground_truth_eval, rm_score_eval
+from allroads.llm.evaluation.evaluate import bt_validation, on_policy_log_ratio, policy_samples, policy_win_rate
+from allroads.llm.evaluation.ground_truth import ground_truth_eval
 from allroads.llm.figures.frontier_rules import aggregate, budget_table, pareto, pick, rule_report
 from allroads.llm.model.backend import DPORM, GlobalRM
 from allroads.llm.pipeline import data_stages as G
@@ -41,7 +41,7 @@ from allroads.llm.pipeline.settings import stage_config
 from allroads.llm.train.methods import train_dpo, train_online_dpo
 from allroads.llm.train.online_data import is_prefix_pair
 
-__all__ = ["METHODS", "ONLINE_LABELS", "frontier_curve", "evaluate_point", "global_rm", "premise", "figure_frontier"]
+__all__ = ["METHODS", "ONLINE_LABELS", "frontier_curve", "evaluate_point", "validation_pairs", "global_rm", "premise", "figure_frontier"]
 
 ONLINE_LABELS: dict[str, tuple[str, str]] = {
     "Online DPO (SFT)": ("global", "hard"),
@@ -53,31 +53,39 @@ METHODS = ("DPO", *ONLINE_LABELS, "Online DPO (DPO)")
 """The methods of the frontier figure, in plotting order."""
 
 
-def evaluate_point(pipe: Pipeline, model, sft_model, rm_model, seed: int) -> dict:
+def evaluate_point(pipe: Pipeline, model, sft_model, rm_model, seed: int, validation: tuple | None = None) -> dict:
     """The numbers of one policy (module docstring): ground truth when the reward is known, else the judge's win
-    rate and the on-policy KL; then the rule quantities. ``seed`` seeds every draw, as the evaluation stages do."""
+    rate and the on-policy KL; then the rule quantities. ``seed`` seeds every draw, as the evaluation stages do.
+    ``validation``: :func:`validation_pairs` of ``sft_model``, when one caller evaluates many policies."""
     s, be = pipe.settings, pipe.backend()
     prompts, posts, refs = pipe.test_set()
-    if s.known_score:
+    if s.known_score:  # the RM scores the very T = 0.01 samples whose known score is reported
         gt = ground_truth_eval(be, model, sft_model, pipe.known_score(), prompts, refs, beta=s.dpo.beta,
-                               temperature=s.eval_sampling_temperature, n_kl_samples=s.known_kl_samples, seed=seed)
+                               temperature=s.eval_sampling_temperature, n_kl_samples=s.known_kl_samples, seed=seed,
+                               scorer=GlobalRM(rm_model))
         out = {k: gt[k] for k in ("known_score", "known_score_se", "kl", "kl_se", "objective", "objective_se",
-                                  "unfinished", "win_rate")}
+                                  "unfinished", "win_rate", "rm_score")}
         out.update(on_policy_r_star=gt["on_policy_known_score"], on_policy_r_star_se=gt["on_policy_known_score_se"])
-        rm = rm_score_eval(be, model, GlobalRM(rm_model), pipe.known_score(), prompts,
-                           temperature=s.eval_sampling_temperature, seed=seed)
-        out["rm_score"] = rm["rm_score"]
     else:
         out = {"win_rate": policy_win_rate(be, model, pipe.judge(), prompts, posts, refs,
                                            temperature=s.eval_sampling_temperature, seed=seed)["win_rate"]}
         out.update(_kl(be, model, sft_model, prompts, s.known_kl_samples, seed + 1))
         out["rm_score"] = float(be.score(GlobalRM(rm_model), prompts, policy_samples(
             be, model, prompts, n=1, temperature=s.eval_sampling_temperature, seed=seed)[0]).mean())
-    rows = pipe.pft_rows("validation", s.valid_limit)
-    val = validation_likelihood(be, DPORM(model, sft_model, s.dpo.beta), [pipe.prompt_text(r) for r in rows],
-                                [r.chosen for r in rows], [r.rejected for r in rows])
+    val_prompts, val_pairs, sft_logp = validation or validation_pairs(pipe, sft_model)
+    r = be.score(DPORM(model, sft_model, s.dpo.beta, ref_logp=sft_logp), val_prompts, val_pairs)  # (N, 2)
+    val = bt_validation(r[:, 0], r[:, 1])
     out.update(implicit_loglik=val.loglik, implicit_accuracy=val.accuracy)
     return out
+
+
+def validation_pairs(pipe: Pipeline, sft_model) -> tuple:
+    """The preference data's validation pairs as (prompts, completions (chosen, rejected) per prompt, log π_sft of
+    them (N, 2)): π_sft is frozen, so a sweep run scores it on them once, not once per evaluated policy."""
+    be, rows = pipe.backend(), pipe.pft_rows("validation", pipe.settings.valid_limit)
+    prompts = [pipe.prompt_text(r) for r in rows]
+    pairs = be.completions_from_texts([[r.chosen, r.rejected] for r in rows])
+    return prompts, pairs, be.seq_logp(sft_model, prompts, pairs)
 
 
 def _kl(be, model, sft_model, prompts, n: int, seed: int) -> dict:
@@ -125,11 +133,12 @@ def frontier_curve(pipe: Pipeline, kind: str, start: Artifact, sft: Artifact, rm
         run = dataclasses.replace(cfg, output_dir=str(out / "run"))
         fit, model = _trainer(pipe, kind, start, pairs, run, label)
         sft_model, rm_model, points = pipe.policy(sft), pipe.reward_model(rm), []
+        validation = validation_pairs(pipe, sft_model)
         for e in range(1, max_epochs + 1):
             fit(e * per_epoch if e < max_epochs else None)
             model.eval()
             points.append({"lr": lr, "epochs": e, "seed": seed, **evaluate_point(pipe, model, sft_model, rm_model,
-                                                                                 seed)})
+                                                                                 seed, validation)})
             model.train()
             pipe.log(f"[frontier_{kind}] lr {lr:g} epoch {e}: " + _point_line(points[-1]))
         write_json(out / "points.json", points)

@@ -214,11 +214,19 @@ class DPORM:
     """β of Table 3."""
     logit_temperature: float = 1.0
     """Divide the logits of both π and π_ref by this (the policy temperature DPO was trained with)."""
+    ref_logp: torch.Tensor | None = None
+    """log π_ref of exactly the completions this scorer is asked about, computed once beforehand
+    (``backend.seq_logp(ref, prompts, completions, logit_temperature)``): a frozen reference scored against many
+    policies on one fixed set. ``None``: computed at each call."""
 
     def score(self, backend: LLMBackend, prompts, completions) -> torch.Tensor:
         lp = backend.seq_logp(self.policy, prompts, completions, self.logit_temperature)
-        lr = backend.seq_logp(self.ref, prompts, completions, self.logit_temperature)
-        return self.beta * (lp - lr)
+        if self.ref_logp is None:
+            return self.beta * (lp - backend.seq_logp(self.ref, prompts, completions, self.logit_temperature))
+        if self.ref_logp.shape != lp.shape:
+            raise ValueError(f"DPORM.ref_logp has shape {tuple(self.ref_logp.shape)} but the completions asked about "
+                             f"give {tuple(lp.shape)}: ref_logp must be of these very completions")
+        return self.beta * (lp - self.ref_logp)
 
 
 @dataclass(frozen=True)
