@@ -5,6 +5,7 @@ r"""Run paper figures 3–12 over the cached TL;DR stage graph (Swamy et al. 202
     python experiments/llm/run.py --preset small --task lookup --figure fig3     # the lookup-reward control
     python experiments/llm/run.py --preset small --figure frontier --seeds 0     # reward-KL frontiers of every method
     python experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # GPU, Pythia 1.4B, gpt-4o
+    torchrun --nproc_per_node 8 experiments/llm/run.py --preset paper --figure fig3 --root /data/runs  # 8 GPUs
 
     python experiments/llm/run.py --preset paper --figure fig3 --sft-data tldr/ --pft-data comparisons/ \
         --judge-base-url http://localhost:8000/v1 --judge-model my-judge       # local data, another judge
@@ -57,6 +58,7 @@ running (it resumes from its checkpoints, or restarts, next time) and the comman
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import signal
@@ -66,6 +68,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from allroads.llm.core import ranks
 from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
 from allroads.llm.figures.paper import FIGURES, run_figure
 from allroads.llm.figures.preflight import PreflightError, check_inputs, run_problems
@@ -84,6 +87,7 @@ from allroads.llm.pipeline.overrides import (
 )
 from allroads.llm.pipeline.selection import STAGES, select_hyperparameters
 from allroads.llm.pipeline.settings import paper_settings, small_settings, tiny_settings
+from allroads.llm.train.distributed import init_distributed
 from allroads.llm.train.trackers import make_tracker
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -313,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     settings, figs, problems = _prepare(args, out, root)
     imports, more = _imports(args, settings)
     problems += more
+    job = init_distributed()  # under torchrun: every process runs every stage (allroads.llm.core.ranks)
+    if job.enabled and args.workers > 1:
+        problems.append(f"--workers {args.workers} under torchrun ({job.world_size} processes): use one or the other")
+    if not job.is_main:  # rank 0 prints; the other ranks' output would repeat it
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     if problems:
         print(f"run.py: {len(problems)} problem(s), found before any stage ran:\n"
               + "\n".join(f"* {q}" for q in problems), file=sys.stderr)
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Pipeline(root, settings, judges, log=progress.log, worker=(args.worker_rank, args.workers),
                     imports=imports, **cache_options)
     helpers, finished = _spawn_workers(argv, args, out), False
-    extra = {"seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
+    extra = {"processes": job.world_size, "seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
              "imported_stages": {i.label: str(i.path.resolve()) for i in imports},
              "settings_from": {"preset": args.preset, "config": args.config or None,
                                "assignments": [f"{k}={v}" for k, v in _assignments(args)[0]]}}
@@ -409,7 +418,7 @@ def _tracker(pipe: Pipeline, out: Path, name: str):
     """The run's tracker (:func:`allroads.llm.train.trackers.make_tracker`) under ``<out>/trackers``, or None when
     ``Settings.report_to`` names none."""
     report_to = tuple(t for t in pipe.settings.report_to if t != "none")
-    if not report_to:
+    if not report_to or not ranks.writes_here():
         return None
     return make_tracker(report_to, out / "trackers", f"run-{name}", pipe.settings_block())
 

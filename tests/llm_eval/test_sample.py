@@ -165,37 +165,6 @@ def test_bad_inputs_fail_before_work(model, tok):
         sample(model, tok, ["ok"], SamplingConfig(backend="vllm"))
 
 
-def test_shared_prefill_gives_the_samples_of_plain_generate(model, tok):
-    """``sample`` runs each prompt once and repeats its cache n times; the samples (left-padded batch of prompts of
-    different lengths, several sampled steps) are those of a plain ``generate(num_return_sequences=n)`` with the same
-    seed, token for token, and the per-step log-probs agree to 1e-5."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    from allroads.llm.model.sample import _left_pad, _TemperatureLogp
-
-    cfg = SamplingConfig(n=5, temperature=0.7, max_new_tokens=6, seed=11, batch_size=2, backend="hf", compute_logp=True)
-    ours = sample(model, tok, PROMPTS, cfg)
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    ids, mask = _left_pad(enc, tok.pad_token_id if tok.pad_token_id is not None else EOS, "cpu")
-    proc = _TemperatureLogp(cfg.temperature)
-    gen = GenerationConfig(max_new_tokens=6, do_sample=True, num_return_sequences=5, temperature=1.0, top_k=0,
-                           top_p=1.0, eos_token_id=EOS, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else EOS)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        with torch.no_grad():
-            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                                  logits_processor=LogitsProcessorList([proc]))
-    gen_ids = seqs[:, ids.shape[1]:]
-    step_logp = proc.finish(gen_ids[:, -1])
-    flat = [c for s in ours.samples for c in s.completions]
-    assert len(flat) == 10
-    for r, c in enumerate(flat):
-        row = gen_ids[r].tolist()
-        cut = row[: row.index(EOS) + 1] if EOS in row else row
-        assert list(c.token_ids) == cut
-        assert abs(c.logp - float(step_logp[r][: len(cut)].sum())) < 1e-5
-
-
 def test_samples_do_not_depend_on_recording_their_log_probs(model, tok):
     """Without ``compute_logp`` the sampler skips the per-step log-softmax (the costly part on a large vocabulary,
     ``benchmarks/sampling.py``); the tokens drawn are the same, for the same seed, at T = 1 and T = 0.1."""

@@ -10,6 +10,10 @@ it to the finished stage directory; a write that arrives after that rename raise
 instead of re-creating a half-empty ``.partial`` beside the finished stage. Directories inside an existing
 ``.partial`` (a training run's ``run/``) are created as anywhere else.
 
+In a ``torchrun`` job only rank 0 writes (:func:`allroads.llm.core.ranks.writes_here`): on the other ranks every
+writer here returns the path and writes nothing, so the processes of one job never race on a file; what they need
+from it, they get from rank 0 (:mod:`allroads.llm.core.ranks`).
+
 A written file gets the mode a plain ``open(path, "w")`` would give it, ``0o666 & ~umask`` (:data:`FILE_MODE`),
 not :func:`tempfile.mkstemp`'s 0600. The umask is read once, when this module is imported (reading it means
 setting it: ``os.umask(0)`` then back); a process that changes its umask later should do so before importing.
@@ -21,6 +25,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from allroads.llm.core import ranks
 
 __all__ = ["write_atomic", "write_text", "write_bytes", "write_json", "write_jsonl", "torch_save", "save_figure",
            "FILE_MODE", "UMASK", "WORK_DIR_SUFFIX"]
@@ -59,6 +65,8 @@ def write_atomic(path: str | Path, write: Callable[[Any], None], *, binary: bool
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path`` (mode
     :data:`FILE_MODE`; missing parents are created but a ``*.partial`` directory, module docstring)."""
     path = Path(path)
+    if not ranks.writes_here():
+        return path
     _make_parents(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

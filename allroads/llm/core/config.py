@@ -123,8 +123,13 @@ class TrainConfig:
         return "train"
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
-        """Micro-batches per optimizer step on one rank: batch_size / (micro_batch_size · world_size)."""
-        return self.per_rank_batch_size(world_size) // self.micro_batch_size
+        """Micro-batches per optimizer step on one rank: per-rank batch / :meth:`micro_batch`."""
+        return self.per_rank_batch_size(world_size) // self.micro_batch(world_size)
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Examples per forward pass on one rank: ``micro_batch_size``, or the whole per-rank batch when that is
+        smaller (a batch spread over more processes; the result is the same, the micro-batch a memory limit)."""
+        return min(self.micro_batch_size, self.per_rank_batch_size(world_size))
 
     def per_rank_batch_size(self, world_size: int = 1) -> int:
         """Examples each rank processes per optimizer step."""
@@ -139,7 +144,7 @@ class TrainConfig:
                 f"batch_size={self.batch_size} is not divisible by world_size={world_size}; "
                 "choose a global batch size that is a multiple of the number of processes"
             )
-        if self.per_rank_batch_size(world_size) % self.micro_batch_size:
+        if self.batch_size >= world_size and self.per_rank_batch_size(world_size) % self.micro_batch(world_size):
             raise ValueError(
                 f"per-rank batch {self.per_rank_batch_size(world_size)} (batch_size {self.batch_size} / "
                 f"world_size {world_size}) is not a multiple of micro_batch_size={self.micro_batch_size}; "

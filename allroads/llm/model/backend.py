@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from allroads.llm.core import ranks
 from allroads.llm.data.rouge import rouge_l_f1
 from allroads.llm.data.rows import collate_sequences, collate_shared
 from allroads.llm.data.tldr_format import encode_prompt, encode_response
@@ -61,6 +62,11 @@ class LLMBackend:
     """Run each prompt once for all its completions in :meth:`seq_logp` / global-RM scoring, the completions on
     its key/value cache (:mod:`allroads.llm.model.shared_prompt`; the same values); False: one padded
     prompt + completion sequence each."""
+    split_across_ranks: bool = False
+    """In a ``torchrun`` job, each rank samples and scores its block of the work — whole sampling batches of
+    prompts, whole forward batches — and every rank gets all the results, in order
+    (:mod:`allroads.llm.core.ranks`). The blocks are the batches one process would run, so the numbers are one
+    process's. Every rank must then make the same calls. False: every process does all the work itself."""
 
     def __post_init__(self):
         if self.micro_batch_size < 1:
@@ -74,8 +80,14 @@ class LLMBackend:
 
         The sampling seed is drawn from ``generator`` (one int), so the call is reproducible."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        cfg = replace(self.sampling, n=n, seed=seed, temperature=temperature)
-        return [list(p.completions) for p in sample(policy, self.tokenizer, list(prompts), cfg).samples]
+        cfg, prompts = replace(self.sampling, n=n, seed=seed, temperature=temperature), list(prompts)
+        lo, hi = 0, len(prompts)
+        if self.split_across_ranks:  # this rank's whole sampling batches
+            mine, size = ranks.shard(-(-len(prompts) // cfg.batch_size)), cfg.batch_size
+            lo, hi = min(len(prompts), mine.start * size), min(len(prompts), mine.stop * size)
+        local = ([list(p.completions) for p in sample(policy, self.tokenizer, prompts[lo:hi], cfg,
+                                                       prompt_index=range(lo, hi)).samples] if hi > lo else [])
+        return ranks.gather(local) if self.split_across_ranks else local
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return [encode_prompt(p, self.tokenizer) for p in prompts]
@@ -99,14 +111,16 @@ class LLMBackend:
                 cells.setdefault(tuple(p_ids[b]), {}).setdefault(tuple(c.token_ids), []).append((b, j))
         return cells
 
-    def _batches(self, prompts: Sequence[str], completions: Completions):
+    def _batches(self, prompts: Sequence[str], completions: Completions, take=lambda i: True):
         """Yield ``(groups, batch)`` over the distinct prompt + completion pairs of the (B, n) grid, at most
         ``micro_batch_size`` completions a batch; ``groups[i]`` lists the ``(b, j)`` cells of batch row i. The batch is
         in the shared-prompt layout (``prompt_ids`` …) with :attr:`shared_prompt`, else padded sequences (left: the
         LM head then runs on response positions only)."""
         flat = [(p, c, g) for p, row in self._cells(prompts, completions).items() for c, g in row.items()]
         pad = self.tokenizer.pad_token_id
-        for s in range(0, len(flat), self.micro_batch_size):
+        for i, s in enumerate(range(0, len(flat), self.micro_batch_size)):
+            if not take(i):
+                continue
             chunk = flat[s:s + self.micro_batch_size]
             if self.shared_prompt:
                 rows = {p: i for i, p in enumerate(dict.fromkeys(p for p, _, _ in chunk))}
@@ -133,34 +147,36 @@ class LLMBackend:
         r"""log π_T(ξ|s_0) = Σ_h log softmax(logits_h / T)[a_h] over response tokens (EOS included); (B, n) float64."""
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: must be > 0 (logits are divided by it)")
-        out = self._grid(completions)
-        was_training = policy.training
-        policy.eval()
-        try:
-            for groups, batch in self._batches(prompts, completions):
-                if self.shared_prompt:
-                    logp, _ = shared_prompt_logps(policy, *(batch[k] for k in _SHARED), temperature)
-                else:
-                    logp, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"],
-                                             batch["response_mask"], temperature)
-                self._fill(out, groups, logp)
-        finally:
-            policy.train(was_training)
-        return out
+        def logps(batch):
+            if self.shared_prompt:
+                return shared_prompt_logps(policy, *(batch[k] for k in _SHARED), temperature)[0]
+            return sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                  temperature)[0]
+
+        return self._per_sequence(policy, logps, prompts, completions)
 
     @torch.no_grad()
     def global_scores(self, reward_model, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
         """r(s_0, ξ) of a ``*ForSequenceClassification`` read at the last real token; (B, n) float64."""
-        out = self._grid(completions)
-        was_training = reward_model.training
-        reward_model.eval()
-        try:
-            for groups, batch in self._batches(prompts, completions):
-                r = (shared_prompt_rewards(reward_model, *(batch[k] for k in _SHARED)) if self.shared_prompt
-                     else rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
-                self._fill(out, groups, r)
+        def scores(batch):
+            return (shared_prompt_rewards(reward_model, *(batch[k] for k in _SHARED)) if self.shared_prompt
+                    else rewards(reward_model, batch["input_ids"], batch["attention_mask"]))
+
+        return self._per_sequence(reward_model, scores, prompts, completions)
+
+    def _per_sequence(self, model, values, prompts: Sequence[str], completions: Completions) -> torch.Tensor:
+        """The (B, n) grid of ``values(batch)`` over :meth:`_batches`, ``model`` in eval mode; with
+        :attr:`split_across_ranks`, each rank runs its block of the batches and the values are gathered."""
+        out, was_training = self._grid(completions), model.training
+        rank, world = (ranks.rank(), ranks.world()) if self.split_across_ranks else (0, 1)
+        model.eval()
+        try:  # batch i runs on rank i mod world
+            local = [(groups, values(batch).double().cpu().tolist())
+                     for groups, batch in self._batches(prompts, completions, lambda i: i % world == rank)]
         finally:
-            reward_model.train(was_training)
+            model.train(was_training)
+        for groups, v in (ranks.gather(local) if self.split_across_ranks else local):
+            self._fill(out, groups, torch.tensor(v))
         return out
 
     def score(self, scorer, prompts: Sequence[str], completions: Completions) -> torch.Tensor:

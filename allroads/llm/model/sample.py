@@ -1,4 +1,5 @@
-r"""Sampling completions from a causal LM: vLLM when installed, Hugging Face ``generate`` otherwise.
+r"""Sampling completions from a causal LM: vLLM when installed, the library's decode loop over a Hugging Face model
+otherwise (:mod:`allroads.llm.model.decode`).
 
 Swamy et al. (2025) sample 25 completions per prompt at temperature 0.1 for online DPO and best-of-N
 (Appendix B.1, B.4), at 0.01 for win-rate / ROUGE-L evaluation (B.4), with at most 53 response tokens
@@ -11,17 +12,17 @@ response budget of 53 includes EOS) but never in ``text``. A completion that pro
 kept; :attr:`SamplingResult.n_unfinished` counts them and :meth:`SamplingResult.finished_only` drops them
 when the caller chooses to.
 
-Determinism: the HF path seeds a forked torch RNG with ``cfg.seed`` (the global RNG is left untouched),
-so the same seed, config, model and prompts give the same samples; the vLLM path gives every (prompt, sample)
-its own seeded stream (:mod:`allroads.llm.model.sample_vllm`). ``temperature == 0`` is greedy decoding: one
+Determinism: both paths give every (prompt, sample) its own random stream, keyed by ``cfg.seed``, the prompt's
+index (``prompt_index``: its place in the whole set, so a set split across calls or processes samples as one call)
+and the sample's index — on the HF path a counter-based hash (:func:`allroads.llm.model.decode.stream_uniforms`;
+the global torch RNG is not used), on the vLLM path vLLM's per-request seeds (:mod:`allroads.llm.model.sample_vllm`). ``temperature == 0`` is greedy decoding: one
 completion, copied ``n`` times. Both paths take the prompts as token ids encoded with
 ``add_special_tokens=False``, as training does.
 
 Sequence log-probabilities (HF path, ``compute_logp=True``): the sum over response tokens, EOS included,
 of ``log softmax(logits / T)`` at the sampled token — the log-probability of the completion under the
 distribution it was sampled from (for T = 0, under the untempered softmax). They are gathered step by
-step inside ``generate`` by a logits processor, so memory stays O(batch × vocab), not O(steps × batch ×
-vocab). The vLLM path returns the same quantity from vLLM's processed (tempered) log-probs when it builds
+step in the decode loop, so memory stays O(batch × vocab), not O(steps × batch × vocab). The vLLM path returns the same quantity from vLLM's processed (tempered) log-probs when it builds
 the engine itself; an engine passed in keeps its own ``logprobs_mode``.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Sequence
 import torch
 
 from allroads.llm.model.completions import Completion, PromptSamples, SamplingConfig, SamplingResult, make_completion
-from allroads.llm.model.models import forward_takes
+from allroads.llm.model.decode import decode
 from allroads.llm.model.sample_vllm import engine, sample_vllm
 
 __all__ = ["SamplingConfig", "Completion", "PromptSamples", "SamplingResult", "sample", "vllm_available"]
@@ -49,7 +50,8 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
-def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = SamplingConfig()) -> SamplingResult:
+def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = SamplingConfig(), *,
+           prompt_index: Sequence[int] | None = None) -> SamplingResult:
     """Sample ``cfg.n`` completions for every prompt.
 
     Args:
@@ -59,6 +61,9 @@ def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = Sampl
         tokenizer: the model's tokenizer (any HF tokenizer; padding is done here, on the left).
         prompts: prompt texts, already formatted and cut to the prompt budget.
         cfg: :class:`SamplingConfig`.
+        prompt_index: each prompt's index in the whole set it was taken from (default ``0 … B − 1``); on the HF path
+            a prompt's samples depend only on ``cfg.seed``, this index and the sample index, so a set split across
+            calls or processes, each passing its prompts' indices, gets the samples of one call.
 
     Returns:
         :class:`SamplingResult` with one :class:`PromptSamples` per prompt, in order.
@@ -79,14 +84,18 @@ def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = Sampl
     empty = [i for i, x in enumerate(encoded) if len(x) == 0]
     if empty:
         raise ValueError(f"sample: prompts[{empty[0]}] tokenizes to no tokens; give at least one token of context.")
+    index = list(range(len(prompts))) if prompt_index is None else [int(i) for i in prompt_index]
+    if len(index) != len(prompts):
+        raise ValueError(f"sample: {len(index)} prompt indices for {len(prompts)} prompts")
     llm = _vllm_target(model, cfg)
     if llm is not None:
-        return sample_vllm(engine(llm, cfg) if isinstance(llm, str) else llm, tokenizer, prompts, encoded, cfg, eos)
+        return sample_vllm(engine(llm, cfg) if isinstance(llm, str) else llm, tokenizer, prompts, encoded, cfg, eos,
+                           index)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(model)
-    return _sample_hf(model, tokenizer, prompts, encoded, cfg, eos)
+    return _sample_hf(model, tokenizer, prompts, encoded, cfg, eos, index)
 
 
 def _vllm_target(model, cfg: SamplingConfig):
@@ -109,42 +118,8 @@ def _vllm_target(model, cfg: SamplingConfig):
 
 
 # ------------------------------------------------------------------------------------------------
-# Shared post-processing
+# Hugging Face path: allroads.llm.model.decode's loop
 # ------------------------------------------------------------------------------------------------
-# ------------------------------------------------------------------------------------------------
-# Hugging Face path
-# ------------------------------------------------------------------------------------------------
-class _TemperatureLogp:
-    """Logits processor: divides by T (T = 1 for greedy) and records the log-prob of each sampled token.
-
-    ``generate`` calls it once per step with the ids so far; the token chosen at step t is the last id seen
-    at step t + 1, so it is gathered then from the stored log-softmax of step t. The final token is gathered
-    by :meth:`finish`. Being the only processor (top-k/top-p off), its output is the sampling distribution.
-    """
-
-    def __init__(self, temperature: float, record: bool = True):
-        self.inv_t = 1.0 if temperature == 0 else 1.0 / temperature
-        self.record = record  # False: only divide by T (the log-softmax over the vocabulary is the costly part)
-        self.prev: torch.Tensor | None = None  # (B, V) log-probs of the previous step
-        self.steps: list[torch.Tensor] = []    # each (B,)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prev is not None:
-            self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
-        scores = scores.float() * self.inv_t  # (B, V)
-        if not self.record:
-            return scores
-        # float64: a float32 sum of ~50k tiny exp terms next to a dominant one is off by ~1e-4 at T = 0.01
-        self.prev = torch.log_softmax(scores.double(), dim=-1)
-        return scores
-
-    def finish(self, last_ids: torch.LongTensor) -> torch.Tensor:
-        """(B, steps) per-token log-probs, given the last generated column."""
-        if self.prev is not None:
-            self.steps.append(self.prev.gather(1, last_ids[:, None]).squeeze(1))
-        return torch.stack(self.steps, dim=1)
-
-
 def _left_pad(batch_ids: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(x) for x in batch_ids)
     ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
@@ -155,63 +130,29 @@ def _left_pad(batch_ids: list[list[int]], pad: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
-def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, n: int) -> dict:
-    """``generate`` inputs for ``n`` samples of each of the b prompts ``ids`` (left-padded, (b, P)): the prompts
-    are run once, all but their last token, and the key/value cache is repeated n times, so ``generate`` decodes
-    b·n rows from the last prompt token on (the prompt's forward pass is not repeated n times). Positions are those
-    ``generate`` gives left-padded rows (the cumulative sum of the mask), so the samples are those of a plain
-    ``generate(num_return_sequences=n)`` with the same seed (tested)."""
-    rows = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
-    if n == 1 or ids.shape[1] < 2:
-        return rows
-    key = "cache" if forward_takes(model, "cache") else "past_key_values"
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
-    cache = out[key] if key in out else out.past_key_values
-    cache.batch_repeat_interleave(n)
-    return {**rows, key: cache}
-
-
 @torch.no_grad()
-def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], cfg: SamplingConfig,
-               eos: int) -> SamplingResult:
-    from transformers import GenerationConfig, LogitsProcessorList
-
+def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], cfg: SamplingConfig, eos: int,
+               prompt_index: list[int]) -> SamplingResult:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
     n_gen = 1 if cfg.greedy else cfg.n  # greedy: decode once, copy n times
-    gen_cfg = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=1,
-        temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad,
-        bos_token_id=getattr(tokenizer, "bos_token_id", None),
-    )
     was_training = model.training
     model.eval()
     out: list[PromptSamples] = []
-    devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.seed)
-            for start in range(0, len(prompts), cfg.batch_size):
-                chunk = encoded[start:start + cfg.batch_size]
-                ids, mask = _left_pad(chunk, pad, device)  # (b, P)
-                proc = _TemperatureLogp(cfg.temperature, record=cfg.compute_logp)
-                seqs = model.generate(
-                    **_shared_prefill(model, ids, mask, n_gen), generation_config=gen_cfg,
-                    logits_processor=LogitsProcessorList([proc]),
-                )  # (b * n_gen, P + steps)
-                gen = seqs[:, ids.shape[1]:]  # (b * n_gen, steps)
-                step_logp = proc.finish(gen[:, -1]).tolist() if cfg.compute_logp else None
-                gen = gen.tolist()
-                for j in range(len(chunk)):
-                    rows = range(j * n_gen, (j + 1) * n_gen)
-                    comps = [
-                        make_completion(tokenizer, gen[r], eos, cfg, None if step_logp is None else step_logp[r])
-                        for r in rows
-                    ]
-                    if cfg.greedy:
-                        comps = comps * cfg.n
-                    out.append(PromptSamples(prompts[start + j], tuple(comps)))
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = encoded[start:start + cfg.batch_size]
+            ids, mask = _left_pad(chunk, pad, device)  # (b, P)
+            gen, step_logp = decode(model, ids, mask, n=n_gen, max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, eos=eos, pad=pad, seed=cfg.seed,
+                                    prompt_index=torch.tensor(prompt_index[start:start + len(chunk)]),
+                                    record_logp=cfg.compute_logp)  # (b * n_gen, steps)
+            gen = gen.tolist()
+            step_logp = step_logp.tolist() if step_logp is not None else None
+            for j in range(len(chunk)):
+                comps = [make_completion(tokenizer, gen[r], eos, cfg, None if step_logp is None else step_logp[r])
+                         for r in range(j * n_gen, (j + 1) * n_gen)]
+                out.append(PromptSamples(prompts[start + j], tuple(comps * cfg.n if cfg.greedy else comps)))
     finally:
         model.train(was_training)
     return SamplingResult(tuple(out), "hf", cfg)

@@ -5,8 +5,8 @@ What it asks vLLM for, and why:
 * prompts go in as token ids (``TokensPrompt``), encoded by our tokenizer with ``add_special_tokens=False``
   exactly as training encodes them, so vLLM does not re-tokenize the text;
 * one random stream per (prompt, sample): vLLM gives child ``j`` of a request with seed ``s`` the seed
-  ``s + j``, so prompt ``i`` gets the request seed ``seed + i·n`` (``seed + i`` would make prompt ``i``'s
-  sample ``j`` and prompt ``i+1``'s sample ``j−1`` share a stream);
+  ``s + j``, so prompt ``i`` (its index in the whole set: ``prompt_index``) gets the request seed ``seed + i·n``
+  (``seed + i`` would make prompt ``i``'s sample ``j`` and prompt ``i+1``'s sample ``j−1`` share a stream);
 * greedy decoding (``temperature == 0``) is one request of ``n = 1`` copied ``n`` times (vLLM refuses greedy
   with ``n > 1``);
 * ``detokenize=False``: the text is decoded by us from the kept token ids (EOS handling in one place);
@@ -25,15 +25,15 @@ __all__ = ["request_params", "engine", "release_engine", "sample_vllm"]
 _ENGINE: dict = {}  # one engine at a time: {(path, logprobs, gpu_memory): vllm.LLM}
 
 
-def request_params(n_prompts: int, cfg, eos: int) -> list:
-    """One ``vllm.SamplingParams`` per prompt (module docstring: seeds, greedy, detokenize, log-probs)."""
+def request_params(prompt_index, cfg, eos: int) -> list:
+    """One ``vllm.SamplingParams`` per prompt index (module docstring: seeds, greedy, detokenize, log-probs)."""
     from vllm import SamplingParams
 
     n_req = 1 if cfg.greedy else cfg.n
     return [SamplingParams(n=n_req, temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_new_tokens,
                            seed=cfg.seed + i * cfg.n, stop_token_ids=[eos], skip_special_tokens=False,
                            detokenize=False, logprobs=0 if cfg.compute_logp else None)
-            for i in range(n_prompts)]
+            for i in prompt_index]
 
 
 def release_engine() -> None:
@@ -68,12 +68,13 @@ def _step_logps(o, ids: list[int]) -> list[float] | None:
     return [float(step[t].logprob) for step, t in zip(o.logprobs, ids)]
 
 
-def sample_vllm(llm, tokenizer, prompts: list[str], encoded: list[list[int]], cfg, eos: int):
-    """Sample with the engine ``llm``; returns a :class:`allroads.llm.model.sample.SamplingResult`."""
+def sample_vllm(llm, tokenizer, prompts: list[str], encoded: list[list[int]], cfg, eos: int, prompt_index=None):
+    """Sample with the engine ``llm``; returns a :class:`allroads.llm.model.sample.SamplingResult`.
+    ``prompt_index``: each prompt's index in the whole set (default ``0 … B − 1``)."""
     from vllm.inputs import TokensPrompt
 
     requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in encoded]
-    outputs = llm.generate(requests, request_params(len(prompts), cfg, eos), use_tqdm=False)
+    outputs = llm.generate(requests, request_params(range(len(prompts)) if prompt_index is None else prompt_index, cfg, eos), use_tqdm=False)
     result = []
     for prompt, req in zip(prompts, outputs):
         comps = []

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from allroads.llm.core import ranks
 from allroads.llm.core.atomic import WORK_DIR_SUFFIX, write_json, write_text
 from allroads.llm.core.config import config_key, digest
 
@@ -270,25 +271,39 @@ class StageCache:
             code: str | None = None, code_exclude: tuple[str, ...] = ()) -> Artifact:
         """``build(partial_dir)`` unless a verified ``<kind>-<hash>/DONE`` exists. ``code``: the module whose import
         closure is hashed (default :func:`build_module` ``(build)``); ``code_exclude``: modules left out of it
-        (their output must then be in ``spec``, by content)."""
+        (their output must then be in ``spec``, by content). In a ``torchrun`` job every rank calls it: rank 0 holds
+        the lock and decides (reuse or build), every rank runs ``build`` (training, sampling and scoring split
+        across them), rank 0 alone writes and finishes the directory, behind barriers."""
         t0 = time.perf_counter()
         key = self.key(kind, spec, inputs, code or build_module(build), tuple(code_exclude))
         h = digest(key)
+        ranks.agree(h, f"the cache key of stage {kind}")
         final = self.root / f"{kind}-{h}"
-        extra: dict[str, Any] = {}
-        with self.lock(kind, h):
-            state = self._check(final)
-            if state == "ok":
-                art, status = Artifact(kind, final, h), "reused"
-            else:
-                found = self._across_code(kind, key) if kind in self.reuse_kinds else None
-                if found is not None:
-                    (art, extra["code_of"]), status = found, "reused_across_code"
-                else:
-                    art, status = self._build(kind, h, key, build), "rebuilt" if state == "bad" else "ran"
+        with contextlib.ExitStack() as held:
+            decision = None
+            if ranks.writes_here():
+                held.enter_context(self.lock(kind, h))
+                decision = self._decide(kind, key, final)
+            status, path, found_hash, extra = ranks.broadcast(decision)
+            if status == "build":
+                status = "rebuilt" if path == "bad" else "ran"
+                path = self._build(kind, h, key, build)
+        art = Artifact(kind, Path(path), found_hash or h)
         self.records.append({"kind": kind, "hash": h, "status": status, "seconds": time.perf_counter() - t0,
                              "path": str(art.path), **extra})
         return art
+
+    def _decide(self, kind: str, key: dict, final: Path) -> tuple[str, str, str | None, dict]:
+        """(status, path, hash, extra) of a stage whose lock is held: ``reused`` (verified DONE),
+        ``reused_across_code`` (the found stage's path and hash, ``code_of``), or ``build`` with path ``bad`` (failed
+        verification) or ``absent``."""
+        state = self._check(final)
+        if state == "ok":
+            return "reused", str(final), None, {}
+        found = self._across_code(kind, key) if kind in self.reuse_kinds else None
+        if found is not None:
+            return "reused_across_code", str(found[0].path), found[0].hash, {"code_of": found[1]}
+        return "build", state, None, {}
 
     def _check(self, final: Path) -> str:
         """``ok`` (a verified DONE stage), ``absent``, or ``bad`` (failed verification: moved aside, or raised
@@ -357,20 +372,26 @@ class StageCache:
         finally:
             os.close(fd)
 
-    def _build(self, kind: str, h: str, key: dict, build: Callable[[Path], None]) -> Artifact:
-        """Run ``build`` in ``<kind>-<h>.partial``, rename it, write the DONE manifest. Call with the lock held."""
+    def _build(self, kind: str, h: str, key: dict, build: Callable[[Path], None]) -> Path:
+        """Run ``build`` in ``<kind>-<h>.partial``, rename it, write the DONE manifest. Call with the lock held (rank 0;
+        the other ranks of a job build beside it and wait for rank 0 to finish the directory)."""
         final, partial = self.root / f"{kind}-{h}", self.root / f"{kind}-{h}{WORK_DIR_SUFFIX}"
-        partial.mkdir(exist_ok=True)
-        self.log(f"[pipeline] running {kind}-{h}")
+        if ranks.writes_here():
+            partial.mkdir(exist_ok=True)
+            self.log(f"[pipeline] running {kind}-{h}")
+        ranks.barrier()
         t0 = time.perf_counter()
         build(partial)
         seconds = time.perf_counter() - t0
-        write_text(partial / "stage.json", json.dumps(key, sort_keys=True, default=str))
-        write_json(partial / "time.json", {"seconds": seconds})
-        done = manifest(partial)
-        partial.rename(final)  # `final` is absent here (_check moved any other aside): a rename never replaces it
-        write_json(final / "DONE", done)
-        self.log(f"[pipeline] finished {kind}-{h} in {seconds:.1f} s")
+        ranks.barrier()  # every rank's part of the stage is done (its files written by rank 0)
+        if ranks.writes_here():
+            write_text(partial / "stage.json", json.dumps(key, sort_keys=True, default=str))
+            write_json(partial / "time.json", {"seconds": seconds})
+            done = manifest(partial)
+            partial.rename(final)  # `final` is absent here (_check moved any other aside): a rename never replaces it
+            write_json(final / "DONE", done)
+            self.log(f"[pipeline] finished {kind}-{h} in {seconds:.1f} s")
+        ranks.barrier()
         self._verified.add(final)
         self.executed.append(kind)
-        return Artifact(kind, final, h)
+        return final

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from allroads.llm.core import ranks
 from allroads.llm.core.config import config_key
 from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
@@ -123,7 +124,8 @@ class Pipeline:
         s = self.settings
         return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend=s.sampler,
                                                          batch_size=s.online.sample_batch_size, compute_logp=False),
-                          micro_batch_size=s.eval_micro_batch, device=self.device)
+                          micro_batch_size=s.eval_micro_batch, device=self.device,
+                          split_across_ranks=ranks.world() > 1)
 
     def _cached_rows(self, load, source: str, split: str, limit: int):
         """``load(source, split, limit)`` once per (source, split, limit); its report is logged."""
@@ -230,8 +232,9 @@ class Pipeline:
         if not self.settings.judge_id or self.judge_factory is None:
             raise ValueError("this figure needs a judge: give Pipeline a judge_factory (the tiny preset starts the "
                              "loopback rule judge; the paper preset needs OPENAI_API_KEY)")
-        if variant not in self._judges:
-            self._judges[variant] = self.judge_factory(variant)
+        if variant not in self._judges:  # in a torchrun job: one judge, on rank 0 (its requests and cache once)
+            make = functools.partial(self.judge_factory, variant)
+            self._judges[variant] = ranks.RankZeroCalls(make) if ranks.world() > 1 else make()
         return self._judges[variant]
 
     def sampler(self) -> str:

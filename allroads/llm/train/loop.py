@@ -124,7 +124,7 @@ def _plan(cfg: TrainConfig, n_examples: int, info: DistInfo) -> _Plan:
         dropped = n_examples - steps_per_epoch * cfg.batch_size
         print(f"[{cfg.stage}] {n_examples} examples, {steps_per_epoch} steps/epoch, {plan.total} steps; "
               f"{dropped} examples of the last incomplete batch per epoch are not used; "
-              f"{plan.accum} micro-batches of {cfg.micro_batch_size} per rank x {info.world_size} rank(s)")
+              f"{plan.accum} micro-batches of {cfg.micro_batch(info.world_size)} per rank x {info.world_size} rank(s)")
     return plan
 
 
@@ -157,8 +157,9 @@ def _accumulate(wrapped, make_batch, step_loss: StepLoss, rank_idx: list[int], c
     """Forward/backward of one optimizer step's micro-batches; returns the summed metrics and token count."""
     sums: dict[str, torch.Tensor] = {}
     tokens = torch.zeros((), dtype=torch.float64)
+    size = plan.per_rank // plan.accum  # cfg.micro_batch(world_size)
     for m in range(plan.accum):
-        micro = batch_to(make_batch(rank_idx[m * cfg.micro_batch_size : (m + 1) * cfg.micro_batch_size]), device)
+        micro = batch_to(make_batch(rank_idx[m * size : (m + 1) * size]), device)
         with no_sync(wrapped, sync=(m == plan.accum - 1)):
             with autocast:
                 loss, metrics = step_loss(wrapped, micro)  # (b,)
