@@ -100,12 +100,15 @@ TINY_SEEDS = (0,)
 FLAGS = (("model", "model"), ("sft_data", "sft_data"), ("pft_data", "pft_data"), ("judge_model", "judge_id"),
          ("rm_model", "rm_model"), ("online_temperature", "online.sampling_temperature"), ("report_to", "report_to"))
 """Dedicated flags → the Settings field each sets (applied with the --set assignments, after --config)."""
+FSDP_STAGES = ("sft", "rm", "local_rm", "dpo", "online_dpo")
+"""The training stages ``--fsdp`` puts under FSDP2 (``--set <stage>.fsdp=true`` for one of them)."""
 
 
 def _assignments(args) -> tuple[list[tuple[str, str]], list[str]]:
     """The dedicated flags and ``--set`` assignments in order, and a problem for each field given twice with
     different values."""
     pairs = [(field, str(getattr(args, flag))) for flag, field in FLAGS if getattr(args, flag) not in (None, "")]
+    pairs += [(f"{stage}.fsdp", "true") for stage in FSDP_STAGES if args.fsdp]
     pairs += assignments(args.set)
     seen: dict[str, str] = {}
     twice = []
@@ -200,6 +203,10 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="", metavar="FILE.yaml|FILE.json",
                    help="settings and figure configs in one file (module docstring above); applied after the preset, "
                    "before the flags")
+    p.add_argument("--fsdp", action="store_true",
+                   help="train every stage under FSDP2 (parameters, gradients and optimizer state sharded over the "
+                   "torchrun processes: Fig. 9's 6.9B); --set dpo.fsdp=true for one stage. The same numbers as DDP "
+                   "within float rounding")
     p.add_argument("--report_to", "--report-to", dest="report_to", default="", metavar="TRACKER[,TRACKER]",
                    help="trackers: none, tensorboard, wandb, trackio (comma list; optional extras): every training "
                    "stage's metrics, and each figure's numbers and samples")

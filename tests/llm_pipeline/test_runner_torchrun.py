@@ -25,11 +25,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp: Path, tag: str, processes: int) -> subprocess.CompletedProcess:
+def _run(tmp: Path, tag: str, processes: int, figures=FIGURES, flags=()) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port())] if processes > 1 else [sys.executable])
-    cmd = [*launch, str(RUN), "--preset", "tiny", "--figure", *FIGURES, "--root", str(tmp / f"root-{tag}"),
+    cmd = [*launch, str(RUN), "--preset", "tiny", "--figure", *figures, *flags, "--root", str(tmp / f"root-{tag}"),
            "--out", str(tmp / f"out-{tag}")]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -72,6 +72,19 @@ def test_two_processes_give_the_one_process_figures(tmp_path):
     assert not [p for p in (tmp_path / "root-two").iterdir() if p.name.endswith(".partial")]
     again = _run(tmp_path, "two", 2)  # every rank agrees on every cache hit: nothing is built twice
     assert "stages executed: 0 []" in again.stdout, again.stdout[-2000:]
+
+
+def test_two_processes_under_fsdp_give_the_one_process_figure(tmp_path):
+    """``--fsdp``: every training stage sharded over the two processes (FSDP2 on gloo); Fig. 3 as one process
+    draws it, within the same tolerance (the settings record the FSDP flags, nothing else differs)."""
+    _run(tmp_path, "one", 1, ("fig3",))
+    _run(tmp_path, "fsdp", 2, ("fig3",), ("--fsdp",))
+    a = json.loads((tmp_path / "out-one" / "fig3.json").read_text())
+    b = json.loads((tmp_path / "out-fsdp" / "fig3.json").read_text())
+    assert all(b["settings"][stage]["fsdp"] for stage in ("sft", "rm", "dpo", "online_dpo"))
+    for fig in (a, b):
+        fig.pop("settings"), fig.pop("settings_from")
+    assert not _differences(a, b), _differences(a, b)[:20]
 
 
 def test_the_comparison_sees_what_exceeds_the_tolerance():
