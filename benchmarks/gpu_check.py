@@ -18,7 +18,10 @@ Sections (each recorded with its status and seconds; the JSON is rewritten after
 * ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
   with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run (fp32), then runs
   2 steps with bf16 compute and fp32 gradient reduction;
-* ``generate``: plain Hugging Face ``generate`` against the library's ``sample()`` (prompt run once for its samples),
+* ``runner``: the tiny figure runner (Fig. 7: training stages and validation log-likelihoods) on the device under
+  ``torchrun --nproc_per_node 1`` against one plain CPU process, compared on log-likelihoods only;
+* ``generate``: plain Hugging Face ``generate`` against the library's ``sample()`` (its decode loop: prompt run once
+  for its samples, finished rows leaving the batch),
   64 prompts of ≈ 400 words × 25 samples × 53 new tokens at T = 0.1: generated tokens/s of each and their ratio;
 * ``vllm_generate`` / ``trl``: the same sampling through vLLM, and ``benchmarks/dpo_vs_trl.py``, only when
   vllm / trl import.
@@ -215,6 +218,37 @@ def section_generate(args) -> dict:
     return out
 
 
+def _fig7(work: Path, device: str, launcher: list[str]) -> tuple[dict, str]:
+    """The tiny Fig. 7 from an empty cache under ``launcher`` on ``device``: (its bars and accuracies, output tail)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [*launcher, str(REPO / "experiments" / "llm" / "run.py"), "--preset", "tiny", "--figure", "fig7", "--root",
+           str(work / "root"), "--out", str(work / "out"), "--set", f"device={device}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        return {}, (proc.stdout + proc.stderr)[-2000:]
+    fig = json.loads((work / "out" / "fig7.json").read_text())
+    return {"bars": {k: v["mean"] for k, v in fig["bars"].items()},
+            "accuracy": {k: v["mean"] for k, v in fig["accuracy"].items()}}, ""
+
+
+def section_runner(args) -> dict:
+    """The figure runner on ``--device`` under ``torchrun --nproc_per_node 1`` against one plain process on the CPU:
+    the tiny Fig. 7 (SFT, global RM, local RM and DPO trained in float32, then the validation log-likelihoods of the
+    three RMs — losses and log-probabilities only: the CPU's and CUDA's random streams differ, so nothing sampled is
+    compared). ``ok`` when every log-likelihood agrees within 1e-2 (two devices' float32 rounding through a few
+    hundred training steps) and the accuracies within 2 of the 48 validation pairs."""
+    cpu, cpu_err = _fig7(args.out / "runner-cpu", "cpu", [sys.executable])
+    dev, dev_err = _fig7(args.out / f"runner-{args.device}", args.device,
+                         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port())])
+    if not cpu or not dev:
+        return {"ok": False, "error": cpu_err or dev_err}
+    gap = max(abs(cpu["bars"][k] - dev["bars"][k]) for k in cpu["bars"])
+    acc_gap = max(abs(cpu["accuracy"][k] - dev["accuracy"][k]) for k in cpu["accuracy"])
+    return {"cpu": cpu, args.device: dev, "max_abs_diff_loglik": gap, "max_abs_diff_accuracy": acc_gap,
+            "ok": gap <= 1e-2 and acc_gap <= 2 / 48 + 1e-12}
+
+
 def section_vllm_generate(args) -> dict:
     if not _importable("vllm") or args.device != "cuda":
         return {"skipped": "vllm not importable or no CUDA device"}
@@ -245,7 +279,7 @@ def section_trl(args) -> dict:
 
 
 SECTIONS = {"env": section_env, "gpu_tests": section_gpu_tests, "dpo_step": section_dpo_step,
-            "fsdp_torchrun": section_fsdp_torchrun, "generate": section_generate,
+            "fsdp_torchrun": section_fsdp_torchrun, "runner": section_runner, "generate": section_generate,
             "vllm_generate": section_vllm_generate, "trl": section_trl}
 
 

@@ -1,8 +1,11 @@
-"""Sampling throughput (generated tokens / s) of allroads.llm.model.sample — HF ``generate`` with the prompt run once
-for its n samples, and, when vLLM imports and a GPU exists, vLLM — against plain ``model.generate(
-num_return_sequences=n)`` on the same model, prompts, batch of prompts, temperature and budget, in one process.
+"""Sampling throughput (generated tokens / s) of allroads.llm.model.sample — the library's decode loop (each prompt
+run once for its n samples, finished rows leaving the batch; :mod:`allroads.llm.model.decode`) and, when vLLM imports
+and a GPU exists, vLLM — against plain ``model.generate(num_return_sequences=n)`` on the same model, prompts, batch
+of prompts, temperature and budget, in one process.
 
     python benchmarks/sampling.py                       # tiny random GPT-NeoX, CPU-friendly
+    python benchmarks/sampling.py --hidden 640 --layers 10 --prompts 2 --prompt-words 300 --n 25 --temperature 1 \
+        --batch-size 2 --eos-rate 0.04                  # ~100M, TL;DR-like prompt and summary lengths
     python benchmarks/sampling.py --model EleutherAI/pythia-1b-deduped --n 25 --max-new-tokens 53
 
 Tokens counted = generated response tokens actually kept (EOS included), so early-stopping samples count
@@ -23,15 +26,28 @@ TOKENIZER_JSON = str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" 
 """The Pythia tokenizer shipped as a test fixture in the repository (``--tokenizer`` for another)."""
 
 
-def tiny_model(hidden: int, layers: int):
+def tiny_model(hidden: int, layers: int, eos_rate: float = 0.0, eos: int = 0):
+    """A random GPT-NeoX (50k vocabulary). ``eos_rate`` > 0: a bias on the EOS logit makes EOS come with about that
+    probability per step (its logits are otherwise nearly flat), so samples end at a geometric length of mean
+    1 / eos_rate, as a trained model's summaries end, instead of all running to the budget."""
+    import math
+
     import transformers
 
     torch.manual_seed(0)
     cfg = transformers.GPTNeoXConfig(
-        vocab_size=50304, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=1024,
+        vocab_size=50304, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(2, hidden // 64),
+        intermediate_size=4 * hidden if hidden >= 256 else 2 * hidden, max_position_embeddings=1024,
     )
-    return transformers.GPTNeoXForCausalLM(cfg).eval()
+    model = transformers.GPTNeoXForCausalLM(cfg).eval()
+    if eos_rate > 0:
+        head = torch.nn.Linear(hidden, cfg.vocab_size, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.embed_out.weight)
+            head.bias.zero_()
+            head.bias[eos] = math.log(eos_rate * (cfg.vocab_size - 1) / (1 - eos_rate))
+        model.embed_out = head
+    return model
 
 
 def load_tokenizer(name: str):
@@ -85,6 +101,8 @@ def main():
     ap.add_argument("--tokenizer", default=TOKENIZER_JSON)
     ap.add_argument("--hidden", type=int, default=64, help="tiny model width")
     ap.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    ap.add_argument("--eos-rate", type=float, default=0.0,
+                    help="tiny model: P(EOS) per step (0: none, every sample runs to the budget; 0.04: mean length 25)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-words", type=int, default=60)
     ap.add_argument("--n", type=int, default=4)
@@ -99,7 +117,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(args.tokenizer if args.model == "tiny" else args.model)
     if args.model == "tiny":
-        model = tiny_model(args.hidden, args.layers)
+        model = tiny_model(args.hidden, args.layers, args.eos_rate, tok.eos_token_id)
     else:
         import transformers
 
@@ -113,7 +131,8 @@ def main():
                          batch_size=args.batch_size, backend="hf")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"device={device} model={args.model} params={n_params / 1e6:.2f}M threads={args.threads} "
-          f"prompts={args.prompts} n={args.n} max_new_tokens={args.max_new_tokens} T={args.temperature}")
+          f"prompts={args.prompts} x {args.prompt_words} words n={args.n} max_new_tokens={args.max_new_tokens} "
+          f"T={args.temperature} eos_rate={args.eos_rate}")
     rows = []
     plain = lambda: plain_generate(model, tok, prompts, args.n, args.temperature, args.max_new_tokens,  # noqa: E731
                                    args.batch_size)
