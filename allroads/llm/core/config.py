@@ -92,6 +92,10 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU, where everything runs in the model's dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (needed for 6.9B)."""
+    group_by_length: bool = False
+    """Form the micro-batches of each optimizer step from its examples sorted by length (each rank its own share):
+    the same examples and the same gradient (up to the order of float sums), less padding when a step has several
+    micro-batches. The batches themselves are not regrouped, so the data order is unchanged."""
     save_every: int = 0
     """Write a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many steps before the last;
     0 = none. The final weights are written once, to ``output_dir/model``."""

@@ -210,11 +210,12 @@ def _run_log(cfg: TrainConfig, info: DistInfo, out: Path, plan: _Plan, start: in
 
 def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list[int]], dict], step_loss: StepLoss,
               cfg: TrainConfig, *, tokenizer=None, info: DistInfo | None = None, stop_after: int | None = None,
-              tracker: Tracker | None = None) -> History:
+              tracker: Tracker | None = None, lengths: Callable[[int], int] | None = None) -> History:
     """The shared loop (module docstring). ``make_batch(indices)`` collates examples; ``step_loss``
     returns per-example losses (b,) and per-example metrics; ``stop_after`` ends the run after that
     many steps as if the process were killed there (used to test resume). ``tracker``: log there (left open)
-    instead of in trackers of ``cfg.report_to``."""
+    instead of in trackers of ``cfg.report_to``. ``lengths(i)``: example i's token count, for
+    ``cfg.group_by_length``."""
     info = info or init_distributed(fsdp=cfg.fsdp)
     cfg.validate(info.world_size)
     check_report_to(cfg.report_to)  # an unknown or missing tracker stops here, before any work
@@ -237,8 +238,10 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
             batch_idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
             t0, lr = time.perf_counter(), sched.get_last_lr()[0]
             opt.zero_grad(set_to_none=True)
-            sums, tokens = _accumulate(wrapped, make_batch, step_loss, batch_idx[info.rank * plan.per_rank:
-                                       (info.rank + 1) * plan.per_rank], cfg, plan, device, autocast)
+            mine = batch_idx[info.rank * plan.per_rank:(info.rank + 1) * plan.per_rank]
+            if cfg.group_by_length and lengths is not None:  # same examples, micro-batches of similar lengths
+                mine = sorted(mine, key=lengths)
+            sums, tokens = _accumulate(wrapped, make_batch, step_loss, mine, cfg, plan, device, autocast)
             grad_norm = _clip(wrapped, cfg)
             opt.step()
             sched.step()

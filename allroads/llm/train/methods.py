@@ -33,7 +33,7 @@ from allroads.llm.train.trackers import Tracker, check_report_to
 from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 
 __all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device",
-           "pair_batch", "batch_logps", "shares_prompt"]
+           "pair_batch", "batch_logps", "shares_prompt", "sft_length", "pair_length"]
 
 
 def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
@@ -79,6 +79,16 @@ def batch_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
     return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)[0]
 
 
+def sft_length(example: TokenizedSFT) -> int:
+    """Tokens of an SFT example: prompt + response (what ``group_by_length`` sorts by)."""
+    return len(example.prompt_ids) + len(example.response_ids)
+
+
+def pair_length(pair: TokenizedPair) -> int:
+    """Tokens of a pair's longer sequence: prompt + the longer response (what ``group_by_length`` sorts by)."""
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
 def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer=None, info: DistInfo | None = None,
               stop_after: int | None = None, tracker: Tracker | None = None) -> History:
     r"""SFT (B.2: one epoch over the SFT set): minimise :func:`allroads.losses.sft_loss`,
@@ -97,7 +107,7 @@ def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer
         return loss, {"logps": logp.detach(), "response_tokens": n_tok.double()}
 
     return optimize(policy, len(data), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
-                    tracker=tracker)
+                    tracker=tracker, lengths=lambda i: sft_length(data[i]))
 
 
 def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tokenizer=None, info: DistInfo | None = None,
@@ -120,7 +130,7 @@ def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tok
         return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
 
     return optimize(module, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
-                    tracker=tracker)
+                    tracker=tracker, lengths=lambda i: pair_length(pairs[i]))
 
 
 def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *, tokenizer=None,
@@ -138,7 +148,7 @@ def train_local_rm(policy, pairs: Sequence[TokenizedPair], cfg: LocalRMConfig, *
         return local_rm_loss(logp_w, logp_l, cfg.beta), _pair_metrics(cfg.beta * logp_w, cfg.beta * logp_l, logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
-                    tracker=tracker)
+                    tracker=tracker, lengths=lambda i: pair_length(pairs[i]))
 
 
 @torch.no_grad()
@@ -292,7 +302,7 @@ def _fit_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, pair_l
                                    logp_w, logp_l)
 
     return optimize(policy, len(pairs), make_batch, step_loss, cfg, tokenizer=tokenizer, info=info, stop_after=stop_after,
-                    tracker=tracker)
+                    tracker=tracker, lengths=lambda i: pair_length(pairs[i]))
 
 
 def train_online_dpo(policy, ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, *, sampling_temperature: float,

@@ -4,7 +4,7 @@ resume, a finished run of the same config, or a run of another config (refused).
 ``output_dir/config.json`` is written when a run starts; ``output_dir/finished.json`` when its final model is
 written. A run is compared field by field with the stored config; the fields of :data:`RESULT_NEUTRAL_FIELDS`
 cannot change what a run computes (where it writes, how visibly, how a batch is split into micro-batches,
-the number of processes, DDP or FSDP, how often it checkpoints) and may differ.
+the number of processes, DDP or FSDP, how often it checkpoints, micro-batches grouped by length) and may differ.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["RESULT_NEUTRAL_FIELDS", "RunMismatchError", "differing_fields", "che
            "finished_history_metrics"]
 
 RESULT_NEUTRAL_FIELDS = ("output_dir", "progress", "log_every", "micro_batch_size", "fsdp", "resume", "save_every",
-                         "save_final_checkpoint")
+                         "save_final_checkpoint", "group_by_length")
 """Config fields that may differ between a run and the run it continues in the same output directory."""
 
 FINISHED = "finished.json"
