@@ -243,3 +243,29 @@ def test_group_by_length_gives_the_same_step_with_less_padding(tmp_path, tok, pa
         lengths = sorted(T.sft_length(e) for e in sft)
         assert results[2, True][2] == sum(2 * lengths[i + 1] for i in range(0, 8, 2))
     assert results[8, True][2] == results[8, False][2]
+
+
+def test_attention_kernels_give_the_same_step(tmp_path, tok, pairs):
+    """``attn_implementation``: a DPO step with eager attention and with PyTorch's fused (sdpa) attention has the
+    same loss to 1e-10 and gradient to 1e-8 (float64 model; GPT-NeoX's eager attention takes its softmax in float32,
+    hence not 1e-12), and the weights after the step to 1e-8; the kernel is really switched (the model's config says
+    so), and an unknown kernel is refused before any work."""
+    weights, grads, loss = {}, {}, {}
+    for kernel in ("eager", "sdpa"):
+        model = policy(tok, 0)
+        kw = dict(COMMON, batch_size=8, micro_batch_size=4, max_steps=1, lr=1e-3, dtype="float64",
+                  attn_implementation=kernel, output_dir=str(tmp_path / kernel))
+        h = T.train_dpo(model, policy(tok, 1), pairs[:8], DPOConfig(**kw, precompute_ref=False))
+        assert model.config._attn_implementation == kernel
+        weights[kernel] = {k: p.detach().clone() for k, p in model.named_parameters()}
+        grads[kernel] = {k: p.grad.clone() for k, p in model.named_parameters()}
+        loss[kernel] = h.metrics[0]["loss"]
+    assert loss["sdpa"] == pytest.approx(loss["eager"], abs=1e-10)
+    moved = 0
+    for k, w in weights["eager"].items():
+        torch.testing.assert_close(grads["sdpa"][k], grads["eager"][k], atol=1e-8, rtol=0)
+        torch.testing.assert_close(weights["sdpa"][k], w, atol=1e-8, rtol=0)
+        moved += int(not torch.equal(w, policy(tok, 0).state_dict()[k]))
+    assert moved > 0
+    with pytest.raises(ValueError, match="attn_implementation"):
+        DPOConfig(**dict(COMMON, attn_implementation="fast")).validate()

@@ -38,6 +38,10 @@ DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
 ``gpt-4o-2024-08-06`` is the snapshot the alias named from October 2024 until after the paper (March 2025)."""
 
 
+ATTENTION_KERNELS = ("", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+"""Values of :attr:`TrainConfig.attn_implementation` (transformers' names; empty = the model's own)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Fields shared by every stage (SFT, global RM, local RM, DPO)."""
@@ -92,6 +96,11 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU, where everything runs in the model's dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (needed for 6.9B)."""
+    attn_implementation: str = ""
+    """Attention kernel of the trained model: ``eager``, ``sdpa`` (PyTorch's fused attention; transformers' default),
+    ``flash_attention_2`` (CUDA, bf16, the flash-attn package); empty = the model's own. The same maths: eager and
+    sdpa give the same DPO loss to 1e-10 and gradients to 1e-8 in float64 (GPT-NeoX's eager softmax is float32;
+    tested); flash attention is not tested here (no GPU in CI)."""
     group_by_length: bool = False
     """Form the micro-batches of each optimizer step from its examples sorted by length (each rank its own share):
     the same examples and the same gradient (up to the order of float sums), less padding when a step has several
@@ -154,6 +163,8 @@ class TrainConfig:
                 f"world_size {world_size}) is not a multiple of micro_batch_size={self.micro_batch_size}; "
                 "set --micro_batch_size to a divisor of it"
             )
+        if self.attn_implementation not in ATTENTION_KERNELS:
+            raise ValueError(f"attn_implementation={self.attn_implementation!r}; use one of {ATTENTION_KERNELS}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule={self.schedule!r}; use 'cosine' (Table 2), 'linear' (Table 3) or 'constant'")
         if self.dtype not in ("float32", "float64", "bfloat16", "float16"):

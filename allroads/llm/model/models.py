@@ -29,6 +29,7 @@ __all__ = [
     "load_policy",
     "load_reward_model",
     "reward_model_from_policy",
+    "set_attention",
     "position_ids_from_mask",
     "last_token_index",
     "sequence_logps",
@@ -122,6 +123,17 @@ def load_policy(name: str, *, tokenizer=None, dtype: str = "float32", seed: int 
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return model
+
+
+def set_attention(model, kernel: str) -> None:
+    """Switch the Hugging Face ``model`` to attention ``kernel`` (``eager``, ``sdpa``, ``flash_attention_2`` …);
+    empty: keep it. A kernel that cannot run here (flash-attn not installed, no CUDA) raises transformers' error."""
+    if not kernel:
+        return
+    if not hasattr(model, "set_attn_implementation"):
+        raise ValueError(f"attn_implementation={kernel!r}: this transformers version cannot switch a loaded model's "
+                         "attention; upgrade transformers or leave attn_implementation empty")
+    model.set_attn_implementation(kernel)
 
 
 def reward_model_from_policy(policy):

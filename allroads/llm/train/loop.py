@@ -33,7 +33,7 @@ import torch
 
 from allroads.llm.core.atomic import write_json
 from allroads.llm.core.config import TrainConfig, config_hash
-from allroads.llm.model.models import RewardModel
+from allroads.llm.model.models import RewardModel, set_attention
 from allroads.llm.train import checkpoint as ckpt
 from allroads.llm.train.distributed import (
     DistInfo,
@@ -222,6 +222,7 @@ def optimize(model: torch.nn.Module, n_examples: int, make_batch: Callable[[list
     if check_output_dir(cfg, output_dir(cfg)) == "finished":  # another config's run is refused here, before any work
         return _finished(cfg, info)
     out, plan, device, hf = output_dir(cfg), _plan(cfg, n_examples, info), resolve_device(cfg, info), _hf_model(model)
+    set_attention(hf, cfg.attn_implementation)
     if info.is_main:
         write_json(out / "config.json", cfg.to_dict())
     ckpt_root = out / "checkpoints"
