@@ -22,7 +22,7 @@ import time
 import torch
 
 from allroads.llm.data.rows import TokenizedPair, collate_pairs, collate_pairs_shared
-from allroads.llm.model.models import sequence_logps
+from allroads.llm.model.models import sequence_logps, set_attention
 from allroads.llm.model.shared_prompt import shared_prompt_logps
 from allroads.losses import dpo_loss
 
@@ -94,10 +94,12 @@ def naive_step(policy, ref, opt, pairs, beta, device, autocast):
     return tokens
 
 
-def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, peak_flops):
+def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, peak_flops, attn="sdpa"):
     vocab = shape[0]
     policy = make_model(*shape, dtype=dtype, device=device)
     ref = make_model(*shape, dtype=dtype, device=device, seed=1).eval()
+    for m in (policy, ref):
+        set_attention(m, attn)
     n_params = sum(p.numel() for p in policy.parameters())
     pairs = make_pairs(n_pairs, vocab, prompt_len, resp_len, seed=0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
@@ -123,7 +125,7 @@ def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, p
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
         results[label] = (dt, computed / steps / dt)
-    line = f"{name:>12} N={n_params / 1e6:7.2f}M pairs/step={n_pairs:3d} |"
+    line = f"{name:>12} {attn:>5} N={n_params / 1e6:7.2f}M pairs/step={n_pairs:3d} |"
     for label, (dt, _) in results.items():
         line += f" {label} {dt * 1e3:8.1f} ms/step {data_tokens / dt:9.0f} tok/s |"
     t_sh, t_two, t_naive = (results[k][0] for k in ("shared", "two-seq", "naive"))
@@ -138,19 +140,20 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s (H100 SXM: 989)")
+    ap.add_argument("--attn", default="sdpa", help="attention kernel: eager, sdpa, flash_attention_2 (CUDA, flash-attn)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     # shape: (vocab, hidden, layers, heads, intermediate)
     if args.device == "cpu":
         bench("tiny", (512, 64, 2, 4, 256), device="cpu", dtype=torch.float32, n_pairs=16, prompt_len=48,
-              resp_len=16, steps=args.steps, peak_flops=0)
+              resp_len=16, steps=args.steps, peak_flops=0, attn=args.attn)
         bench("~20M", (16384, 384, 4, 6, 1536), device="cpu", dtype=torch.float32, n_pairs=8, prompt_len=96,
-              resp_len=24, steps=args.steps, peak_flops=0)
+              resp_len=24, steps=args.steps, peak_flops=0, attn=args.attn)
         bench("~20M TL;DR", (16384, 384, 4, 6, 1536), device="cpu", dtype=torch.float32, n_pairs=4, prompt_len=512,
-              resp_len=53, steps=args.steps, peak_flops=0)  # the paper's lengths: prompts ≤ 512, responses ≤ 53
+              resp_len=53, steps=args.steps, peak_flops=0, attn=args.attn)  # the paper's lengths: prompts ≤ 512, responses ≤ 53
     else:
         bench("pythia-1.4b", (50304, 2048, 24, 16, 8192), device="cuda", dtype=torch.float32, n_pairs=8,
-              prompt_len=512, resp_len=53, steps=args.steps, peak_flops=args.peak_tflops * 1e12)
+              prompt_len=512, resp_len=53, steps=args.steps, peak_flops=args.peak_tflops * 1e12, attn=args.attn)
 
 
 if __name__ == "__main__":
