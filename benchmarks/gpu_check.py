@@ -74,12 +74,13 @@ def section_gpu_tests(args) -> dict:
 
 
 def section_dpo_step(args) -> dict:
-    """DPO optimizer steps in both pair layouts (shared prompt, the default, and two sequences): seconds, tokens/s of
-    the pairs' sequences, MFU on the positions each computes, peak memory."""
+    """DPO optimizer steps in both pair layouts (shared prompt, the default, and two sequences) with SDPA attention,
+    and the two-sequence layout with eager attention (and flash-attention 2 where flash-attn imports): seconds,
+    tokens/s of the pairs' sequences, MFU on the positions each computes, peak memory."""
     from dpo_step import make_model, make_pairs, ours_step, shared_step
 
     from allroads.llm.data.rows import collate_pairs
-    from allroads.llm.model.models import sequence_logps
+    from allroads.llm.model.models import sequence_logps, set_attention
 
     dev = args.device
     shape, n_pairs, prompt_len, resp_len = (TINY, 4, 48, 16) if args.tiny else (PYTHIA_1B4, 8, 512, 53)
@@ -96,7 +97,12 @@ def section_dpo_step(args) -> dict:
     data_tokens = sum(2 * len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs)
     out = {"shape": dict(zip(("vocab", "hidden", "layers", "heads", "intermediate"), shape)), "params": n_params,
            "pairs_per_step": n_pairs, "tokens_per_step": data_tokens}
-    for label, fn in (("shared_prompt", shared_step), ("two_sequences", ours_step)):
+    kernels = ["sdpa", "eager"] + (["flash_attention_2"] if dev == "cuda" and _importable("flash_attn") else [])
+    runs = [(label, fn, k) for k in kernels for label, fn in (("shared_prompt", shared_step), ("two_sequences", ours_step))
+            if k == "sdpa" or label == "two_sequences"]  # other kernels: the layout every kernel handles
+    for label, fn, kernel in runs:
+        set_attention(policy, kernel)
+        label = label if kernel == "sdpa" else f"{label}_{kernel}"
         if dev == "cuda":
             torch.cuda.reset_peak_memory_stats()
         fn(policy, opt, pairs, ref_table, 0.05, dev, autocast)  # warm-up
