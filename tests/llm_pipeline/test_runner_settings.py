@@ -41,7 +41,7 @@ def test_online_dpo_none_means_dpo_and_a_set_field_starts_from_it():
     ("dpo.lr=fast", "dpo.lr: expected a number, got 'fast'"),
     ("dpo.lr=nan", "dpo.lr: expected a finite number"),
     ("online.n_samples=1", "online: n_samples=1: need >= 2 samples"),
-    ("dpo.batch_size=10", "dpo: per-rank batch 10"),
+    ("dpo.batch_size=24", "dpo: per-rank batch 24"),  # micro-batches of 16 do not divide it
     ("report_to=tensorbored", "report_to: unknown tracker 'tensorbored'"),
     ("dpo.model=x", "dpo.model: every training stage takes model from Settings (model); set model instead"),
     ("rm.seed=3", "rm.seed: the figures' training seeds set it"),

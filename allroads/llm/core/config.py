@@ -65,7 +65,8 @@ class TrainConfig:
     batch_size: int = 64
     """Global batch size: examples (pairs for preference stages) per optimizer step, over all ranks."""
     micro_batch_size: int = 8
-    """Examples per forward/backward on one rank; gradients are accumulated up to ``batch_size``."""
+    """Examples per forward/backward on one rank, at most its share of the batch (``batch_size`` / processes);
+    gradients are accumulated up to ``batch_size``."""
     lr: float = 3e-6
     """Peak AdamW learning rate (Table 2)."""
     adam_eps: float = 1e-5
