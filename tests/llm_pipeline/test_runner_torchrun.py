@@ -92,3 +92,19 @@ def test_the_comparison_sees_what_exceeds_the_tolerance():
     differs, and nothing within the tolerance."""
     assert _differences({"x": 1.0}, {"x": 1.0 + 2e-4}) and not _differences({"x": 1.0}, {"x": 1.0 + 5e-5})
     assert _differences({"wins": 3}, {"wins": 4}) and _differences({"s": "a b"}, {"s": "a c"})
+
+
+def test_two_processes_give_the_one_process_frontier(tmp_path):
+    """The frontier figure (sweep runs trained epoch by epoch, resumed from their checkpoints and evaluated after
+    each epoch; online pairs sampled and scored) under two processes, on a small data set and a 3-lr × 2-epoch grid:
+    every point equal to the one-process one within the tolerance."""
+    config = tmp_path / "frontier.json"
+    config.write_text(json.dumps({"figures": {"frontier": {"frontier_lrs": [1e-4, 1e-3, 3e-3],
+                                                           "frontier_max_epochs": 2}}}))
+    small = ("--config", str(config), "--set", "sft_data=synthetic:64", "--set", "pft_data=synthetic:32", "--set",
+             "valid_limit=16", "--set", "n_test=6", "--set", "sft.epochs=1")
+    _run(tmp_path, "one", 1, ("frontier",), small)
+    _run(tmp_path, "two", 2, ("frontier",), small)
+    a, b = (json.loads((tmp_path / f"out-{t}" / "frontier.json").read_text()) for t in ("one", "two"))
+    assert len(a["methods"]["DPO"]["points"]) == 6
+    assert not _differences(a, b), _differences(a, b)[:20]

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from allroads.llm.core import ranks
 from allroads.llm.core.atomic import write_json
 from allroads.llm.pipeline.cache import Artifact, manifest
 from allroads.llm.pipeline.settings import Settings, stage_config
@@ -154,14 +155,16 @@ def register(root: Path, imp: StageImport) -> Artifact:
     files = manifest(imp.model_dir)["files"]
     h = hashlib.sha256(json.dumps({"kind": imp.kind, "files": files}, sort_keys=True).encode()).hexdigest()[:12]
     stage = root / f"{imp.kind}-import-{h}"
-    stage.mkdir(parents=True, exist_ok=True)
     link = stage / "model"
-    if not link.is_symlink():
-        link.symlink_to(imp.model_dir.resolve(), target_is_directory=True)
+    if ranks.writes_here():  # rank 0 of a torchrun job makes the directory; the others wait below
+        stage.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(imp.model_dir.resolve(), target_is_directory=True)
     stored = _stored(imp)
     write_json(stage / "imported.json", {
         "source": str(imp.path.resolve()), "kind": imp.kind, "seed": imp.seed, "model_files": files,
         "checked": ("files and config (a finished run of this library)" if stored is not None
                     else "files only (not a run of this library: no config to compare)"),
         "config": stored})
+    ranks.barrier()
     return Artifact(imp.kind, stage, h)

@@ -36,6 +36,7 @@ import json
 import shutil
 from pathlib import Path
 
+from allroads.llm.core import ranks
 from allroads.llm.core.atomic import write_json
 from allroads.llm.data import load as L
 from allroads.llm.evaluation.evaluate import validation_likelihood
@@ -122,7 +123,8 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
         train, model, ref, rows = _train_fn(pipe, kind, dataclasses.replace(cfg, output_dir=str(out / "run")), source,
                                             sft, pairs)
         losses, steps = [], []
-        with make_tracker(cfg.report_to, out / "trackers", out.name.removesuffix(".partial"), cfg.to_dict()) as tracker:
+        report_to = cfg.report_to if ranks.writes_here() else ()  # one run per tracker: rank 0's
+        with make_tracker(report_to, out / "trackers", out.name.removesuffix(".partial"), cfg.to_dict()) as tracker:
             for e in range(1, max_epochs + 1):
                 train(e * cfg.save_every if e < max_epochs else None, tracker)
                 losses.append(_objective(pipe, kind, model, ref, rows))
@@ -136,8 +138,9 @@ def heldout_loss_curve(pipe: Pipeline, kind: str, lr: float, max_epochs: int, se
         write_json(out / "heldout.json", {"lr": lr, "epochs": list(range(1, len(losses) + 1)), "heldout_loss": losses,
                                           "steps": steps, "heldout": f"{source} [validation]", "n_heldout": len(rows),
                                           "stopped_early": len(losses) < max_epochs})
-        shutil.copy(out / "run" / "metrics.jsonl", out / "metrics.jsonl")
-        shutil.rmtree(out / "run")
+        if ranks.writes_here():  # rank 0 alone touches the stage's files
+            shutil.copy(out / "run" / "metrics.jsonl", out / "metrics.jsonl")
+            shutil.rmtree(out / "run")
         _plot_curves(out, list(zip(steps, losses)), _CRITERION[kind])
 
     reads = ("tokenizer", "model", "max_prompt_tokens", "max_response_tokens", "sampler", "online", "eval_micro_batch",

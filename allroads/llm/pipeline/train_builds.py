@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
+from allroads.llm.core import ranks
 from allroads.llm.core.atomic import write_json
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
 from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, read_pairs
@@ -122,7 +123,10 @@ def write_donor(path: Path, hf, cfg, steps: int, data: str, start: str, tokenize
     """Keep ``hf`` — the model after ``steps`` optimizer steps of the training ``cfg`` (its ``epochs`` = the epochs
     done) on data of digest ``data`` from the start stage ``start`` ("" = the base model ``cfg.model``) — in ``path``
     (``model/``, ``config.json``, ``trained.json``), so that the stage of that exact training can adopt it instead of
-    repeating it (:func:`why_not_adopted`). The hyperparameter selection keeps each run's best epoch so."""
+    repeating it (:func:`why_not_adopted`). The hyperparameter selection keeps each run's best epoch so. Rank 0 of a
+    torchrun job writes; the others return."""
+    if not ranks.writes_here():
+        return
     hf.save_pretrained(path / "model", safe_serialization=True)
     write_json(path / "config.json", cfg.to_dict())
     write_json(path / "trained.json", {"steps": steps, "data": data, "start": start, "tokenizer": tokenizer})
@@ -205,7 +209,8 @@ def build_online_dpo(spec: OnlineDPOSpec, out: Path, *, start: Path, pairs: Path
     data = read_pairs(pairs / "pairs.jsonl")
     report = {"n_pairs": len(data), "batch_size": cfg.batch_size}
     if len(data) < cfg.batch_size:
-        shutil.copytree(start / "model", out / "model")
+        if ranks.writes_here():
+            shutil.copytree(start / "model", out / "model")
         log(f"[online_dpo] {len(data)} online pairs are fewer than one batch of {cfg.batch_size}: no optimizer step; "
             f"the policy is its start ({start.name}), unchanged")
         write_json(out / "report.json", {**report, "steps": 0, "start": start.name})

@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from allroads.llm.core import ranks
 from allroads.llm.core.atomic import write_json
 from allroads.llm.core.config import TrainConfig, config_hash
 from allroads.llm.model.models import RewardModel, set_attention
@@ -274,7 +275,10 @@ def adopt_finished(hf, cfg: TrainConfig, steps: int, metrics: list[dict], *, tok
     """Write ``cfg.output_dir`` as the finished run of ``cfg`` whose trained model is ``hf``, trained elsewhere by
     exactly this config's ``steps`` optimizer steps (the caller checks it: a selection run's epoch of the same config,
     :func:`allroads.llm.pipeline.train_builds.why_not_adopted`): ``config.json``, the ``metrics.jsonl`` lines of those
-    steps, ``model/`` with its card, ``curves.png`` and ``finished.json`` — what :func:`optimize` leaves. One process."""
+    steps, ``model/`` with its card, ``curves.png`` and ``finished.json`` — what :func:`optimize` leaves. Written by
+    one process (rank 0 of a torchrun job; the others return)."""
+    if not ranks.writes_here():
+        return
     out = output_dir(cfg)
     if check_output_dir(cfg, out) == "finished":
         return
