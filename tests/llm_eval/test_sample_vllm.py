@@ -85,6 +85,10 @@ def test_prompts_seeds_and_logprobs(fake_vllm, tok):
     # vLLM seeds child j of a request with seed + j: every (prompt, sample) stream must be distinct
     streams = [p.kw["seed"] + j for p in params for j in range(p.kw["n"])]
     assert len(set(streams)) == len(PROMPTS) * 4
+    # a prompt's stream is keyed by its index in the whole set: the last prompt sampled alone as prompt 2 of the set
+    # gets the request seed it had in the call of all three
+    sample("some/model", tok, PROMPTS[2:], cfg, prompt_index=[2])
+    assert FakeLLM.built[0].calls[1][1][0].kw["seed"] == params[2].kw["seed"] == 10 + 2 * 4
     c = res[0].completions[1]
     assert c.token_ids == (4, 4, EOS) and c.finished and c.logp == pytest.approx(-1.5)
     assert c.text == tok.decode([4, 4])  # decoded by us, EOS not in the text
