@@ -61,8 +61,6 @@ import argparse
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -87,6 +85,7 @@ from allroads.llm.pipeline.overrides import (
 )
 from allroads.llm.pipeline.selection import STAGES, select_hyperparameters
 from allroads.llm.pipeline.settings import paper_settings, small_settings, tiny_settings
+from allroads.llm.pipeline.workers import spawn_workers, wait_workers
 from allroads.llm.train.distributed import init_distributed
 from allroads.llm.train.trackers import make_tracker
 
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_options = {"reuse_kinds": args.reuse_stages, "strict": args.strict}
     pipe = Pipeline(root, settings, judges, log=progress.log, worker=(args.worker_rank, args.workers),
                     imports=imports, **cache_options)
-    helpers, finished = _spawn_workers(argv, args, out), False
+    helpers, finished = spawn_workers(str(Path(__file__).resolve()), argv, args.workers, args.worker_rank, out), False
     extra = {"processes": job.world_size, "seeds_from": seeds_from, "reuse_stages": sorted(args.reuse_stages), "strict": args.strict,
              "imported_stages": {i.label: str(i.path.resolve()) for i in imports},
              "settings_from": {"preset": args.preset, "config": args.config or None,
@@ -360,38 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         judges.close()
-        failed = _wait_workers(helpers, out, stop=not finished)
+        failed = wait_workers(helpers, out, stop=not finished)
     print(f"stages executed: {len(pipe.executed)} {pipe.executed}")
     return 1 if failed else 0
-
-
-def _spawn_workers(argv: list[str], args, out: Path) -> list[subprocess.Popen]:
-    """Workers 1 … N−1 of ``--workers N``: this command with their rank, their figures under ``<out>/.worker-<i>``,
-    no trackers, their log in ``<out>/.worker-<i>.log`` (only worker 0, this process, spawns them)."""
-    if args.workers <= 1 or args.worker_rank != 0:
-        return []
-    out.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(1, args.workers):
-        log = open(out / f".worker-{i}.log", "w")  # noqa: SIM115 - the child writes it until it ends
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-rank", str(i),
-               "--out", str(out / f".worker-{i}"), "--report_to", "none"]
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-        log.close()
-    return procs
-
-
-def _wait_workers(procs: list[subprocess.Popen], out: Path, stop: bool) -> list[int]:
-    """Wait for the other workers (``stop``: this one is ending early, so they are stopped); the ranks that failed,
-    named."""
-    failed = []
-    for i, proc in enumerate(procs, start=1):
-        if stop:
-            proc.terminate()
-        if proc.wait() not in (0, -signal.SIGTERM):
-            failed.append(i)
-            print(f"run.py: worker {i} exited {proc.returncode}: see {out / f'.worker-{i}.log'}", file=sys.stderr)
-    return failed
 
 
 def _run(pipe: Pipeline, figs: list, out: Path, name: str, extra: dict) -> None:
