@@ -43,10 +43,10 @@ def tiny_model(hidden: int, layers: int, eos_rate: float = 0.0, eos: int = 0):
     if eos_rate > 0:
         head = torch.nn.Linear(hidden, cfg.vocab_size, bias=True)
         with torch.no_grad():
-            head.weight.copy_(model.embed_out.weight)
+            head.weight.copy_(model.get_output_embeddings().weight)
             head.bias.zero_()
             head.bias[eos] = math.log(eos_rate * (cfg.vocab_size - 1) / (1 - eos_rate))
-        model.embed_out = head
+        model.set_output_embeddings(head)
     return model
 
 
