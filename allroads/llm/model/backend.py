@@ -63,8 +63,8 @@ class LLMBackend:
     its key/value cache (:mod:`allroads.llm.model.shared_prompt`; the same values); False: one padded
     prompt + completion sequence each."""
     split_across_ranks: bool = False
-    """In a ``torchrun`` job, each rank samples and scores its block of the work — whole sampling batches of
-    prompts, whole forward batches — and every rank gets all the results, in order
+    """In a ``torchrun`` job, each rank samples and scores its share of the work — a block of whole sampling
+    batches of prompts, every world-th forward batch — and every rank gets all the results, in order
     (:mod:`allroads.llm.core.ranks`). The blocks are the batches one process would run, so the numbers are one
     process's. Every rank must then make the same calls. False: every process does all the work itself."""
 
@@ -115,7 +115,7 @@ class LLMBackend:
         """Yield ``(groups, batch)`` over the distinct prompt + completion pairs of the (B, n) grid, at most
         ``micro_batch_size`` completions a batch; ``groups[i]`` lists the ``(b, j)`` cells of batch row i. The batch is
         in the shared-prompt layout (``prompt_ids`` …) with :attr:`shared_prompt`, else padded sequences (left: the
-        LM head then runs on response positions only)."""
+        LM head then runs on response positions only). ``take(i)``: whether to collate batch i (this rank's share)."""
         flat = [(p, c, g) for p, row in self._cells(prompts, completions).items() for c, g in row.items()]
         pad = self.tokenizer.pad_token_id
         for i, s in enumerate(range(0, len(flat), self.micro_batch_size)):
