@@ -158,7 +158,7 @@ class TrainConfig:
                 f"batch_size={self.batch_size} is not divisible by world_size={world_size}; "
                 "choose a global batch size that is a multiple of the number of processes"
             )
-        if self.batch_size >= world_size and self.per_rank_batch_size(world_size) % self.micro_batch(world_size):
+        if self.per_rank_batch_size(world_size) % self.micro_batch(world_size):
             raise ValueError(
                 f"per-rank batch {self.per_rank_batch_size(world_size)} (batch_size {self.batch_size} / "
                 f"world_size {world_size}) is not a multiple of micro_batch_size={self.micro_batch_size}; "
