@@ -96,19 +96,28 @@ class RankZeroCalls:
     object, on rank 0 only. Every rank must make the same calls in the same order; results must be picklable."""
 
     def __init__(self, make):
-        self._inner = make() if writes_here() else None
+        self._inner = None
+
+        def build() -> None:  # on rank 0; a failure to build it (a missing API key) is raised on every rank
+            self._inner = make()
+
+        _on_rank_zero(build)
 
     def __getattr__(self, name: str):
-        def call(*args, **kwargs):
-            outcome = None
-            if self._inner is not None:
-                try:
-                    outcome = ("ok", getattr(self._inner, name)(*args, **kwargs))
-                except Exception as e:  # noqa: BLE001 - re-raised on every rank below
-                    outcome = ("raised", e)
-            kind, value = broadcast(outcome)
-            if kind == "raised":
-                raise value
-            return value
+        if name == "_inner":
+            raise AttributeError(name)
+        return lambda *args, **kwargs: _on_rank_zero(lambda: getattr(self._inner, name)(*args, **kwargs))
 
-        return call
+
+def _on_rank_zero(fn):
+    """``fn()`` on rank 0; its result, or its exception, on every rank."""
+    outcome = None
+    if writes_here():
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            outcome = ("raised", e)
+    kind, value = broadcast(outcome)
+    if kind == "raised":
+        raise value
+    return value
