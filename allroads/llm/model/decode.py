@@ -30,7 +30,7 @@ _M32 = 0xFFFFFFFF
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` for int64 tensors holding uint32 values, with no int64 overflow (c split in 16-bit halves)."""
+    """``x * c mod 2**32`` for int64 tensors holding uint32 values, with no int64 overflow (c in 16-bit halves)."""
     lo, hi = c & 0xFFFF, c >> 16
     return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
 
@@ -91,9 +91,9 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, n: int, max_new_toke
            eos: int, pad: int, seed: int, prompt_index: torch.Tensor, record_logp: bool = False):
     """``n`` samples of each left-padded prompt ``ids`` / ``mask`` (b, P) (module docstring). ``prompt_index`` (b,):
     each prompt's index in the whole set it belongs to (its stream's key). Returns ``tokens`` (b·n, max_new_tokens)
-    long, ``pad`` after a row's EOS (rows ``i·n … i·n + n − 1`` are prompt i's samples), and, with ``record_logp``,
-    ``logp`` (b·n, max_new_tokens) float64: log softmax(logits / T) of each drawn token (untempered for T = 0), 0
-    after EOS."""
+    long, ``pad`` after a row's EOS (rows ``i·n … i·n + n − 1`` are prompt i's samples), and, with
+    ``record_logp``, ``logp`` (b·n, max_new_tokens) float64: log softmax(logits / T) of each drawn token (untempered
+    for T = 0), 0 after EOS."""
     device, R = ids.device, ids.shape[0] * n
     inv_t = 1.0 if temperature == 0 else 1.0 / temperature
     rows = torch.arange(R, device=device)                  # the active rows' places in the output

@@ -15,15 +15,17 @@ when the caller chooses to.
 Determinism: both paths give every (prompt, sample) its own random stream, keyed by ``cfg.seed``, the prompt's
 index (``prompt_index``: its place in the whole set, so a set split across calls or processes samples as one call)
 and the sample's index — on the HF path a counter-based hash (:func:`allroads.llm.model.decode.stream_uniforms`;
-the global torch RNG is not used), on the vLLM path vLLM's per-request seeds (:mod:`allroads.llm.model.sample_vllm`). ``temperature == 0`` is greedy decoding: one
-completion, copied ``n`` times. Both paths take the prompts as token ids encoded with
+the global torch RNG is not used), on the vLLM path vLLM's per-request seeds
+(:mod:`allroads.llm.model.sample_vllm`). ``temperature == 0`` is greedy decoding: one completion, copied ``n``
+times. Both paths take the prompts as token ids encoded with
 ``add_special_tokens=False``, as training does.
 
 Sequence log-probabilities (HF path, ``compute_logp=True``): the sum over response tokens, EOS included,
 of ``log softmax(logits / T)`` at the sampled token — the log-probability of the completion under the
 distribution it was sampled from (for T = 0, under the untempered softmax). They are gathered step by
-step in the decode loop, so memory stays O(batch × vocab), not O(steps × batch × vocab). The vLLM path returns the same quantity from vLLM's processed (tempered) log-probs when it builds
-the engine itself; an engine passed in keeps its own ``logprobs_mode``.
+step in the decode loop, so memory stays O(batch × vocab), not O(steps × batch × vocab). The vLLM path returns
+the same quantity from vLLM's processed (tempered) log-probs when it builds the engine itself; an engine passed
+in keeps its own ``logprobs_mode``.
 """
 from __future__ import annotations
 
@@ -61,9 +63,9 @@ def sample(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = Sampl
         tokenizer: the model's tokenizer (any HF tokenizer; padding is done here, on the left).
         prompts: prompt texts, already formatted and cut to the prompt budget.
         cfg: :class:`SamplingConfig`.
-        prompt_index: each prompt's index in the whole set it was taken from (default ``0 … B − 1``); on the HF path
-            a prompt's samples depend only on ``cfg.seed``, this index and the sample index, so a set split across
-            calls or processes, each passing its prompts' indices, gets the samples of one call.
+        prompt_index: each prompt's index in the whole set it was taken from (default ``0 … B − 1``); a prompt's
+            samples depend only on ``cfg.seed``, this index and the sample index, so a set split across calls or
+            processes, each passing its prompts' indices, gets the samples of one call.
 
     Returns:
         :class:`SamplingResult` with one :class:`PromptSamples` per prompt, in order.
