@@ -24,7 +24,7 @@ import torch
 
 from allroads.llm.model.models import forward_takes
 
-__all__ = ["stream_uniforms", "decode"]
+__all__ = ["stream_keys", "uniforms_at", "stream_uniforms", "decode"]
 
 _M32 = 0xFFFFFFFF
 
@@ -45,14 +45,27 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def stream_uniforms(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tensor, step: int) -> torch.Tensor:
-    """u ∈ (0, 1), float64, one per row: a function of (``seed``, the row's prompt index, its sample index, ``step``)
-    only, with 53 random bits (two chained 32-bit hashes). ``prompt_index`` / ``sample_index``: int64 (R,)."""
+def stream_keys(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """Each row's stream key, a 32-bit hash of (``seed``, its prompt index, its sample index); int64 (R,)."""
     key = _hash32(torch.full_like(prompt_index, seed & _M32) ^ _hash32(torch.full_like(prompt_index, seed >> 32)))
-    for part in (prompt_index, sample_index, torch.full_like(prompt_index, step)):
+    for part in (prompt_index, sample_index):
         key = _hash32(key ^ (part & _M32))
+    return key
+
+
+def uniforms_at(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """u ∈ (0, 1), float64, one per row: draw ``step`` of the streams ``keys`` (:func:`stream_keys`), with 53 random
+    bits (two chained 32-bit hashes)."""
+    key = _hash32(keys ^ (step & _M32))
     hi, lo = _hash32(key ^ 0x9E3779B9) >> 6, _hash32(key ^ 0x7F4A7C15) >> 5  # 26 and 27 bits
     return ((hi * (1 << 27) + lo).double() + 0.5) / float(1 << 53)
+
+
+def stream_uniforms(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tensor, step: int) -> torch.Tensor:
+    """u ∈ (0, 1), float64, one per row: a function of (``seed``, the row's prompt index, its sample index, ``step``)
+    only. ``prompt_index`` / ``sample_index``: int64 (R,). The decode loop hashes the keys once and then only the
+    step (:func:`stream_keys`, :func:`uniforms_at`)."""
+    return uniforms_at(stream_keys(seed, prompt_index, sample_index), step)
 
 
 def _draw(scores: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
@@ -97,8 +110,8 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, n: int, max_new_toke
     device, R = ids.device, ids.shape[0] * n
     inv_t = 1.0 if temperature == 0 else 1.0 / temperature
     rows = torch.arange(R, device=device)                  # the active rows' places in the output
-    p_idx = prompt_index.to(device).repeat_interleave(n)
-    s_idx = torch.arange(n, device=device).repeat(ids.shape[0])
+    keys = stream_keys(seed, prompt_index.to(device).repeat_interleave(n),
+                       torch.arange(n, device=device).repeat(ids.shape[0]))  # each row's stream
     attn = mask.repeat_interleave(n, 0)
     pos = attn.sum(-1) - 1                                  # position of each row's next input (its last prompt token)
     cur = ids[:, -1].repeat_interleave(n)
@@ -108,7 +121,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, n: int, max_new_toke
     for t in range(max_new_tokens):
         logits, cache = _step(model, cache, input_ids=cur[:, None], attention_mask=attn, position_ids=pos[:, None])
         scores = logits.float() * inv_t                     # (R_active, V)
-        u = None if temperature == 0 else stream_uniforms(seed, p_idx, s_idx, t)
+        u = None if temperature == 0 else uniforms_at(keys, t)
         tok = _draw(scores, u)
         tokens[rows, t] = tok
         if record_logp:
@@ -119,7 +132,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, n: int, max_new_toke
         if not bool(going.all()):                           # finished rows leave the batch and the cache
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            rows, p_idx, s_idx, attn, pos, tok = rows[keep], p_idx[keep], s_idx[keep], attn[keep], pos[keep], tok[keep]
+            rows, keys, attn, pos, tok = rows[keep], keys[keep], attn[keep], pos[keep], tok[keep]
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
         pos, cur = pos + 1, tok
     return tokens, logp

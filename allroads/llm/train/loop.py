@@ -112,6 +112,7 @@ class _Plan:
     total: int
     per_rank: int
     accum: int
+    micro: int
 
 
 def _plan(cfg: TrainConfig, n_examples: int, info: DistInfo) -> _Plan:
@@ -120,12 +121,12 @@ def _plan(cfg: TrainConfig, n_examples: int, info: DistInfo) -> _Plan:
         raise ValueError(f"{n_examples} examples are fewer than one batch of batch_size={cfg.batch_size}; "
                          "lower --batch_size or add data")
     plan = _Plan(steps_per_epoch, cfg.max_steps or steps_per_epoch * cfg.epochs, cfg.per_rank_batch_size(info.world_size),
-                 cfg.grad_accum_steps(info.world_size))
+                 cfg.grad_accum_steps(info.world_size), cfg.micro_batch(info.world_size))
     if info.is_main:
         dropped = n_examples - steps_per_epoch * cfg.batch_size
         print(f"[{cfg.stage}] {n_examples} examples, {steps_per_epoch} steps/epoch, {plan.total} steps; "
               f"{dropped} examples of the last incomplete batch per epoch are not used; "
-              f"{plan.accum} micro-batches of {cfg.micro_batch(info.world_size)} per rank x {info.world_size} rank(s)")
+              f"{plan.accum} micro-batches of {plan.micro} per rank x {info.world_size} rank(s)")
     return plan
 
 
@@ -158,9 +159,8 @@ def _accumulate(wrapped, make_batch, step_loss: StepLoss, rank_idx: list[int], c
     """Forward/backward of one optimizer step's micro-batches; returns the summed metrics and token count."""
     sums: dict[str, torch.Tensor] = {}
     tokens = torch.zeros((), dtype=torch.float64)
-    size = plan.per_rank // plan.accum  # cfg.micro_batch(world_size)
     for m in range(plan.accum):
-        micro = batch_to(make_batch(rank_idx[m * size : (m + 1) * size]), device)
+        micro = batch_to(make_batch(rank_idx[m * plan.micro : (m + 1) * plan.micro]), device)
         with no_sync(wrapped, sync=(m == plan.accum - 1)):
             with autocast:
                 loss, metrics = step_loss(wrapped, micro)  # (b,)
