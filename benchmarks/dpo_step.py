@@ -7,7 +7,9 @@ Ours, two layouts, reference log-probs precomputed (as ``train_dpo`` does), :fun
 * shared prompt (``shared_prompt=True``, the default): each prompt runs once, chosen and rejected on its key/value
   cache (:mod:`allroads.llm.model.shared_prompt`): P + R_w + R_l positions a pair;
 * two sequences (``shared_prompt=False``): chosen and rejected concatenated into one left-padded batch (the LM head
-  only on the positions that predict response tokens): 2P + R_w + R_l real positions a pair, plus padding.
+  only on the positions that predict response tokens): 2P + R_w + R_l real positions a pair, plus padding;
+* packed (``packing=True``): the same sequences end to end without padding, rows of at most the longest sequence
+  (dense attention kernels) or one row (flash attention, whose cost is per sequence).
 Baseline: per example, four separate unpadded forwards (policy chosen, policy rejected, ref chosen,
 ref rejected), a backward per example, then the AdamW step (how a first implementation often looks).
 Reported: seconds per step, tokens/s of the pairs' sequences (2P + R_w + R_l real tokens a pair, the same data for
@@ -21,8 +23,9 @@ import time
 
 import torch
 
+from allroads.llm.data.padding_free import collate_pairs_packed
 from allroads.llm.data.rows import TokenizedPair, collate_pairs, collate_pairs_shared
-from allroads.llm.model.models import sequence_logps, set_attention
+from allroads.llm.model.models import packed_logps, sequence_logps, set_attention
 from allroads.llm.model.shared_prompt import shared_prompt_logps
 from allroads.losses import dpo_loss
 
@@ -59,6 +62,20 @@ def ours_step(policy, opt, pairs, ref_table, beta, device, autocast):
     opt.step()
     opt.zero_grad(set_to_none=True)
     return int(batch["attention_mask"].sum())
+
+
+def packed_step(policy, opt, pairs, ref_table, beta, device, autocast, row_tokens=0):
+    """One step on padding-free rows (``packing``; :mod:`allroads.llm.data.padding_free`): chosen and rejected
+    sequences end to end, ``row_tokens`` a row at most (0: one row); returns the real tokens computed."""
+    b = {k: v.to(device) for k, v in collate_pairs_packed(pairs, 1, row_tokens).items()}
+    with autocast:
+        logp, _ = packed_logps(policy, b["input_ids"], b["position_ids"], b["response_mask"], b["seq_index"],
+                               len(b["last_index"]))
+    logp_w, logp_l = logp.chunk(2)
+    dpo_loss(logp_w, logp_l, ref_table[:, 0], ref_table[:, 1], beta).mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return int((b["seq_index"] >= 0).sum())
 
 
 def shared_step(policy, opt, pairs, ref_table, beta, device, autocast):
@@ -110,9 +127,12 @@ def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, p
         ref_table = torch.stack(ref_logp.float().chunk(2), 1)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-7, eps=1e-5)
     data_tokens = sum(2 * len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs)
+    row_tokens = max(len(x.prompt_ids) + max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs)  # dense kernels
     results = {}
     for label, fn in (("shared", lambda: shared_step(policy, opt, pairs, ref_table, 0.05, device, autocast)),
                       ("two-seq", lambda: ours_step(policy, opt, pairs, ref_table, 0.05, device, autocast)),
+                      ("packed", lambda: packed_step(policy, opt, pairs, ref_table, 0.05, device, autocast,
+                                                     row_tokens=0 if attn == "flash_attention_2" else row_tokens)),
                       ("naive", lambda: naive_step(policy, ref, opt, pairs, 0.05, device, autocast))):
         fn()  # warm-up
         if device == "cuda":
@@ -128,8 +148,9 @@ def bench(name, shape, *, device, dtype, n_pairs, prompt_len, resp_len, steps, p
     line = f"{name:>12} {attn:>5} N={n_params / 1e6:7.2f}M pairs/step={n_pairs:3d} |"
     for label, (dt, _) in results.items():
         line += f" {label} {dt * 1e3:8.1f} ms/step {data_tokens / dt:9.0f} tok/s |"
-    t_sh, t_two, t_naive = (results[k][0] for k in ("shared", "two-seq", "naive"))
-    line += f" shared vs two-seq x{t_two / t_sh:4.2f}, two-seq vs naive x{t_naive / t_two:4.2f}"
+    t_sh, t_two, t_pk, t_naive = (results[k][0] for k in ("shared", "two-seq", "packed", "naive"))
+    line += (f" shared vs two-seq x{t_two / t_sh:4.2f}, packed vs two-seq x{t_two / t_pk:4.2f}, two-seq vs naive "
+             f"x{t_naive / t_two:4.2f}")
     if device == "cuda" and peak_flops:
         line += " | MFU " + " ".join(f"{k} {6 * n_params * v[1] / peak_flops:.1%}" for k, v in results.items())
     print(line, flush=True)

@@ -12,9 +12,11 @@ Sections (each recorded with its status and seconds; the JSON is rewritten after
 * ``gpu_tests``: ``pytest -m gpu tests/llm/test_gpu.py`` (bf16 DPO step vs fp32, FSDP2 on one GPU vs the plain
   model, CUDA greedy vs CPU greedy); skipped by pytest without CUDA;
 * ``dpo_step``: DPO optimizer steps of a pythia-1.4b-shaped GPT-NeoX (random weights, fp32 master weights, bf16
-  autocast, fused AdamW, reference log-probs precomputed), pairs of 512 prompt + 53 response tokens, in both pair
-  layouts (``shared_prompt``: each prompt once, the default; ``two_sequences``): seconds/step, tokens/s of the pairs'
-  sequences, MFU = 6·N·(positions computed)/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense bf16 peak);
+  autocast, fused AdamW, reference log-probs precomputed), pairs of ≤ 512 prompt + ≤ 53 response tokens, in every
+  pair layout (``shared_prompt``: each prompt once, the default; ``two_sequences``: padded; ``packed``: without
+  padding) and attention kernel (sdpa, eager, flash-attention 2 where it imports): seconds/step, tokens/s of the
+  pairs' sequences, MFU = 6·N·(real tokens computed)/s / 989 TFLOP/s (N = all parameters; the H100/H200 dense
+  bf16 peak);
 * ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` of a worker (below) that trains DPO with FSDP2 for 3 steps
   with a sharded checkpoint at step 2, stops, resumes, exports, and compares with a plain run (fp32), then runs
   2 steps with bf16 compute and fp32 gradient reduction;
@@ -74,10 +76,11 @@ def section_gpu_tests(args) -> dict:
 
 
 def section_dpo_step(args) -> dict:
-    """DPO optimizer steps in both pair layouts (shared prompt, the default, and two sequences) with SDPA attention,
-    and the two-sequence layout with eager attention (and flash-attention 2 where flash-attn imports): seconds,
-    tokens/s of the pairs' sequences, MFU on the positions each computes, peak memory."""
-    from dpo_step import make_model, make_pairs, ours_step, shared_step
+    """DPO optimizer steps in the pair layouts — shared prompt (the default, SDPA), two padded sequences and packed
+    without padding (``packing``; rows of at most the longest sequence; one row with flash attention) — with SDPA,
+    eager and flash-attention 2 where flash-attn imports: seconds, tokens/s of the pairs' sequences, MFU on the
+    real tokens each computes (6 · N · tokens / s / peak), peak memory."""
+    from dpo_step import make_model, make_pairs, ours_step, packed_step, shared_step
 
     from allroads.llm.data.rows import collate_pairs
     from allroads.llm.model.models import sequence_logps, set_attention
@@ -98,8 +101,12 @@ def section_dpo_step(args) -> dict:
     out = {"shape": dict(zip(("vocab", "hidden", "layers", "heads", "intermediate"), shape)), "params": n_params,
            "pairs_per_step": n_pairs, "tokens_per_step": data_tokens}
     kernels = ["sdpa", "eager"] + (["flash_attention_2"] if dev == "cuda" and _importable("flash_attn") else [])
-    runs = [(label, fn, k) for k in kernels for label, fn in (("shared_prompt", shared_step), ("two_sequences", ours_step))
-            if k == "sdpa" or label == "two_sequences"]  # other kernels: the layout every kernel handles
+    longest = max(len(x.prompt_ids) + max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs)
+    layouts = (("shared_prompt", shared_step), ("two_sequences", ours_step),
+               ("packed", lambda *a: packed_step(*a, row_tokens=longest)),  # dense kernels: rows ≤ the longest
+               ("packed_one_row", packed_step))  # flash attention: cost per sequence, so one row
+    runs = [(label, fn, k) for k in kernels for label, fn in layouts
+            if (label != "shared_prompt" or k == "sdpa") and (label != "packed_one_row" or k == "flash_attention_2")]
     for label, fn, kernel in runs:
         set_attention(policy, kernel)
         label = label if kernel == "sdpa" else f"{label}_{kernel}"

@@ -3,6 +3,7 @@ one process without FSDP, in float64 (final weights within atol 1e-9; see test_d
 
 * SFT, global RM and DPO with gradient accumulation (2 micro-batches per rank) and gradient clipping that is
   active (max_grad_norm far below the gradient norm), exported once as safetensors that plain transformers opens;
+  the FSDP processes train on padding-free batches (``--packing true``), the one process on padded ones;
 * a 2-process DPO run stopped after step 3 (its last checkpoint is step 2, step 3 is lost as in a kill) and
   resumed (a) by 2 FSDP processes and (b) by 1 process without FSDP equals the uninterrupted 1-process run, and
   so does a 2-process DDP run stopped and resumed the same way:
@@ -127,7 +128,7 @@ def _worker(mode: str, out: Path) -> None:
     rank = int(os.environ["RANK"])
     if mode == "train":
         for stage, steps in STEPS.items():
-            assert main(_args(stage, out / stage, True, ["--max_steps", str(steps)])) == 0
+            assert main(_args(stage, out / stage, True, ["--max_steps", str(steps), "--packing", "true"])) == 0
             if rank == 0:  # the initial weights, to check that training moved them
                 tok = TK.build_tiny_tokenizer()
                 load = M.load_reward_model if stage == "rm" else M.load_policy

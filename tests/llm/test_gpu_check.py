@@ -24,6 +24,8 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert dpo["ok"] and dpo["shared_prompt"]["tokens_per_s"] > 0 and dpo["two_sequences"]["tokens_per_s"] > 0
     assert dpo["shared_prompt"]["positions_per_step"] < dpo["two_sequences"]["positions_per_step"]
     assert dpo["two_sequences_eager"]["positions_per_step"] == dpo["two_sequences"]["positions_per_step"]
+    assert dpo["packed"]["positions_per_step"] == dpo["packed_eager"]["positions_per_step"] == \
+        dpo["two_sequences"]["positions_per_step"]  # the same real tokens, packed
     fsdp = sections["fsdp_torchrun"]
     assert fsdp["ok"] and fsdp["stopped_at"] == 2 and fsdp["resumed_from"] == 2 and fsdp["shards"] == ["__0_0.distcp"]
     assert fsdp["max_abs_diff_vs_plain"] <= 1e-5

@@ -101,11 +101,23 @@ class TrainConfig:
     """Attention kernel of the trained model: ``eager``, ``sdpa`` (PyTorch's fused attention; transformers' default),
     ``flash_attention_2`` (CUDA, bf16, the flash-attn package); empty = the model's own. The same maths: eager and
     sdpa give the same DPO loss to 1e-10 and gradients to 1e-8 in float64 (GPT-NeoX's eager softmax is float32;
-    tested); flash attention is not tested here (no GPU in CI)."""
+    tested); flash attention is not tested here (no GPU in CI). Eager in float64 with left padding gives NaN
+    (transformers' GPT-NeoX eager softmax runs in float32, where the float64 mask's minimum is −inf, so all-padding
+    rows turn NaN and spread): use sdpa, right padding or ``packing`` there."""
     group_by_length: bool = False
     """Form the micro-batches of each optimizer step from its examples sorted by length (each rank its own share):
     the same examples and the same gradient (up to the order of float sums), less padding when a step has several
     micro-batches. The batches themselves are not regrouped, so the data order is unchanged."""
+    packing: bool = False
+    """Padding-free batches (:mod:`allroads.llm.data.padding_free`): a micro-batch's ``prompt + response`` sequences
+    end to end in rows, position ids restarting per sequence, no padding inside a row. The same losses and
+    gradients as padded batches (float64: 1e-10; tested), fewer positions. Pair stages then use two sequences a
+    pair (packing replaces ``shared_prompt``, which runs each prompt once but pads). Needs transformers' packed
+    masks (≥ 4.56)."""
+    pack_row_tokens: int = 0
+    """With ``packing``: at most this many tokens a row (first-fit by decreasing length; a longer sequence gets a
+    row of its own); 0 = one row a micro-batch (for flash attention, whose cost is per sequence; with eager or
+    sdpa attention costs the square of the row length, so use about the longest sequence)."""
     save_every: int = 0
     """Write a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many steps before the last;
     0 = none. The final weights are written once, to ``output_dir/model``."""
@@ -178,7 +190,8 @@ class TrainConfig:
 
     def _validate_counts_and_rates(self) -> None:
         """Every count, size and rate in range (a run of 0 steps, a negative rate or a NaN is refused)."""
-        at_least = {"epochs": 1, "log_every": 1, "max_steps": 0, "warmup_steps": 0, "save_every": 0}
+        at_least = {"epochs": 1, "log_every": 1, "max_steps": 0, "warmup_steps": 0, "save_every": 0,
+                    "pack_row_tokens": 0}
         bad = [f"--{k} {getattr(self, k)} (must be an integer >= {v})" for k, v in at_least.items()
                if getattr(self, k) < v]
         positive = {"lr": self.lr, "adam_eps": self.adam_eps}
@@ -371,7 +384,10 @@ class OnlineDataConfig:
     seed: int = 0
     """Seed of the one sampling pass."""
     sample_batch_size: int = 8
-    """Prompts per generate call."""
+    """Prompts per decode call (at most; the runner samples every stage with it)."""
+    sample_batch_tokens: int = 0
+    """Memory budget of a decode call, in key/value positions (:attr:`allroads.llm.model.completions.SamplingConfig.
+    max_batch_tokens`; HF path); 0 = ``sample_batch_size`` prompts a call."""
     prompt_augmentation: bool = False
     """Also sample on the SFT-train prompts (≈3× the data; Fig. 5). The caller passes them in."""
     tie_redraws: int = 3
@@ -389,5 +405,6 @@ class OnlineDataConfig:
         if self.sampling_temperature <= 0:
             raise ValueError(f"sampling_temperature={self.sampling_temperature}: must be > 0 (π_ref's logits are "
                              "divided by it)")
-        if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0:
-            raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws >= 0")
+        if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0 or self.sample_batch_tokens < 0:
+            raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws and sample_batch_tokens "
+                             ">= 0")

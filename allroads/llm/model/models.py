@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "check_packing",
+    "packed_logps",
+    "packed_rewards",
+    "PackedRewardModel",
     "forward_takes",
     "HubUnreachableError",
     "tiny_config",
@@ -244,6 +248,47 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return (token_logp * mask).sum(-1), response_mask[:, 1:].sum(-1)
 
 
+def check_packing() -> None:
+    """Refuse padding-free batches (:mod:`allroads.llm.data.padding_free`) where transformers would let packed
+    sequences attend to each other: the per-sequence masks come from ``masking_utils.find_packed_sequence_indices``."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("packing needs transformers' packed-sequence masks (transformers.masking_utils."
+                           "find_packed_sequence_indices, transformers >= 4.56): upgrade transformers or set "
+                           "packing=False") from e
+
+
+def packed_logps(model, input_ids: torch.Tensor, position_ids: torch.Tensor, response_mask: torch.Tensor,
+                 seq_index: torch.Tensor, n_seq: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`sequence_logps` of a padding-free batch (:func:`allroads.llm.data.padding_free.collate_packed`):
+
+        log π(ξ_i) = Σ_{h ∈ response of sequence i} log softmax(logits_{h−1} / T)[a_h]
+
+    summed per sequence by ``seq_index``. No attention mask: the position ids that restart at 0 confine each token
+    to its own sequence. The LM head runs only on the columns that predict a response token in some row.
+    Returns ``(logp, n_tokens)``, shape (``n_seq``,) each.
+    """
+    check_packing()
+    targets = response_mask[:, 1:]  # (R, L−1): position t predicts token t+1
+    cols = targets.any(0).nonzero().squeeze(1)  # columns t whose prediction counts in some row
+    kw = {"logits_to_keep": cols} if forward_takes(model, "logits_to_keep") else {}
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits
+    if not kw:
+        logits = logits[:, cols]
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.to(compute)
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, cols + 1]
+    token_logp = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)  # (R, C)
+    keep = targets[:, cols]
+    owner = seq_index[:, cols + 1][keep]  # a response token's sequence (never a tail: tails hold no response)
+    logp = token_logp.new_zeros(n_seq).index_add(0, owner, token_logp[keep])
+    n_tok = torch.zeros(n_seq, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
+    return logp, n_tok
+
+
 class RewardModel(torch.nn.Module):
     """A module whose ``forward`` is :func:`rewards` of the wrapped ``*ForSequenceClassification``
     (``.hf``), so DDP / FSDP see the real forward (their hooks need the call to go through the wrapper)."""
@@ -271,3 +316,22 @@ def rewards(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     last = last_token_index(attention_mask)
     r = values.gather(1, last.unsqueeze(1)).squeeze(1)
     return r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
+
+
+def packed_rewards(reward_model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   last_index: torch.Tensor) -> torch.Tensor:
+    r""":func:`rewards` of a padding-free batch (:func:`allroads.llm.data.padding_free.collate_packed`): r(ξ_i)
+    read at sequence i's last token (``last_index``, flat into (R · L)). Shape (n_seq,)."""
+    check_packing()
+    hidden = reward_model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False
+                                     ).last_hidden_state  # (R, L, d)
+    r = _score_head(reward_model)(hidden.flatten(0, 1)[last_index]).squeeze(-1)
+    return r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
+
+
+class PackedRewardModel(RewardModel):
+    """:class:`RewardModel` for padding-free batches: ``forward`` is :func:`packed_rewards` of ``.hf``."""
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,  # type: ignore[override]
+                last_index: torch.Tensor) -> torch.Tensor:
+        return packed_rewards(self.hf, input_ids, position_ids, last_index)

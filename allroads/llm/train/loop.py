@@ -176,6 +176,8 @@ def sequence_tokens(batch: dict) -> torch.Tensor:
     each prompt once per response, as the sequences hold it), so ``tokens_per_s`` measures data, not positions."""
     if "attention_mask" in batch:
         return batch["attention_mask"].sum().cpu().double()
+    if "seq_index" in batch:  # padding-free rows: every token that belongs to a sequence
+        return (batch["seq_index"] >= 0).sum().cpu().double()
     prompt = batch["prompt_mask"].sum(1)[batch["prompt_index"]].sum()
     return (prompt + batch["response_mask"].sum()).cpu().double()
 

@@ -23,8 +23,9 @@ import torch
 
 from allroads.llm.core.atomic import torch_save
 from allroads.llm.core.config import DPOConfig, LocalRMConfig, RMConfig, SFTConfig
+from allroads.llm.data.padding_free import collate_packed, collate_pairs_packed
 from allroads.llm.data.rows import TokenizedPair, TokenizedSFT, collate_pairs, collate_pairs_shared, collate_sft
-from allroads.llm.model.models import RewardModel, sequence_logps
+from allroads.llm.model.models import PackedRewardModel, RewardModel, packed_logps, sequence_logps
 from allroads.llm.model.shared_prompt import SharedPromptRewardModel, shared_prompt_logps
 from allroads.llm.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from allroads.llm.train.loop import History, batch_to, optimize, output_dir, resolve_device
@@ -33,7 +34,7 @@ from allroads.llm.train.trackers import Tracker, check_report_to
 from allroads.losses import bt_loss, dpo_implicit_reward, dpo_loss, dpo_soft_loss, local_rm_loss, sft_loss
 
 __all__ = ["History", "train_sft", "train_rm", "train_local_rm", "train_dpo", "train_dpo_soft", "train_online_dpo", "precompute_ref_logps", "ref_table_key", "resolve_device",
-           "pair_batch", "batch_logps", "shares_prompt", "sft_length", "pair_length"]
+           "pair_batch", "sft_batch", "batch_logps", "shares_prompt", "sft_length", "pair_length"]
 
 
 def _hard_labels_only(pairs: Sequence[TokenizedPair], stage: str) -> None:
@@ -58,25 +59,42 @@ def _pair_metrics(r_w: torch.Tensor, r_l: torch.Tensor, logp_w: torch.Tensor | N
 def shares_prompt(cfg) -> bool:
     """Whether a stage runs its pairs in the shared-prompt layout: ``cfg.shared_prompt``, except under FSDP, whose
     parameters are freed between the prompt's forward pass and the responses', and with gradient checkpointing,
-    which drops the key/value cache in training (both then use two sequences)."""
-    return bool(cfg.shared_prompt and not cfg.fsdp and not cfg.gradient_checkpointing)
+    which drops the key/value cache in training, and with ``cfg.packing`` (all three then use two sequences)."""
+    return bool(cfg.shared_prompt and not cfg.fsdp and not cfg.gradient_checkpointing and not cfg.packing)
 
 
 def pair_batch(pairs: Sequence[TokenizedPair], pad_id: int, cfg) -> dict:
     """A batch of pairs, chosen rows ``[:b]`` and rejected rows ``[b:]``: each prompt once, in the shared-prompt
-    layout, when ``cfg.shared_prompt`` (:func:`allroads.llm.data.rows.collate_pairs_shared`); else prompt + response
-    sequences padded on ``cfg.padding_side`` (:func:`allroads.llm.data.rows.collate_pairs`)."""
+    layout, when ``cfg.shared_prompt`` (:func:`allroads.llm.data.rows.collate_pairs_shared`); packed without
+    padding with ``cfg.packing`` (:func:`allroads.llm.data.padding_free.collate_pairs_packed`); else prompt +
+    response sequences padded on ``cfg.padding_side`` (:func:`allroads.llm.data.rows.collate_pairs`)."""
     if shares_prompt(cfg):
         return collate_pairs_shared(pairs, pad_id)
+    if cfg.packing:
+        return collate_pairs_packed(pairs, pad_id, cfg.pack_row_tokens)
     return collate_pairs(pairs, pad_id, cfg.padding_side)
 
 
-def batch_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """log π_T of every response row of a :func:`pair_batch` (either layout; the same values), shape (2b,)."""
+def sft_batch(examples: Sequence[TokenizedSFT], pad_id: int, cfg) -> dict:
+    """A batch of SFT examples: packed without padding with ``cfg.packing``, else padded on ``cfg.padding_side``."""
+    if cfg.packing:
+        return collate_packed([e.prompt_ids for e in examples], [e.response_ids for e in examples], pad_id,
+                              cfg.pack_row_tokens)
+    return collate_sft(examples, pad_id, cfg.padding_side)
+
+
+def batch_logps(model, batch: dict, temperature: float = 1.0, with_counts: bool = False):
+    """log π_T of every response of a batch of :func:`pair_batch` (chosen then rejected) or :func:`sft_batch`, in any
+    layout (the same values), shape (n,); ``with_counts``: also the response tokens of each, (n,)."""
     if "prompt_ids" in batch:
-        return shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["prompt_index"],
-                                   batch["response_ids"], batch["response_mask"], temperature)[0]
-    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)[0]
+        out = shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["prompt_index"],
+                                  batch["response_ids"], batch["response_mask"], temperature)
+    elif "seq_index" in batch:
+        out = packed_logps(model, batch["input_ids"], batch["position_ids"], batch["response_mask"],
+                           batch["seq_index"], len(batch["last_index"]), temperature)
+    else:
+        out = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
+    return out if with_counts else out[0]
 
 
 def sft_length(example: TokenizedSFT) -> int:
@@ -97,10 +115,10 @@ def train_sft(policy, data: Sequence[TokenizedSFT], cfg: SFTConfig, *, tokenizer
     pad = policy.config.pad_token_id
 
     def make_batch(idx: list[int]) -> dict:
-        return collate_sft([data[i] for i in idx], pad, cfg.padding_side)
+        return sft_batch([data[i] for i in idx], pad, cfg)
 
     def step_loss(model, batch):
-        logp, n_tok = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logp, n_tok = batch_logps(model, batch, with_counts=True)
         loss = sft_loss(logp)  # (b,)
         if cfg.per_token_mean:
             loss = loss / n_tok
@@ -117,14 +135,15 @@ def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tok
     ``reward_model`` is a ``*ForSequenceClassification`` with one label."""
     _hard_labels_only(pairs, "train_rm")
     pad = reward_model.config.pad_token_id
-    module = SharedPromptRewardModel(reward_model) if shares_prompt(cfg) else RewardModel(reward_model)
+    module = (SharedPromptRewardModel if shares_prompt(cfg) else PackedRewardModel if cfg.packing
+              else RewardModel)(reward_model)
 
     def make_batch(idx: list[int]) -> dict:
         return pair_batch([pairs[i] for i in idx], pad, cfg)
 
     def step_loss(model, batch):
         args = (("prompt_ids", "prompt_mask", "prompt_index", "response_ids", "response_mask") if shares_prompt(cfg)
-                else ("input_ids", "attention_mask"))
+                else ("input_ids", "position_ids", "last_index") if cfg.packing else ("input_ids", "attention_mask"))
         r = model(*(batch[k] for k in args))  # (2b,): chosen rows then rejected rows
         r_w, r_l = r.chunk(2)
         return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
@@ -195,7 +214,7 @@ def ref_table_key(ref, pairs: Sequence[TokenizedPair], cfg: DPOConfig, device_ty
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
         h.update(t.view(torch.uint8).numpy())
     h.update(json.dumps({"ref_temperature": float(cfg.ref_temperature), "padding_side": cfg.padding_side,
-                         "shared_prompt": shares_prompt(cfg),
+                         "shared_prompt": shares_prompt(cfg), "packing": bool(cfg.packing),
                          "autocast_bf16": bool(cfg.bf16 and device_type == "cuda")}, sort_keys=True).encode())
     for p in pairs:
         h.update(json.dumps([list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)]).encode())

@@ -19,7 +19,7 @@ __all__ = ["RESULT_NEUTRAL_FIELDS", "RunMismatchError", "differing_fields", "che
            "finished_history_metrics"]
 
 RESULT_NEUTRAL_FIELDS = ("output_dir", "progress", "log_every", "micro_batch_size", "fsdp", "resume", "save_every",
-                         "save_final_checkpoint", "group_by_length")
+                         "save_final_checkpoint", "group_by_length", "packing", "pack_row_tokens")
 """Config fields that may differ between a run and the run it continues in the same output directory."""
 
 FINISHED = "finished.json"
