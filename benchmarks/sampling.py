@@ -105,6 +105,8 @@ def main():
                     help="tiny model: P(EOS) per step (0: none, every sample runs to the budget; 0.04: mean length 25)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-words", type=int, default=60)
+    ap.add_argument("--mixed-lengths", action="store_true",
+                    help="prompt lengths spread over 1/4 … 1 of --prompt-words, in a shuffled order (TL;DR posts vary)")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=53)
     ap.add_argument("--temperature", type=float, default=0.1)
@@ -125,8 +127,12 @@ def main():
         model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     model = model.to(device)
     words = "the quick brown fox jumps over the lazy dog and then".split()
-    prompts = [" ".join(words[(i + j) % len(words)] for j in range(args.prompt_words)) + "\nTL;DR:"
-               for i in range(args.prompts)]
+    n_words = [args.prompt_words] * args.prompts
+    if args.mixed_lengths:
+        spread = [max(1, round(args.prompt_words * (0.25 + 0.75 * i / max(args.prompts - 1, 1))))
+                  for i in range(args.prompts)]
+        n_words = [spread[i] for i in torch.randperm(args.prompts, generator=torch.Generator().manual_seed(0))]
+    prompts = [" ".join(words[(i + j) % len(words)] for j in range(k)) + "\nTL;DR:" for i, k in enumerate(n_words)]
     cfg = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, backend="hf")
     n_params = sum(p.numel() for p in model.parameters())
@@ -143,10 +149,12 @@ def main():
         tokens = plain()
         times.append(time.perf_counter() - t0)
     rows.append(("plain generate", tokens, statistics.median(times), 0, 0))
-    for logp in (False, True):
-        c = SamplingConfig(**{**cfg.__dict__, "compute_logp": logp})
+    for label, kw in (("hf (compute_logp=False)", {"compute_logp": False}),
+                      ("hf (compute_logp=True)", {"compute_logp": True}),
+                      ("hf (not grouped by length)", {"compute_logp": False, "group_by_length": False})):
+        c = SamplingConfig(**{**cfg.__dict__, **kw})
         tokens, secs, res = timed(lambda: sample(model, tok, prompts, c), args.repeats)
-        rows.append((f"hf (compute_logp={logp})", tokens, secs, res.n_unfinished, res.n_completions))
+        rows.append((label, tokens, secs, res.n_unfinished, res.n_completions))
     if vllm_available() and args.model != "tiny":
         import vllm
 
@@ -156,11 +164,11 @@ def main():
         rows.append(("vllm", tokens, secs, res.n_unfinished, res.n_completions))
     else:
         print("vllm: skipped (not importable, no GPU, or tiny model which vLLM cannot load from memory)")
-    print(f"{'backend':<26}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'vs plain':>10}{'unfinished':>12}")
+    print(f"{'backend':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'vs plain':>10}{'unfinished':>12}")
     base = rows[0][1] / rows[0][2]
     for name, tokens, secs, unfinished, total in rows:
         done = f"{unfinished:>8}/{total}" if total else f"{'—':>12}"
-        print(f"{name:<26}{tokens:>8}{secs:>10.3f}{tokens / secs:>11.1f}{tokens / secs / base:>9.2f}x{done}")
+        print(f"{name:<28}{tokens:>8}{secs:>10.3f}{tokens / secs:>11.1f}{tokens / secs / base:>9.2f}x{done}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from allroads.llm.model.decode import decode, stream_uniforms  # noqa: E402
-from allroads.llm.model.sample import SamplingConfig, sample  # noqa: E402
+from allroads.llm.model.sample import SamplingConfig, decode_calls, sample  # noqa: E402
 
 from .test_sample import EOS, PROMPTS, tiny_model, tok  # noqa: E402,F401  (tok: a fixture)
 
@@ -127,3 +127,51 @@ def test_samples_do_not_depend_on_batching_or_on_splitting_the_prompts(tok):
     assert unindexed != together[2:]
     with pytest.raises(ValueError, match="prompt indices"):
         sample(model, tok, prompts, cfg, prompt_index=[0, 1])
+
+
+def test_decode_calls_group_by_length_within_the_budgets():
+    """Every prompt in exactly one call; with ``group_by_length`` the calls read the prompts in increasing length
+    (ties by index), else in order; no call over ``batch_size`` prompts or over ``max_batch_tokens`` key/value
+    positions, (prompts × n) × (longest + max_new_tokens), unless it holds one prompt; and a call is closed only
+    when the next prompt would break a budget (greedy: n counts once)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        lengths = torch.randint(1, 30, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
+        cfg = SamplingConfig(n=int(torch.randint(1, 5, (1,), generator=g)), max_new_tokens=4,
+                             batch_size=int(torch.randint(1, 5, (1,), generator=g)),
+                             max_batch_tokens=int(torch.randint(0, 200, (1,), generator=g)),
+                             group_by_length=bool(trial % 2), temperature=0.0 if trial % 5 == 0 else 1.0)
+        calls = decode_calls(lengths, cfg)
+        flat = [i for c in calls for i in c]
+        want = sorted(range(len(lengths)), key=lambda i: (lengths[i], i)) if cfg.group_by_length else list(
+            range(len(lengths)))
+        assert flat == want
+        n = 1 if cfg.greedy else cfg.n
+
+        def cost(c):
+            return len(c) * n * (max(lengths[i] for i in c) + cfg.max_new_tokens)
+
+        for k, c in enumerate(calls):
+            assert len(c) <= cfg.batch_size
+            assert cfg.max_batch_tokens == 0 or len(c) == 1 or cost(c) <= cfg.max_batch_tokens
+            if k + 1 < len(calls):  # closed because the next prompt would not fit
+                more = c + calls[k + 1][:1]
+                assert len(more) > cfg.batch_size or (cfg.max_batch_tokens and cost(more) > cfg.max_batch_tokens)
+
+
+def test_samples_do_not_depend_on_length_grouping_or_the_memory_budget(tok):
+    """The same samples (tokens and log-probs) in the prompts' order whether the decode calls group prompts by length
+    or not and whatever the memory budget (one prompt a call at the smallest)."""
+    model = tiny_model()
+    prompts = ["one two three four five six seven", "Hello", "The cat sat on the mat and then", "a b c TL;DR:", "Hi"]
+    base = dict(n=3, temperature=1.0, max_new_tokens=5, seed=9, batch_size=4, backend="hf")
+    runs = [sample(model, tok, prompts, SamplingConfig(**base, **kw)).samples
+            for kw in ({"group_by_length": False}, {}, {"max_batch_tokens": 40}, {"max_batch_tokens": 1})]
+    tokens = [[[c.token_ids for c in p.completions] for p in r] for r in runs]
+    logps = [[[c.logp for c in p.completions] for p in r] for r in runs]
+    assert all(t == tokens[0] for t in tokens[1:])
+    for lp in logps[1:]:
+        assert torch.allclose(torch.tensor(lp), torch.tensor(logps[0]), atol=1e-5, rtol=0)
+    assert [p.prompt for p in runs[1]] == prompts
+    assert len({tuple(map(tuple, t)) for t in tokens[0]}) > 1  # the prompts got different samples
+

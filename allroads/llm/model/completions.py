@@ -20,7 +20,15 @@ class SamplingConfig:
     seed: int = 0
     """Seed of the sampling RNG; same seed + same inputs ⇒ same samples."""
     batch_size: int = 8
-    """Prompts per ``generate`` call; each call decodes ``batch_size * n`` sequences."""
+    """Prompts per decode call (at most); each call decodes ``batch_size * n`` sequences."""
+    max_batch_tokens: int = 0
+    """Memory budget of a decode call (HF path): it takes prompts while (prompts × n) × (its longest prompt +
+    ``max_new_tokens``) — the key/value cache's positions — stays within this many (a prompt over it alone gets a
+    call of its own); 0 = ``batch_size`` prompts a call. The samples do not change: each (prompt, sample) has its
+    own random stream."""
+    group_by_length: bool = True
+    """Form the decode calls from the prompts sorted by token length (HF path), so a call pads its prompts to
+    similar lengths; results come back in the prompts' order, and the samples do not change (per-sample streams)."""
     eos_token_id: int | None = None
     """Token that ends a completion; None = ``tokenizer.eos_token_id``."""
     keep_eos: bool = True
@@ -44,6 +52,8 @@ class SamplingConfig:
             problems.append(f"max_new_tokens={self.max_new_tokens} (must be >= 1)")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size} (must be >= 1)")
+        if self.max_batch_tokens < 0:
+            problems.append(f"max_batch_tokens={self.max_batch_tokens} (must be >= 0; 0 = batch_size prompts a call)")
         if not 0 < self.vllm_gpu_memory <= 1:
             problems.append(f"vllm_gpu_memory={self.vllm_gpu_memory} (a fraction in (0, 1])")
         if self.backend not in ("auto", "hf", "vllm"):

@@ -38,7 +38,7 @@ from allroads.llm.model.completions import Completion, PromptSamples, SamplingCo
 from allroads.llm.model.decode import decode
 from allroads.llm.model.sample_vllm import engine, sample_vllm
 
-__all__ = ["SamplingConfig", "Completion", "PromptSamples", "SamplingResult", "sample", "vllm_available"]
+__all__ = ["SamplingConfig", "Completion", "PromptSamples", "SamplingResult", "sample", "decode_calls", "vllm_available"]
 # SamplingConfig, Completion, PromptSamples and SamplingResult live in allroads.llm.model.completions (the vLLM
 # path shares them) and are re-exported here, the module users sample through.
 
@@ -132,6 +132,28 @@ def _left_pad(batch_ids: list[list[int]], pad: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
+def decode_calls(lengths: Sequence[int], cfg: SamplingConfig) -> list[list[int]]:
+    """The prompts (indices into ``lengths``, their token counts) of each decode call: in order of length when
+    ``cfg.group_by_length`` (ties by index), else in order; a call closes at ``cfg.batch_size`` prompts or where
+    one more prompt would take its key/value positions, (prompts × n) × (longest prompt + ``max_new_tokens``),
+    beyond ``cfg.max_batch_tokens`` (when > 0)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i)) if cfg.group_by_length else range(len(lengths))
+    n_gen = 1 if cfg.greedy else cfg.n
+    calls: list[list[int]] = []
+    longest = 0
+    for i in order:
+        wider = max(longest, lengths[i])
+        if calls and len(calls[-1]) < cfg.batch_size and (
+                cfg.max_batch_tokens <= 0
+                or (len(calls[-1]) + 1) * n_gen * (wider + cfg.max_new_tokens) <= cfg.max_batch_tokens):
+            calls[-1].append(i)
+            longest = wider
+        else:
+            calls.append([i])
+            longest = lengths[i]
+    return calls
+
+
 @torch.no_grad()
 def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], cfg: SamplingConfig, eos: int,
                prompt_index: list[int]) -> SamplingResult:
@@ -140,21 +162,20 @@ def _sample_hf(model, tokenizer, prompts: list[str], encoded: list[list[int]], c
     n_gen = 1 if cfg.greedy else cfg.n  # greedy: decode once, copy n times
     was_training = model.training
     model.eval()
-    out: list[PromptSamples] = []
+    out: list[PromptSamples | None] = [None] * len(prompts)
     try:
-        for start in range(0, len(prompts), cfg.batch_size):
-            chunk = encoded[start:start + cfg.batch_size]
-            ids, mask = _left_pad(chunk, pad, device)  # (b, P)
+        for call in decode_calls([len(x) for x in encoded], cfg):
+            ids, mask = _left_pad([encoded[i] for i in call], pad, device)  # (b, P)
             gen, step_logp = decode(model, ids, mask, n=n_gen, max_new_tokens=cfg.max_new_tokens,
                                     temperature=cfg.temperature, eos=eos, pad=pad, seed=cfg.seed,
-                                    prompt_index=torch.tensor(prompt_index[start:start + len(chunk)]),
+                                    prompt_index=torch.tensor([prompt_index[i] for i in call]),
                                     record_logp=cfg.compute_logp)  # (b * n_gen, steps)
             gen = gen.tolist()
             step_logp = step_logp.tolist() if step_logp is not None else None
-            for j in range(len(chunk)):
+            for j, i in enumerate(call):
                 comps = [make_completion(tokenizer, gen[r], eos, cfg, None if step_logp is None else step_logp[r])
                          for r in range(j * n_gen, (j + 1) * n_gen)]
-                out.append(PromptSamples(prompts[start + j], tuple(comps * cfg.n if cfg.greedy else comps)))
+                out[i] = PromptSamples(prompts[i], tuple(comps * cfg.n if cfg.greedy else comps))
     finally:
         model.train(was_training)
     return SamplingResult(tuple(out), "hf", cfg)

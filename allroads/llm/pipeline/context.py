@@ -123,7 +123,8 @@ class Pipeline:
         """The LLM backend of every stage (response budget ``max_response_tokens``, sampler ``Settings.sampler``)."""
         s = self.settings
         return LLMBackend(self.tokenizer, SamplingConfig(max_new_tokens=s.max_response_tokens, backend=s.sampler,
-                                                         batch_size=s.online.sample_batch_size, compute_logp=False),
+                                                         batch_size=s.online.sample_batch_size, compute_logp=False,
+                                                         max_batch_tokens=s.online.sample_batch_tokens),
                           micro_batch_size=s.eval_micro_batch, device=self.device,
                           split_across_ranks=ranks.world() > 1)
 

@@ -130,7 +130,8 @@ def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[st
     if not prompts:
         raise ValueError("build_online_pairs: no prompts")
     backend = dataclasses.replace(backend, sampling=dataclasses.replace(
-        backend.sampling, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size))
+        backend.sampling, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size,
+        max_batch_tokens=cfg.sample_batch_tokens))
     gen = torch.Generator().manual_seed(cfg.seed)
     scored = sample_and_score(backend, policy, scorer, list(prompts), n=cfg.n_samples,
                               temperature=cfg.sampling_temperature, generator=gen)
