@@ -255,7 +255,9 @@ def test_frontier_figure_writes_every_method_budgets_rules_and_a_png(tmp_path):
     assert r["sft"]["kl"] == 0.0
     assert set(r["budgets"]["known_score"]) == {"0.5", "1.5", "3", "5", "10"}
     dpo = r["methods"]["DPO"]["curve"]
-    picked = max(dpo, key=lambda p: p["implicit_loglik"])
+    inside = [p for p in dpo if p["kl"] <= 3.0]  # the default rule, kl_budget: the most KL within 3 nats
+    picked = max(inside, key=lambda p: p["kl"]) if inside else min(dpo, key=lambda p: p["kl"])
+    assert r["online_dpo_start"]["rule"] == "kl_budget"
     assert (r["online_dpo_start"]["lr"], r["online_dpo_start"]["epochs"]) == (picked["lr"], picked["epochs"])
     assert r["premise"]["verifier_easier"] == (r["premise"]["global_rm"]["loglik"] >
                                                r["premise"]["dpo_implicit_best"]["loglik"])

@@ -66,9 +66,10 @@ class FigureConfig:
     """The frontier figure: KL(π‖π_sft) budgets of the best-value table, fixed in advance."""
     prune_kl: float = 30.0
     """The frontier figure: a run whose first epoch is beyond this KL ends its method's sweep (larger lrs skipped)."""
-    rule_pick: str = "implicit_loglik"
+    rule_pick: str = "kl_budget"
     """The frontier figure: the rule (:data:`allroads.llm.figures.frontier_rules.RULES`) that picks the DPO point Online DPO
-    (DPO) starts from, fixed before any run."""
+    (DPO) starts from, fixed before any run. ``kl_budget`` since ``implicit_loglik`` (the first pre-registered rule,
+    DPO's own held-out loss) was measured to pick over-trained, degraded DPO points (experiments/llm/README.md)."""
     rule_kl_budget: float = 3.0
     """The frontier figure: the budget of the ``kl_budget`` rule (nats of KL(π‖π_sft)), fixed before any run."""
     notes: str = ""
