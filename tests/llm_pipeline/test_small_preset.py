@@ -142,7 +142,7 @@ def _tiny_selection_pipe(tmp_path) -> Pipeline:
     s = tiny_settings(sft_data="synthetic:64", pft_data="synthetic:64", valid_limit=16, n_test=6,
                       selection=SelectionConfig(sft_lrs=(3e-3, 1e-2), sft_max_epochs=2, rm_lrs=(1e-3, 3e-3),
                                                 rm_max_epochs=2, pref_lrs=(1e-3, 3e-3), pref_max_epochs=2,
-                                                heldout_rows=24))
+                                                heldout_rows=24, grow_lrs=0))  # fixed 2-lr grids
     return Pipeline(tmp_path / "runs", s, log=lambda _: None)
 
 

@@ -17,8 +17,11 @@ picks them by a protocol fixed before any result is seen, never by looking at th
                             over-optimises that RM
         choose the (lr, epochs) with the lowest held-out loss. SFT and the global RM train until their held-out
         loss has not improved for ``patience`` epochs (up to ``*_max_epochs``), so their epochs never stop at the
-        grid's edge while the loss still falls; a choice at an edge of the grid (lr or epochs) is flagged
-        ``at_edge`` in the record and logged.
+        grid's edge while the loss still falls, and their lr grid grows where the choice sits at its lowest or
+        highest lr (the next lr of the ladder 1e-5, 3e-5, 1e-4, … beyond it, up to ``grow_lrs`` a side), so their
+        lr does not stop there either; a choice still at an edge of the grid (lr or epochs) is flagged ``at_edge``
+        in the record and logged. The preference stages' grids do not grow: on nearly separable pairs their
+        held-out loss favours the most aggressive setting, and growing would only follow it.
 
 With a constant schedule the model after e epochs of an E-epoch run is the e-epoch model, so one run per lr gives
 every (lr, e). Each grid run logs its training steps and the held-out criterion (as ``eval/loss``, at the step that
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -51,7 +55,7 @@ from allroads.llm.train.methods import train_dpo, train_local_rm, train_online_d
 from allroads.llm.train.metrics import plot_metrics
 from allroads.llm.train.trackers import make_tracker
 
-__all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "STAGES"]
+__all__ = ["select_hyperparameters", "heldout_loss_curve", "patience_spent", "ladder_step", "STAGES"]
 
 
 def _heldout_source(s: Settings, sel: SelectionConfig) -> str:
@@ -181,20 +185,48 @@ _CRITERION = {"sft": "nll", "rm": "bt", "local_rm": "bt", "dpo": "bt", "online_d
 """What each grid run's held-out number is (module docstring); part of the stage key."""
 
 
+def ladder_step(lr: float, up: bool) -> float:
+    """The learning rate next to ``lr`` on the half-decade ladder … 1e-5, 3e-5, 1e-4, 3e-4 … (above it if ``up``)."""
+    k = math.floor(math.log10(lr))
+    rungs = [float(f"{m * 10.0 ** e:.1g}") for e in (k - 1, k, k + 1) for m in (1, 3)]
+    return min(r for r in rungs if r > lr * (1 + 1e-9)) if up else max(r for r in rungs if r < lr * (1 - 1e-9))
+
+
+def _side_to_grow(best_lr: float, lrs: list[float], grown: dict, limit: int) -> str | None:
+    """``low`` / ``high`` when the choice sits at that end of a grid of ≥ 2 lrs that may still grow there."""
+    if len(lrs) < 2:
+        return None
+    for side, end in (("low", min(lrs)), ("high", max(lrs))):
+        if best_lr == end and len(grown[side]) < limit:
+            return side
+    return None
+
+
 def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfig, sft: Artifact | None,
-            pairs: Artifact | None = None, patience: int = 0) -> dict:
-    """The choice over the grid (module docstring): ``{lr, epochs, heldout_loss, at_edge, grid, stage}``, ``stage``
-    the grid run of the chosen lr."""
-    runs = {lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
-            for lr in pipe.in_turn(list(lrs))}
-    grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
-    best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
+            pairs: Artifact | None = None, patience: int = 0, grow: int = 0) -> dict:
+    """The choice over the grid (module docstring): ``{lr, epochs, heldout_loss, at_edge, grid, grown, stage}``,
+    ``stage`` the grid run of the chosen lr. ``grow`` > 0: while the choice is the grid's lowest or highest lr, the
+    next lr beyond it (:func:`ladder_step`) joins the grid and the choice is made again, up to ``grow`` lrs a side
+    (``grown`` lists them)."""
+    lrs, grown = sorted(lrs), {"low": [], "high": []}
+    while True:
+        runs = {lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
+                for lr in pipe.in_turn(list(lrs))}
+        grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
+        best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
+        side = _side_to_grow(best[1], lrs, grown, grow)
+        if side is None:
+            break
+        grown[side].append(ladder_step(best[1], up=side == "high"))
+        pipe.log(f"[selection] {kind}: lr {best[1]:g} is the grid's {side}est; trying {grown[side][-1]:g} too")
+        lrs = sorted(lrs + [grown[side][-1]])
     edge = [what for what, hit in (("lr", best[1] in (min(lrs), max(lrs)) and len(lrs) > 1),
                                    ("epochs", best[2] == max_epochs)) if hit]
     if edge:
         pipe.log(f"[selection] {kind}: the choice lr {best[1]:g} x {best[2]} is at the grid's edge in {edge}: widen "
                  "the grid (Settings.selection) if the held-out loss is still falling there")
     return {"lr": best[1], "epochs": best[2], "heldout_loss": best[0], "at_edge": edge, "stage": runs[best[1]].path.name,
+            "grown": sorted(grown["low"] + grown["high"]),
             "grid": [{"lr": g["lr"], "epochs": e, "heldout_loss": v} for g in grid for e, v in zip(g["epochs"],
                                                                                                g["heldout_loss"])]}
 
@@ -213,14 +245,15 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
     unknown = sorted(set(kinds) - set(STAGES))
     if unknown:
         raise ValueError(f"select_hyperparameters: unknown stage(s) {unknown}; use {STAGES}")
-    record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience)}
+    record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience,
+                             grow=sel.grow_lrs)}
     s = _with_choice(pipe.settings, "sft", record)
     sft = T.sft(pipe.with_settings(s), donor=_kept(pipe, record["sft"]))
     for kind in ("rm", "local_rm", "dpo"):
         if kind in kinds or (kind == "rm" and "online_dpo" in kinds):
-            lrs, epochs, patience = ((sel.rm_lrs, sel.rm_max_epochs, sel.patience) if kind == "rm" else
-                                     (sel.pref_lrs, sel.pref_max_epochs, 0))
-            record[kind] = _choose(pipe.with_settings(s), kind, lrs, epochs, sel, sft, patience=patience)
+            lrs, epochs, patience, grow = ((sel.rm_lrs, sel.rm_max_epochs, sel.patience, sel.grow_lrs) if kind == "rm"
+                                           else (sel.pref_lrs, sel.pref_max_epochs, 0, 0))
+            record[kind] = _choose(pipe.with_settings(s), kind, lrs, epochs, sel, sft, patience=patience, grow=grow)
     for kind in ("rm", "local_rm", "dpo"):
         s = _with_choice(s, kind, record) if kind in record else s
     if "rm" in record:  # the selection seed's RM is that grid run's best epoch: adopted, not trained again

@@ -33,15 +33,21 @@ __all__ = ["Settings", "SelectionConfig", "paper_settings", "tiny_settings", "sm
 class SelectionConfig:
     """The grid and the held-out data of :func:`allroads.llm.pipeline.selection.select_hyperparameters`."""
 
-    sft_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-    """Learning rates tried for SFT (the small preset's choice, 3e-4, is inside it)."""
+    sft_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    """Learning rates tried first for SFT (the grid grows past an edge choice: ``grow_lrs``). It holds the choices
+    measured in the small preset's three tasks: 3e-4 (facts, lookup) and 1e-3 (two_word, which grows it to 3e-3)."""
     sft_max_epochs: int = 16
     """SFT epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
-    rm_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
-    """Learning rates tried for the global RM (the small preset's choice, 3e-5, is inside it; it chose 1e-4, at the
-    low edge, when the grid started there)."""
+    rm_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
+    """Learning rates tried first for the global RM (the grid grows past an edge choice: ``grow_lrs``). It holds the
+    choices measured in the small preset's three tasks: 3e-5 (facts), 1e-4 (lookup), 3e-4 (two_word, which grows it
+    to 1e-3)."""
     rm_max_epochs: int = 16
     """Global-RM epochs tried: 1 … this, each run stopping ``patience`` epochs after its best held-out loss."""
+    grow_lrs: int = 2
+    """SFT and global RM: while the choice is the lowest (highest) lr of the grid, the next lr below (above) it on the
+    ladder 1e-5, 3e-5, 1e-4, 3e-4, … is run too and the choice made again, up to this many lrs a side (recorded as
+    ``grown``); 0 = the grid as given."""
     patience: int = 2
     """A grid run stops once its held-out loss has not improved for this many epochs, so an epoch count is never
     chosen at the grid's edge while the loss still falls (unless the edge is ``*_max_epochs``: recorded as
@@ -58,6 +64,20 @@ class SelectionConfig:
     """Data seed of the held-out draw (the figures' data use seed 0)."""
     seed: int = 0
     """Training seed of the selection runs."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming every bad field (empty or non-positive grids, negative counts)."""
+        bad = [f"{k}={v}" for k, v in (("sft_lrs", self.sft_lrs), ("rm_lrs", self.rm_lrs), ("pref_lrs", self.pref_lrs))
+               if not v or min(v) <= 0]
+        bad += [f"{k}={getattr(self, k)}" for k in ("sft_max_epochs", "rm_max_epochs", "pref_max_epochs", "heldout_rows")
+                if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("grow_lrs", "patience") if getattr(self, k) < 0]
+        if bad:
+            raise ValueError("SelectionConfig: invalid " + ", ".join(bad) + " (grids: positive lrs; epochs and rows "
+                             ">= 1; grow_lrs and patience >= 0)")
 
 
 @dataclass(frozen=True)
