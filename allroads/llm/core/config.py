@@ -109,8 +109,8 @@ class TrainConfig:
     the same examples and the same gradient (up to the order of float sums), less padding when a step has several
     micro-batches. The batches themselves are not regrouped, so the data order is unchanged."""
     packing: bool = False
-    """Padding-free batches (:mod:`allroads.llm.data.padding_free`): a micro-batch's ``prompt + response`` sequences
-    end to end in rows, position ids restarting per sequence, no padding inside a row. The same losses and
+    """Batches without padding (:mod:`allroads.llm.data.padding_free`): the ``prompt + response`` sequences of a
+    micro-batch end to end in rows, position ids restarting per sequence, no padding inside a row. The same losses and
     gradients as padded batches (float64: 1e-10; tested), fewer positions. Pair stages then use two sequences a
     pair (packing replaces ``shared_prompt``, which runs each prompt once but pads). Needs transformers' packed
     masks (≥ 4.56)."""
