@@ -208,10 +208,10 @@ def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfi
     ``stage`` the grid run of the chosen lr. ``grow`` > 0: while the choice is the grid's lowest or highest lr, the
     next lr beyond it (:func:`ladder_step`) joins the grid and the choice is made again, up to ``grow`` lrs a side
     (``grown`` lists them)."""
-    lrs, grown = sorted(lrs), {"low": [], "high": []}
+    lrs, grown, runs = sorted(lrs), {"low": [], "high": []}, {}
     while True:
-        runs = {lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
-                for lr in pipe.in_turn(list(lrs))}
+        runs.update({lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
+                     for lr in pipe.in_turn([lr for lr in lrs if lr not in runs])})  # only the lrs not run yet
         grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
         best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
         side = _side_to_grow(best[1], lrs, grown, grow)

@@ -135,15 +135,16 @@ def train_rm(reward_model, pairs: Sequence[TokenizedPair], cfg: RMConfig, *, tok
     ``reward_model`` is a ``*ForSequenceClassification`` with one label."""
     _hard_labels_only(pairs, "train_rm")
     pad = reward_model.config.pad_token_id
-    module = (SharedPromptRewardModel if shares_prompt(cfg) else PackedRewardModel if cfg.packing
-              else RewardModel)(reward_model)
+    module, args = ((SharedPromptRewardModel, ("prompt_ids", "prompt_mask", "prompt_index", "response_ids",
+                                                "response_mask")) if shares_prompt(cfg) else
+                    (PackedRewardModel, ("input_ids", "position_ids", "last_index")) if cfg.packing else
+                    (RewardModel, ("input_ids", "attention_mask")))
+    module = module(reward_model)  # its forward takes the batch layout's tensors ``args``
 
     def make_batch(idx: list[int]) -> dict:
         return pair_batch([pairs[i] for i in idx], pad, cfg)
 
     def step_loss(model, batch):
-        args = (("prompt_ids", "prompt_mask", "prompt_index", "response_ids", "response_mask") if shares_prompt(cfg)
-                else ("input_ids", "position_ids", "last_index") if cfg.packing else ("input_ids", "attention_mask"))
         r = model(*(batch[k] for k in args))  # (2b,): chosen rows then rejected rows
         r_w, r_l = r.chunk(2)
         return bt_loss(r_w, r_l), _pair_metrics(r_w, r_l)
