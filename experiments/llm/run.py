@@ -67,6 +67,7 @@ from pathlib import Path
 
 from allroads.llm.core import ranks
 from allroads.llm.core.config import DEFAULT_JUDGE_MODEL
+from allroads.llm.data.synthetic import TASKS
 from allroads.llm.figures.paper import FIGURES, run_figure
 from allroads.llm.figures.preflight import PreflightError, check_inputs, run_problems
 from allroads.llm.figures.summary import figure_metrics, sample_rows, summary_lines
@@ -164,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
                    help="tiny: plumbing check (minutes; one seed, see --seeds); small: ground-truth H6 study on CPU "
                    "(experiments/llm/README.md); paper: Pythia + gpt-4o")
-    p.add_argument("--task", choices=["facts", "two_word", "lookup"], default="facts",
+    p.add_argument("--task", choices=list(TASKS), default="facts",
                    help="small preset: the synthetic task. facts (default): a known score simpler to verify than to "
                    "generate; two_word: generation as short as verification (Fig. 10's control); lookup: a score as "
-                   "hard to verify as to generate (Fig. 11's control)")
+                   "hard to verify as to generate (Fig. 11's control); any_order: the facts score with the facts "
+                   "named in any order (more ways to be right, more diverse samples)")
     p.add_argument("--root", default="", help="stage cache directory (default runs/llm-<preset>)")
     p.add_argument("--out", default="", help="where figure JSON/PNG go (default results/llm-<preset>)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,

@@ -30,6 +30,10 @@ Three *tasks* share the posts (:data:`TASKS`; the data source ``synthetic-TASK:N
   must emit a sequence: which fact comes next, and when to stop (soft-optimally, a value over all continuations).
 * ``two_word`` — the same score on summaries of at most two words (person, action): generation is as short as
   verification (the control of the paper's Fig. 10).
+* ``any_order`` — the ``facts`` score, with summaries that name the facts in *any* order: SFT summaries and
+  comparisons list k facts in a uniformly random order (``facts`` always uses the canonical one). Same verifier,
+  more ways to be right (4 + 12 + 24 + 24 summaries without a wrong fact instead of 4), so 25 samples of a
+  prompt can differ as the paper's free-text ones do.
 * ``lookup`` — the score is computed against a *reference summary*, the post's four facts in an order that the
   post's time word selects (:func:`lookup_reference`): words matched in order (longest common subsequence) minus
   fact words not matched (:func:`lookup_score`). To verify, a model must build the reference, and with the
@@ -65,7 +69,7 @@ SUBREDDITS = ("relationships", "tifu", "personalfinance", "advice")
 WHEN = ("yesterday", "today", "tonight")
 FACT_ORDER = ("person", "action", "object", "feeling")
 """The canonical order of the facts in a summary."""
-TASKS = ("facts", "two_word", "lookup")
+TASKS = ("facts", "two_word", "lookup", "any_order")
 LOOKUP_ORDERS: dict[str, tuple[str, ...]] = {
     "yesterday": ("person", "action", "object", "feeling"),
     "today": ("feeling", "object", "action", "person"),
@@ -140,7 +144,7 @@ def task_score(task: str):
     """The known score ``f(post, summary) -> float`` of ``task`` (:data:`TASKS`)."""
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; use one of {TASKS}")
-    return lookup_score if task == "lookup" else synthetic_score
+    return lookup_score if task == "lookup" else synthetic_score  # facts, two_word, any_order: bag of facts
 
 
 def task_of(source: str) -> str:

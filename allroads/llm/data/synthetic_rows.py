@@ -8,7 +8,7 @@ import numpy as np
 
 from allroads.llm.data.synthetic import FACT_ORDER, FACT_SLOTS, LOOKUP_ORDERS, SUBREDDITS, WHEN, task_score
 
-__all__ = ["make_synthetic_sft", "make_synthetic_comparisons"]
+__all__ = ["make_synthetic_sft", "make_synthetic_comparisons", "sft_law_samples", "SFT_LENGTHS", "SFT_P_WRONG", "SFT_P_SWAP"]
 
 
 def _draw_post(rng: np.random.Generator) -> tuple[dict[str, str], str, str, str]:
@@ -23,17 +23,22 @@ def _draw_post(rng: np.random.Generator) -> tuple[dict[str, str], str, str, str]
     return {**facts, "when": when}, subreddit, title, post
 
 
-_SFT_LENGTHS = {"facts": (0.55, 0.2, 0.15, 0.1), "two_word": (0.55, 0.45), "lookup": (0.55, 0.2, 0.15, 0.1)}
-_PAIR_LENGTHS = {"facts": (0.25,) * 4, "two_word": (0.5, 0.5), "lookup": (0.25,) * 4}
+SFT_LENGTHS: dict[str, tuple[float, ...]] = {
+    "facts": (0.55, 0.2, 0.15, 0.1), "two_word": (0.55, 0.45), "lookup": (0.55, 0.2, 0.15, 0.1),
+    "any_order": (0.55, 0.2, 0.15, 0.1)}
+"""The SFT rows' law of the summary length k (k = 1, 2, …) per task."""
+_PAIR_LENGTHS = {"facts": (0.25,) * 4, "two_word": (0.5, 0.5), "lookup": (0.25,) * 4, "any_order": (0.25,) * 4}
 
 
 def _draw_summary(facts: dict[str, str], rng: np.random.Generator, length_probs: tuple[float, ...], p_wrong: float,
                   task: str = "facts", p_swap: float = 0.0) -> str:
     """A prefix of length k ~ ``length_probs`` of the task's fact order (canonical; ``lookup``: the reference
-    order), each word wrong with probability ``p_wrong``; ``lookup`` also swaps two adjacent words with
-    probability ``p_swap`` (an order error)."""
+    order; ``any_order``: a uniformly random order, drawn after k), each word wrong with probability ``p_wrong``;
+    ``lookup`` also swaps two adjacent words with probability ``p_swap`` (an order error)."""
     order = LOOKUP_ORDERS[facts["when"]] if task == "lookup" else FACT_ORDER
     k = int(rng.choice(len(length_probs), p=np.asarray(length_probs))) + 1
+    if task == "any_order":
+        order = tuple(order[i] for i in rng.permutation(len(order)))
     words = []
     for slot in order[:k]:
         if rng.random() < p_wrong:
@@ -47,8 +52,12 @@ def _draw_summary(facts: dict[str, str], rng: np.random.Generator, length_probs:
     return " ".join(words)
 
 
-def make_synthetic_sft(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = 0.05,
-                       p_swap: float = 0.05) -> list[dict]:
+SFT_P_WRONG = SFT_P_SWAP = 0.05
+"""The SFT rows' rates of a wrong fact word and (``lookup``) of an adjacent swap."""
+
+
+def make_synthetic_sft(n: int, seed: int, task: str = "facts", *, length_probs=None, p_wrong: float = SFT_P_WRONG,
+                       p_swap: float = SFT_P_SWAP) -> list[dict]:
     """``n`` SFT rows in the OpenAI ``tldr_3_filtered`` schema (id, subreddit, title, post, summary).
 
     Summaries are prefixes of the post's facts in the task's order, of length k ~ ``length_probs`` (default
@@ -56,7 +65,7 @@ def make_synthetic_sft(n: int, seed: int, task: str = "facts", *, length_probs=N
     ``p_wrong``; ``lookup``: two adjacent words swapped with probability ``p_swap``.
     """
     task_score(task)
-    length_probs = length_probs or _SFT_LENGTHS[task]
+    length_probs = length_probs or SFT_LENGTHS[task]
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -95,3 +104,16 @@ def make_synthetic_comparisons(n: int, seed: int, task: str = "facts", *, length
         )
         i += 1
     return rows
+
+
+def sft_law_samples(n_posts: int, n: int, seed: int, task: str = "facts") -> list[tuple[str, list[str]]]:
+    """``n_posts`` posts, each with ``n`` summaries drawn independently from :func:`make_synthetic_sft`'s law for
+    ``task`` (its default lengths and error rates): what a policy that matched its SFT data exactly would sample.
+    The reference point of the online data's diversity (``experiments/llm/data_law.py``)."""
+    task_score(task)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_posts):
+        facts, _, _, post = _draw_post(rng)
+        out.append((post, [_draw_summary(facts, rng, SFT_LENGTHS[task], SFT_P_WRONG, task, SFT_P_SWAP) for _ in range(n)]))
+    return out
