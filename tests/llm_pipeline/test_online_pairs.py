@@ -98,3 +98,37 @@ def test_config_errors():
         OnlineDataConfig(n_samples=1).validate()
     with pytest.raises(ValueError, match="sampling_temperature"):
         OnlineDataConfig(sampling_temperature=0).validate()
+    with pytest.raises(ValueError, match="missing_eos_penalty"):
+        OnlineDataConfig(missing_eos_penalty=-1.0).validate()
+    with pytest.raises(ValueError, match="missing_eos_penalty"):
+        OnlineDataConfig(missing_eos_penalty=float("nan")).validate()
+
+
+def _rm_long(prompt, text):
+    return float(len(text.split()))  # longer is better: a cut sample (the longest) tends to win
+
+
+def test_missing_eos_penalty_ranks_cut_samples_down():
+    tok = _tiny.tok()
+    pol, be = _tiny.policy(tok), _tiny.backend(tok)
+    prompts, _ = _tiny.prompts(tok, n=8)
+    cfg = OnlineDataConfig(n_samples=12, sampling_temperature=1.0, max_new_tokens=12, seed=1, tie_redraws=0)
+    plain, raw, rep0 = build_online_pairs(be, pol, FunctionRM(_rm_long), prompts, cfg)
+    # the control: without the penalty the RM chooses cut samples (the failure the penalty guards against)
+    assert rep0.n_chosen_unfinished == sum(not c.finished for c in plain.chosen) > 0
+    assert rep0.missing_eos_penalty == 0.0
+
+    pairs, scored, rep = build_online_pairs(be, pol, FunctionRM(_rm_long), prompts,
+                                            OnlineDataConfig(**{**cfg.__dict__, "missing_eos_penalty": 100.0}))
+    # the same samples (same seed); scores lowered by exactly the penalty where there is no EOS
+    assert [[c.token_ids for c in r] for r in scored.completions] == [[c.token_ids for c in r] for r in raw.completions]
+    cut = torch.tensor([[not c.finished for c in r] for r in raw.completions], dtype=torch.float64)
+    assert torch.equal(scored.scores, raw.scores - 100.0 * cut)
+    _check(pairs, scored, rep)  # best/worst of the penalised scores, by brute force
+    # a cut sample is chosen only where every sample of its prompt is cut
+    all_cut = {p for p, r in zip(raw.prompts, raw.completions) if all(not c.finished for c in r)}
+    assert all(w.finished or p in all_cut for p, w in zip(pairs.prompts, pairs.chosen))
+    assert rep.n_chosen_unfinished == sum(not w.finished for w in pairs.chosen) < rep0.n_chosen_unfinished
+    assert rep.n_rejected_unfinished > 0  # pairs now teach to stop: a finished sample over a cut one
+    assert rep.n_rejected_unfinished == sum(not r.finished for r in pairs.rejected)
+    assert rep.missing_eos_penalty == 100.0

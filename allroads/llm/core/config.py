@@ -393,6 +393,10 @@ class OnlineDataConfig:
     tie_redraws: int = 3
     """Rounds of fresh samples for the prompts whose samples all scored the same (no pair), so that online DPO
     keeps one pair per comparison row, as many as offline DPO; ties left after these rounds are counted."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of every sample without EOS within the budget before the samples are ranked
+    (as TRL's ``missing_eos_penalty``); 0 ranks them by the reward model alone (the paper's protocol). A reward
+    model never trained on cut summaries can rate them highest; the penalty keeps them from being chosen."""
     temper_policy: bool = True
     """Online DPO divides the *trained policy's* logits by the sampling temperature as well as π_ref's, as REBEL
     does (the code the paper builds on: ``src/tldr/rebel.py`` divides the policy's and the reference's logits by
@@ -405,6 +409,9 @@ class OnlineDataConfig:
         if self.sampling_temperature <= 0:
             raise ValueError(f"sampling_temperature={self.sampling_temperature}: must be > 0 (π_ref's logits are "
                              "divided by it)")
+        if not self.missing_eos_penalty >= 0:
+            raise ValueError(f"missing_eos_penalty={self.missing_eos_penalty}: must be >= 0 (it is subtracted from the "
+                             "scores of samples without EOS; 0 turns it off)")
         if self.max_new_tokens < 1 or self.sample_batch_size < 1 or self.tie_redraws < 0 or self.sample_batch_tokens < 0:
             raise ValueError("max_new_tokens and sample_batch_size must be >= 1, tie_redraws and sample_batch_tokens "
                              ">= 0")

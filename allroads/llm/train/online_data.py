@@ -34,7 +34,7 @@ from allroads.llm.model.backend import LLMBackend
 from allroads.llm.model.sample import Completion
 from allroads.online import OnlinePairs, Scored, best_worst_pairs, sample_and_score
 
-__all__ = ["OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair",
+__all__ = ["OnlineDataReport", "online_report", "online_diversity", "is_prefix_pair", "penalize_missing_eos",
            "build_online_pairs", "save_scored", "load_scored",
            "to_tokenized_pairs"]
 
@@ -77,19 +77,36 @@ class OnlineDataReport:
     n_pairs_with_unfinished: int
     n_redrawn: int = 0
     """Prompt samplings redrawn because every sample tied (summed over the rounds of ``tie_redraws``)."""
+    n_chosen_unfinished: int = 0
+    """Pairs whose chosen response has no EOS (a reward model that over-rates cut samples shows here)."""
+    n_rejected_unfinished: int = 0
+    """Pairs whose rejected response has no EOS."""
+    missing_eos_penalty: float = 0.0
+    """The penalty the ranking used (:attr:`~allroads.llm.core.config.OnlineDataConfig.missing_eos_penalty`)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def online_report(scored: Scored, pairs: OnlinePairs, n_prompts: int | None = None) -> OnlineDataReport:
+def online_report(scored: Scored, pairs: OnlinePairs, n_prompts: int | None = None,
+                  missing_eos_penalty: float = 0.0) -> OnlineDataReport:
     """The counts of one labelled batch of LLM samples (``n_prompts``: the prompts asked for, when ``scored`` also
     holds redraws)."""
     unf = sum((not w.finished) or (not l.finished) for w, l in zip(pairs.chosen, pairs.rejected))
     n_unfinished = sum(not c.finished for row in scored.completions for c in row)
     n = len(scored.prompts) if n_prompts is None else n_prompts
     return OnlineDataReport(n, scored.scores.shape[1], len(pairs.chosen), pairs.n_dropped, n_unfinished, unf,
-                            len(scored.prompts) - n)
+                            len(scored.prompts) - n, sum(not w.finished for w in pairs.chosen),
+                            sum(not l.finished for l in pairs.rejected), missing_eos_penalty)
+
+
+def penalize_missing_eos(scored: Scored, penalty: float) -> Scored:
+    """``scored`` with ``penalty`` subtracted from the score of every completion that has no EOS within the budget
+    (:attr:`~allroads.llm.core.config.OnlineDataConfig.missing_eos_penalty`); ``penalty`` 0 returns it unchanged."""
+    if penalty == 0:
+        return scored
+    cut = torch.tensor([[not c.finished for c in row] for row in scored.completions], dtype=torch.bool)
+    return dataclasses.replace(scored, scores=scored.scores - penalty * cut.to(scored.scores.dtype))
 
 
 def is_prefix_pair(a: str, b: str) -> bool:
@@ -124,8 +141,9 @@ def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[st
                        ) -> tuple[OnlinePairs, Scored, OnlineDataReport]:
     r"""Sample ``cfg.n_samples`` completions per prompt once at ``cfg.sampling_temperature`` (B.1.1), score
     them with ``scorer`` (:func:`allroads.online.sample_and_score`) and label them with ``label``
-    (the paper's best/worst hard labels by default). Returns the pairs, the scored samples (save them) and
-    counts."""
+    (the paper's best/worst hard labels by default); with ``cfg.missing_eos_penalty``, samples without EOS are
+    ranked by their score minus the penalty (:func:`penalize_missing_eos`), and those are the scores returned and
+    saved. Returns the pairs, the scored samples (save them) and counts."""
     cfg.validate()
     if not prompts:
         raise ValueError("build_online_pairs: no prompts")
@@ -133,19 +151,24 @@ def build_online_pairs(backend: LLMBackend, policy, scorer, prompts: Sequence[st
         backend.sampling, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size,
         max_batch_tokens=cfg.sample_batch_tokens))
     gen = torch.Generator().manual_seed(cfg.seed)
-    scored = sample_and_score(backend, policy, scorer, list(prompts), n=cfg.n_samples,
-                              temperature=cfg.sampling_temperature, generator=gen)
+
+    def draw(ps: list[str]) -> Scored:
+        return penalize_missing_eos(sample_and_score(backend, policy, scorer, ps, n=cfg.n_samples,
+                                                     temperature=cfg.sampling_temperature, generator=gen),
+                                    cfg.missing_eos_penalty)
+
+    scored = draw(list(prompts))
     pairs, all_scored = label(scored), [scored]
     for _ in range(cfg.tie_redraws):  # fresh samples (the same generator, drawn on) for the prompts that tied
         tied = [p for p, k in zip(prompts, pairs.kept.tolist()) if not k]  # kept: a mask over ``prompts``
         if not tied:
             break
-        scored = sample_and_score(backend, policy, scorer, tied, n=cfg.n_samples,
-                                  temperature=cfg.sampling_temperature, generator=gen)
+        scored = draw(tied)
         all_scored.append(scored)
         pairs = _merge_pairs(pairs, label(scored))
     merged = _concat_scored(all_scored)
-    return pairs, merged, online_report(merged, pairs, n_prompts=len(prompts))
+    return pairs, merged, online_report(merged, pairs, n_prompts=len(prompts),
+                                        missing_eos_penalty=cfg.missing_eos_penalty)
 
 
 def _concat_scored(batches: list[Scored]) -> Scored:
