@@ -8,7 +8,8 @@ import numpy as np
 
 from allroads.llm.data.synthetic import FACT_ORDER, FACT_SLOTS, LOOKUP_ORDERS, SUBREDDITS, WHEN, task_score
 
-__all__ = ["make_synthetic_sft", "make_synthetic_comparisons", "sft_law_samples", "SFT_LENGTHS", "SFT_P_WRONG", "SFT_P_SWAP"]
+__all__ = ["make_synthetic_sft", "make_synthetic_comparisons", "sft_law_samples", "SFT_LENGTHS", "SFT_P_WRONG",
+           "SFT_P_SWAP"]
 
 
 def _draw_post(rng: np.random.Generator) -> tuple[dict[str, str], str, str, str]:
@@ -115,5 +116,6 @@ def sft_law_samples(n_posts: int, n: int, seed: int, task: str = "facts") -> lis
     out = []
     for _ in range(n_posts):
         facts, _, _, post = _draw_post(rng)
-        out.append((post, [_draw_summary(facts, rng, SFT_LENGTHS[task], SFT_P_WRONG, task, SFT_P_SWAP) for _ in range(n)]))
+        draws = [_draw_summary(facts, rng, SFT_LENGTHS[task], SFT_P_WRONG, task, SFT_P_SWAP) for _ in range(n)]
+        out.append((post, draws))
     return out

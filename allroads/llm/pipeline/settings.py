@@ -253,10 +253,10 @@ away (``run.py --online-temperature 0.1``)."""
 def small_settings(task: str = "facts", **overrides) -> Settings:
     """The ``small`` CPU preset: a 1.8M-parameter GPT-NeoX (hidden 192, 4 layers; Pythia's architecture) with the
     word-level tokenizer on the synthetic TL;DR ``task`` (:data:`allroads.llm.data.synthetic.TASKS`: ``facts``, the
-    controls ``two_word`` and ``lookup``, or ``any_order``), whose known score is the ground truth. 4096 SFT rows, 2048 preference
-    pairs, 512 validation pairs, 256 test prompts; β fixed (:data:`SMALL_BETA`); the local RM's β = 1/H with H the
-    response budget (Table 4's 1/53); learning rates and epochs are chosen per stage on held-out data
-    (:mod:`allroads.llm.pipeline.selection`), the values here are the grid's starting point."""
+    controls ``two_word`` and ``lookup``, or ``any_order``), whose known score is the ground truth. 4096 SFT rows,
+    2048 preference pairs, 512 validation pairs, 256 test prompts; β fixed (:data:`SMALL_BETA`); the local RM's
+    β = 1/H with H the response budget (Table 4's 1/53); learning rates and epochs are chosen per stage on held-out
+    data (:mod:`allroads.llm.pipeline.selection`), the values here are the grid's starting point."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}; use one of {TASKS}")
     source = "synthetic" if task == "facts" else f"synthetic-{task}"
