@@ -265,3 +265,16 @@ def test_frontier_figure_writes_every_method_budgets_rules_and_a_png(tmp_path):
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="distinct"):
         FigureConfig("frontier", seeds=(0, 0)).validate()
+    with pytest.raises(ValueError, match="frontier_methods"):
+        FigureConfig("frontier", frontier_methods=("DPO", "PPO")).validate()
+
+    # one method again (with DPO, whose curve its start and the premise read): the same points, nothing rebuilt
+    before = len(pipe.cache.records)
+    one = run_figure(pipe, dataclasses.replace(fig, frontier_methods=("Online DPO (DPO)",)), tmp_path / "one",
+                     preset="tiny")
+    assert list(one["methods"]) == ["DPO", "Online DPO (DPO)"]
+    for m in one["methods"]:
+        assert one["methods"][m]["points"] == r["methods"][m]["points"]
+    assert set(one["budgets"]["known_score"]["3"]) == {"SFT", "DPO", "Online DPO (DPO)"}
+    assert all(rec["status"] == "reused" for rec in pipe.cache.records[before:])
+    assert one["online_dpo_start"] == r["online_dpo_start"] and one["premise"] == r["premise"]

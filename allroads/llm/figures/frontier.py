@@ -220,16 +220,18 @@ def premise(pipe: Pipeline, sft: Artifact, rms: dict, dpo_curve: list[dict]) -> 
 def figure_frontier(pipe: Pipeline, fig) -> dict:
     """The frontier figure (module docstring): per method its points over seeds, their means (``curve``), the
     Pareto frontier, the best value within each KL budget (``budgets``) and what each selection rule picks
-    (``rules``); ``online_data`` reports how informative each online pair set was."""
+    (``rules``); ``online_data`` reports how informative each online pair set was. ``fig.frontier_methods`` limits
+    the methods run (DPO always runs)."""
     sft = T.sft(pipe)
-    raw: dict[str, list[dict]] = {m: [] for m in METHODS}
+    wanted = [m for m in METHODS if m == "DPO" or m in (fig.frontier_methods or METHODS)]
+    raw: dict[str, list[dict]] = {m: [] for m in wanted}
     pruned: dict[str, dict] = {}
     online_data: dict[str, list[dict]] = {}
     built = {seed: global_rm(pipe, sft, seed) for seed in pipe.in_turn(list(fig.seeds))}
     rms = {seed: built[seed] for seed in fig.seeds}
     points_of = {seed: _sft_point(pipe, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds))}
     sft_points = [points_of[seed] for seed in fig.seeds]
-    jobs = [(seed, name) for seed in fig.seeds for name in ["DPO", *ONLINE_LABELS]]
+    jobs = [(seed, name) for seed in fig.seeds for name in ["DPO", *ONLINE_LABELS] if name in wanted]
     done = {job: _sft_method(pipe, fig, sft, rms[job[0]], *job) for job in pipe.in_turn(jobs)}
     for seed, name in jobs:  # assembled in the canonical order, whatever order this worker built them in
         points, skipped, report = done[(seed, name)]
@@ -241,8 +243,9 @@ def figure_frontier(pipe: Pipeline, fig) -> dict:
     dpo_pick = pick(fig.rule_pick, aggregate(raw["DPO"]), fig.rule_kl_budget)
     start_pipe = pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(
         pipe.settings.dpo, lr=dpo_pick["lr"], epochs=dpo_pick["epochs"])))
-    done = {seed: _dpo_method(pipe, start_pipe, fig, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds))}
-    for seed in fig.seeds:
+    odpo_seeds = list(fig.seeds) if "Online DPO (DPO)" in wanted else []
+    done = {seed: _dpo_method(pipe, start_pipe, fig, sft, rms[seed], seed) for seed in pipe.in_turn(odpo_seeds)}
+    for seed in odpo_seeds:
         points, skipped, report = done[seed]
         raw["Online DPO (DPO)"] += points
         if skipped:
@@ -280,14 +283,14 @@ def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dic
              dpo_pick: dict) -> dict:
     value = "known_score" if pipe.settings.known_score else "win_rate"
     values = ("known_score", "on_policy_r_star") if pipe.settings.known_score else ("win_rate",)
-    curves = {m: aggregate(pts) for m, pts in raw.items()}
+    curves = {m: aggregate(pts) for m, pts in raw.items()}  # the methods run, in METHODS order
     sft = aggregate(sft_points)[0]
     return {
         "metric": f"{value} against KL(π‖π_sft)",
         "value_keys": list(values),
         "sft": sft,
         "methods": {m: {"points": raw[m], "curve": curves[m],
-                        "pareto": {v: pareto(curves[m] + [sft], v) for v in values}} for m in METHODS},
+                        "pareto": {v: pareto(curves[m] + [sft], v) for v in values}} for m in raw},
         "budgets": {v: budget_table(curves, sft, fig.kl_budgets, v) for v in values},
         "rules": rule_report(curves, fig.rule_kl_budget, values),
         "online_dpo_start": {"rule": fig.rule_pick, **{k: dpo_pick[k] for k in ("lr", "epochs")}},

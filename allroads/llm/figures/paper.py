@@ -17,7 +17,7 @@ from typing import Callable
 
 from allroads.llm.core.atomic import write_json
 from allroads.llm.core.provenance import provenance
-from allroads.llm.figures.frontier import figure_frontier
+from allroads.llm.figures.frontier import METHODS, figure_frontier
 from allroads.llm.figures.frontier_plot import draw_frontier
 from allroads.llm.figures.frontier_rules import RULES
 from allroads.llm.figures.outcome import outcome_line
@@ -64,6 +64,9 @@ class FigureConfig:
     """The frontier figure: epochs of each sweep run (points at 1 … this)."""
     kl_budgets: tuple[float, ...] = (0.5, 1.5, 3.0, 5.0, 10.0)
     """The frontier figure: KL(π‖π_sft) budgets of the best-value table, fixed in advance."""
+    frontier_methods: tuple[str, ...] = ()
+    """The frontier figure: the methods to run (names of :data:`allroads.llm.figures.frontier.METHODS`); empty runs
+    every one. DPO always runs: H6's premise and Online DPO (DPO)'s start read its curve."""
     prune_kl: float = 30.0
     """The frontier figure: a run whose first epoch is beyond this KL ends its method's sweep (larger lrs skipped)."""
     rule_pick: str = "kl_budget"
@@ -83,6 +86,8 @@ class FigureConfig:
             (bool(lrs) and min(lrs) > 0 and self.frontier_max_epochs >= 1, f"frontier_lrs={lrs} must be positive, "
              f"frontier_max_epochs={self.frontier_max_epochs} >= 1"),
             (self.rule_pick in RULES, f"rule_pick={self.rule_pick!r}; use one of {RULES}"),
+            (set(self.frontier_methods) <= set(METHODS),
+             f"frontier_methods={self.frontier_methods}: use names of {METHODS}"),
             (all(0 < f <= 1 for f in self.fractions), f"fractions={self.fractions}: each must be in (0, 1]"),
             (bool(self.policy_sizes and self.rm_sizes),
              "policy_sizes and rm_sizes: need at least one size each (Fig. 9)"),
