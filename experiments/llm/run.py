@@ -48,8 +48,9 @@ The small preset (a 1.8M-parameter GPT-NeoX on synthetic TL;DR with a known scor
 stage's learning rate and epochs on held-out data (recorded in every figure JSON under ``selection``), then runs
 the figures with a ground-truth block beside the judge's numbers: the known score, its win rate against the
 references, KL to SFT and E[r*] − β·KL. ``--figure frontier`` sweeps every DPO-family method over lr × epochs
-instead of using one chosen point (the primary comparison; one seed of the facts task took 31.7 min from an empty
-cache with --workers 2 on a quiet 2-core CPU; experiments/llm/README.md).
+instead of using one chosen point (the primary comparison; from an empty cache with --workers 2 on a quiet 2-core
+CPU one seed of the facts task took 31.7 min and three seeds 81.4 min, on a day the machine ran identical stages
+1.21x slower; experiments/llm/README.md).
 
 Ctrl-C stops a run with one line (exit code 130): the stages finished and kept under --root, the stage that was
 running (it resumes from its checkpoints, or restarts, next time) and the command that resumes the run.
