@@ -188,12 +188,15 @@ def test_aggregate_means_over_seeds_with_their_standard_error():
 
 
 class _Worker:
-    """The part of a Pipeline ``_sweep`` uses: this worker's order of independent work."""
-
-    in_turn = Pipeline.in_turn
+    """The part of a Pipeline ``_sweep`` uses: the order this worker takes the lrs in, here rotated by ``rank / n``
+    (any order can happen when other workers hold some of them)."""
 
     def __init__(self, rank: int, n: int):
-        self.worker = (rank, n)
+        self.rank, self.n = rank, n
+
+    def in_turn(self, items, what, **_):
+        k = (self.rank * len(items)) // self.n
+        return items[k:] + items[:k]
 
 
 def test_sweep_prunes_the_same_lrs_whatever_the_worker_order(tmp_path):
@@ -216,7 +219,7 @@ def test_sweep_prunes_the_same_lrs_whatever_the_worker_order(tmp_path):
             (d / "points.json").write_text(json.dumps([{"lr": lr, "epochs": 1, "kl": first_kl[lr]}]))
             return SimpleNamespace(path=d)
 
-        points, pruned = _sweep(_Worker(rank, n), fig, curve)
+        points, pruned = _sweep(_Worker(rank, n), fig, curve, "m seed 0")
         return [(p["lr"], p["kl"]) for p in points], pruned, built
 
     one = run(0, 1)

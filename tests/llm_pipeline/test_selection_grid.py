@@ -36,7 +36,7 @@ def curves(tmp_path, monkeypatch):
         return SimpleNamespace(path=path)
 
     monkeypatch.setattr(SEL, "heldout_loss_curve", curve)
-    pipe = SimpleNamespace(in_turn=list, log=lambda message: None)
+    pipe = SimpleNamespace(in_turn=lambda items, what, **_: list(items), log=lambda message: None)
     return pipe, asked, target
 
 

@@ -160,16 +160,17 @@ def _point_line(p: dict) -> str:
     return f"{value}, KL {p['kl']:.2f}, implicit loglik {p['implicit_loglik']:.3f}, RM {p['rm_score']:.2f}"
 
 
-def _sweep(pipe: Pipeline, fig, curve: Callable[[float], Artifact]) -> tuple[list[dict], list[float]]:
-    """Every point of one method and seed over the lr grid, ascending, each with ``stage``: the directory of the sweep
-    run that made it (its stage hash); lrs after a run whose first epoch is beyond ``fig.prune_kl`` are skipped and
-    returned. Workers (``run.py --workers``) take the lrs in rotated orders, so one method's runs overlap; a worker
-    skips an lr once it knows a smaller one was beyond ``prune_kl``, and the assembly in ascending order drops any
-    run built past that point, so the result is the one-process result."""
+def _sweep(pipe: Pipeline, fig, curve: Callable[[float], Artifact], what: str) -> tuple[list[dict], list[float]]:
+    """Every point of one method and seed (``what`` names them) over the lr grid, ascending, each with ``stage``: the
+    directory of the sweep run that made it (its stage hash); lrs after a run whose first epoch is beyond
+    ``fig.prune_kl`` are skipped and returned. Workers (``run.py --workers``) take the lrs from one ascending list
+    (:meth:`Pipeline.in_turn`), so one method's runs overlap; a worker skips an lr once it knows a smaller one was
+    beyond ``prune_kl``, and the assembly in ascending order drops any run built past that point, so the result is
+    the one-process result whatever the order."""
     lrs = sorted(fig.frontier_lrs)
     first_kl: dict[float, float] = {}
     arts: dict[float, Artifact] = {}
-    for lr in pipe.in_turn(lrs):
+    for lr in pipe.in_turn(lrs, f"frontier sweep {what}"):
         if any(k > fig.prune_kl for low, k in first_kl.items() if low < lr):
             continue
         arts[lr] = curve(lr)
@@ -224,59 +225,68 @@ def figure_frontier(pipe: Pipeline, fig) -> dict:
     the methods run (DPO always runs)."""
     sft = T.sft(pipe)
     wanted = [m for m in METHODS if m == "DPO" or m in (fig.frontier_methods or METHODS)]
+    built = {seed: global_rm(pipe, sft, seed) for seed in pipe.in_turn(list(fig.seeds), "frontier global_rm")}
+    rms = {seed: built[seed] for seed in fig.seeds}
+    points_of = {seed: _sft_point(pipe, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds), "frontier sft")}
+    sft_points = [points_of[seed] for seed in fig.seeds]
+    # one list for every worker: DPO first (Online DPO (DPO) starts from its pick), then the longest chains
+    order = ["DPO", "Online DPO (DPO)", *ONLINE_LABELS]
+    jobs = [(seed, name) for name in order if name in wanted for seed in fig.seeds]
+    done = {job: _method(pipe, fig, sft, rms, *job) for job in pipe.in_turn(jobs, "frontier methods")}
     raw: dict[str, list[dict]] = {m: [] for m in wanted}
     pruned: dict[str, dict] = {}
     online_data: dict[str, list[dict]] = {}
-    built = {seed: global_rm(pipe, sft, seed) for seed in pipe.in_turn(list(fig.seeds))}
-    rms = {seed: built[seed] for seed in fig.seeds}
-    points_of = {seed: _sft_point(pipe, sft, rms[seed], seed) for seed in pipe.in_turn(list(fig.seeds))}
-    sft_points = [points_of[seed] for seed in fig.seeds]
-    jobs = [(seed, name) for seed in fig.seeds for name in ["DPO", *ONLINE_LABELS] if name in wanted]
-    done = {job: _sft_method(pipe, fig, sft, rms[job[0]], *job) for job in pipe.in_turn(jobs)}
-    for seed, name in jobs:  # assembled in the canonical order, whatever order this worker built them in
-        points, skipped, report = done[(seed, name)]
-        raw[name] += points
-        if skipped:
-            pruned.setdefault(name, {})[str(seed)] = skipped
-        if report is not None:
-            online_data.setdefault(name, []).append(report)
-    dpo_pick = pick(fig.rule_pick, aggregate(raw["DPO"]), fig.rule_kl_budget)
-    start_pipe = pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(
-        pipe.settings.dpo, lr=dpo_pick["lr"], epochs=dpo_pick["epochs"])))
-    odpo_seeds = list(fig.seeds) if "Online DPO (DPO)" in wanted else []
-    done = {seed: _dpo_method(pipe, start_pipe, fig, sft, rms[seed], seed) for seed in pipe.in_turn(odpo_seeds)}
-    for seed in odpo_seeds:
-        points, skipped, report = done[seed]
-        raw["Online DPO (DPO)"] += points
-        if skipped:
-            pruned.setdefault("Online DPO (DPO)", {})[str(seed)] = skipped
-        online_data.setdefault("Online DPO (DPO)", []).append(report)
-    out = _summary(pipe, fig, raw, sft_points, pruned, online_data, dpo_pick)
+    for name in wanted:  # assembled in the canonical order, whatever order this worker built them in
+        for seed in fig.seeds:
+            points, skipped, report = done[(seed, name)]
+            raw[name] += points
+            if skipped:
+                pruned.setdefault(name, {})[str(seed)] = skipped
+            if report is not None:
+                online_data.setdefault(name, []).append(report)
+    out = _summary(pipe, fig, raw, sft_points, pruned, online_data, _dpo_pick(fig, raw["DPO"]))
     out["premise"] = premise(pipe, sft, rms, out["methods"]["DPO"]["curve"])
     out["rm_model"] = pipe.settings.rm_model or pipe.settings.model
     return out
 
 
+def _method(pipe: Pipeline, fig, sft: Artifact, rms: dict, seed: int, name: str):
+    """One method, one seed: its points, the lrs pruned and (online) its pairs' report."""
+    if name == "Online DPO (DPO)":
+        return _dpo_method(pipe, fig, sft, rms, seed)
+    return _sft_method(pipe, fig, sft, rms[seed], seed, name)
+
+
+def _dpo_pick(fig, dpo_points: list[dict]) -> dict:
+    """The DPO point (mean over seeds) that ``fig.rule_pick`` picks: Online DPO (DPO)'s start."""
+    return pick(fig.rule_pick, aggregate(dpo_points), fig.rule_kl_budget)
+
+
 def _sft_method(pipe: Pipeline, fig, sft: Artifact, rm: Artifact, seed: int, name: str):
     """One method started from SFT, one seed: its points, the lrs pruned and (online) its pairs' report."""
+    what = f"{name} seed {seed}"
     if name == "DPO":
         return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "dpo", sft, sft, rm, seed, lr,
-                                                             fig.frontier_max_epochs)), None)
+                                                             fig.frontier_max_epochs), what), None)
     ranker, label = ONLINE_LABELS[name]
     pairs = G.online_pairs(pipe, sft, rm if ranker == "global" else None, ranker, seed, label=label)
     report = json.loads((pairs.path / "report.json").read_text())
     return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "online_dpo", sft, sft, rm, seed, lr,
-                                                         fig.frontier_max_epochs, pairs, label)), report)
+                                                         fig.frontier_max_epochs, pairs, label), what), report)
 
 
-def _dpo_method(pipe: Pipeline, start_pipe: Pipeline, fig, sft: Artifact, rm: Artifact, seed: int):
-    """Online DPO (DPO), one seed: from the DPO policy that ``start_pipe``'s settings train (the rule's pick), its
-    points, the lrs pruned and its pairs' report."""
-    start = T.dpo(start_pipe, sft, seed)
-    pairs = G.online_pairs(pipe, start, rm, "global", seed)
+def _dpo_method(pipe: Pipeline, fig, sft: Artifact, rms: dict, seed: int):
+    """Online DPO (DPO), one seed: from the DPO policy of the rule's pick over every seed's DPO sweep (built here
+    when no other worker has), its points, the lrs pruned and its pairs' report."""
+    dpo = [p for s in fig.seeds for p in _sft_method(pipe, fig, sft, rms[s], s, "DPO")[0]]
+    chosen = _dpo_pick(fig, dpo)
+    start = T.dpo(pipe.with_settings(dataclasses.replace(pipe.settings, dpo=dataclasses.replace(
+        pipe.settings.dpo, lr=chosen["lr"], epochs=chosen["epochs"]))), sft, seed)
+    pairs = G.online_pairs(pipe, start, rms[seed], "global", seed)
     report = json.loads((pairs.path / "report.json").read_text())
-    return (*_sweep(pipe, fig, lambda lr: frontier_curve(pipe, "online_dpo", start, sft, rm, seed, lr,
-                                                         fig.frontier_max_epochs, pairs)), report)
+    curve = lambda lr: frontier_curve(pipe, "online_dpo", start, sft, rms[seed], seed, lr,  # noqa: E731
+                                      fig.frontier_max_epochs, pairs)
+    return (*_sweep(pipe, fig, curve, f"Online DPO (DPO) seed {seed}"), report)
 
 
 def _summary(pipe: Pipeline, fig, raw: dict, sft_points: list[dict], pruned: dict, online_data: dict,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from allroads.llm.core import ranks
-from allroads.llm.core.config import config_key
+from allroads.llm.core.config import config_key, digest
 from allroads.llm.data import load as L
 from allroads.llm.data import rows as D
 from allroads.llm.data.packed import PackedPairs, PackedSFT, pack_pairs, pack_sft
@@ -34,6 +34,7 @@ from allroads.llm.model import tokenizer as TK
 from allroads.llm.model.backend import DPORM, FunctionRM, GlobalRM, LLMBackend, LocalRM
 from allroads.llm.model.sample import SamplingConfig, vllm_available
 from allroads.llm.pipeline.cache import Artifact, StageCache
+from allroads.llm.pipeline.claims import claimed_in_order
 from allroads.llm.pipeline.imports import StageImport, register
 from allroads.llm.pipeline.settings import Settings, paper_settings, tiny_settings
 from allroads.llm.pipeline.spec import GuardedSettings, stage_spec
@@ -69,8 +70,8 @@ class Pipeline:
         self._judges: dict[str, Any] = {}
         self.worker = worker
         """``(rank, n)``: this process is worker ``rank`` of ``n`` sharing the cache root (``run.py --workers n``);
-        :meth:`in_turn` gives each worker the independent stages in another order, so they build different ones at
-        once (the stage locks make the sharing safe; each worker reuses what the others finished)."""
+        :meth:`in_turn` hands the independent stages out from one list, each worker taking the next one no other
+        worker holds (the stage locks make the sharing safe; each worker reuses what the others finished)."""
         M.quiet_progress_bars()
 
     @property
@@ -252,12 +253,17 @@ class Pipeline:
         (default: ``build``'s module), without ``code_exclude``."""
         return self.cache.run(kind, spec, inputs, build, code=code, code_exclude=code_exclude)
 
-    def in_turn(self, items: list) -> list:
-        """``items`` (independent pieces of work) in this worker's order: rotated by ``rank / n`` of their number, so
-        ``n`` workers start at evenly spaced places. Results must be assembled in the original order."""
-        rank, n = self.worker
-        k = (rank * len(items)) // n if items else 0
-        return items[k:] + items[:k]
+    def in_turn(self, items: list, what: str, *, others: str = "after",
+                meanwhile: Callable[[], None] | None = None) -> Iterable:
+        """``items`` (independent pieces of work, longest first) as this worker should take them: with one worker,
+        in order; with several, each item while this worker holds its claim, the items other workers hold after
+        the rest (or not at all: ``others="skip"``), ``meanwhile()`` called before those
+        (:func:`~allroads.llm.pipeline.claims.claimed_in_order`; ``what`` names the list). Results must be assembled
+        in the original order."""
+        if self.worker[1] <= 1:
+            return list(items)
+        salt = digest(dataclasses.asdict(self.settings))  # this run's claims: not another run's on the same root
+        return claimed_in_order(self.cache.root, what, list(items), salt, others=others, meanwhile=meanwhile)
 
     def rows_digest(self, source: str, kind: str) -> str:
         """SHA-256 of every row of ``source`` — SFT rows (``kind="sft"``) or comparisons (``"pft"``) — in each split

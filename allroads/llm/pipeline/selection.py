@@ -39,6 +39,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from allroads.llm.core import ranks
 from allroads.llm.core.atomic import write_json
@@ -203,15 +204,20 @@ def _side_to_grow(best_lr: float, lrs: list[float], grown: dict, limit: int) -> 
 
 
 def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfig, sft: Artifact | None,
-            pairs: Artifact | None = None, patience: int = 0, grow: int = 0) -> dict:
+            pairs: Artifact | None = None, patience: int = 0, grow: int = 0,
+            meanwhile: Callable[[dict], None] | None = None) -> dict:
     """The choice over the grid (module docstring): ``{lr, epochs, heldout_loss, at_edge, grid, grown, stage}``,
     ``stage`` the grid run of the chosen lr. ``grow`` > 0: while the choice is the grid's lowest or highest lr, the
     next lr beyond it (:func:`ladder_step`) joins the grid and the choice is made again, up to ``grow`` lrs a side
-    (``grown`` lists them)."""
+    (``grown`` lists them). Workers take the lrs in ascending order (with a patience, the smaller lrs train longest);
+    ``meanwhile(guess)``: called by a worker left waiting for the runs of the others, with the best of the runs it
+    knows (``{lr, epochs, stage}``)."""
     lrs, grown, runs = sorted(lrs), {"low": [], "high": []}, {}
+    what = grid_name(kind, sft, pairs, max_epochs, patience)
     while True:
-        runs.update({lr: heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
-                     for lr in pipe.in_turn([lr for lr in lrs if lr not in runs])})  # only the lrs not run yet
+        guess = None if meanwhile is None else (lambda: runs and meanwhile(_best(runs)))
+        for lr in pipe.in_turn([lr for lr in lrs if lr not in runs], what, meanwhile=guess):  # lrs not run yet
+            runs[lr] = heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
         grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
         best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
         side = _side_to_grow(best[1], lrs, grown, grow)
@@ -220,7 +226,7 @@ def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfi
         grown[side].append(ladder_step(best[1], up=side == "high"))
         pipe.log(f"[selection] {kind}: lr {best[1]:g} is the grid's {side}est; trying {grown[side][-1]:g} too")
         lrs = sorted(lrs + [grown[side][-1]])
-    edge = [what for what, hit in (("lr", best[1] in (min(lrs), max(lrs)) and len(lrs) > 1),
+    edge = [name for name, hit in (("lr", best[1] in (min(lrs), max(lrs)) and len(lrs) > 1),
                                    ("epochs", best[2] == max_epochs)) if hit]
     if edge:
         pipe.log(f"[selection] {kind}: the choice lr {best[1]:g} x {best[2]} is at the grid's edge in {edge}: widen "
@@ -229,6 +235,36 @@ def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfi
             "grown": sorted(grown["low"] + grown["high"]),
             "grid": [{"lr": g["lr"], "epochs": e, "heldout_loss": v} for g in grid for e, v in zip(g["epochs"],
                                                                                                g["heldout_loss"])]}
+
+
+def grid_name(kind: str, sft: Artifact | None, pairs: Artifact | None, max_epochs: int, patience: int) -> str:
+    """What names one grid's list of lrs among the workers' claims (:meth:`Pipeline.in_turn`)."""
+    return f"select_{kind} {sft.hash if sft else '-'} {pairs.hash if pairs else '-'} {max_epochs} {patience}"
+
+
+def _best(runs: dict) -> dict:
+    """``{lr, epochs, stage}`` of the lowest held-out loss over the grid runs ``runs`` (lr → artifact)."""
+    grid = [(json.loads((art.path / "heldout.json").read_text()), art) for art in runs.values()]
+    loss, lr, e, stage = min((g["heldout_loss"][e - 1], g["lr"], e, art.path.name) for g, art in grid
+                             for e in g["epochs"])
+    return {"lr": lr, "epochs": e, "stage": stage}
+
+
+def _rm_guess(pipe: Pipeline, sel: SelectionConfig) -> Callable[[dict], None]:
+    """While the other workers finish the SFT grid: the global RM grid's first free run, from the SFT of the best
+    run this worker knows. When the grid's choice is that SFT, the RM grid finds the run done; else it was
+    time a worker would have spent waiting."""
+    def guess(sft_guess: dict) -> None:
+        chosen = pipe.with_settings(_with_choice(pipe.settings, "sft", {"sft": sft_guess}))
+        sft = T.sft(chosen, donor=_kept(pipe, sft_guess))
+        what = grid_name("rm", sft, None, sel.rm_max_epochs, sel.patience)
+        for lr in chosen.in_turn(sorted(sel.rm_lrs), what, others="skip"):
+            chosen.log(f"[selection] while the SFT grid finishes: global RM lr {lr:g} from SFT lr "
+                       f"{sft_guess['lr']:g} x {sft_guess['epochs']} (the best so far)")
+            heldout_loss_curve(chosen, "rm", lr, sel.rm_max_epochs, sel, sft, patience=sel.patience)
+            return
+
+    return guess
 
 
 STAGES = ("sft", "rm", "local_rm", "dpo", "online_dpo")
@@ -245,8 +281,9 @@ def select_hyperparameters(pipe: Pipeline, kinds=STAGES) -> tuple[Settings, dict
     unknown = sorted(set(kinds) - set(STAGES))
     if unknown:
         raise ValueError(f"select_hyperparameters: unknown stage(s) {unknown}; use {STAGES}")
+    guess = _rm_guess(pipe, sel) if "rm" in kinds or "online_dpo" in kinds else None
     record = {"sft": _choose(pipe, "sft", sel.sft_lrs, sel.sft_max_epochs, sel, None, patience=sel.patience,
-                             grow=sel.grow_lrs)}
+                             grow=sel.grow_lrs, meanwhile=guess)}
     s = _with_choice(pipe.settings, "sft", record)
     sft = T.sft(pipe.with_settings(s), donor=_kept(pipe, record["sft"]))
     for kind in ("rm", "local_rm", "dpo"):
