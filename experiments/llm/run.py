@@ -222,9 +222,10 @@ def _cache_flags(p: argparse.ArgumentParser) -> None:
                    "JSON records it: reuse_stages lists the kinds, and each such stage appears under stages with "
                    "status reused_across_code and the code hash it was built with")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="N processes share --root, each taking the independent stages (seeds, methods, grid runs) in "
-                   "another order; the stage locks keep one writer per stage and each reuses what the others "
-                   "finished. This process writes the outputs; the others log to <out>/.worker-<i>.log")
+                   help="N processes share --root and take the independent stages (seeds, methods, grid runs) from "
+                   "one list, each the next one no other holds (claims under <root>/.claims); the stage locks keep "
+                   "one writer per stage and each reuses what the others finished. This process writes the "
+                   "outputs; the others log to <out>/.worker-<i>.log")
     p.add_argument("--worker-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--stage", action="append", default=[], metavar="KIND[@SEED]=DIR",
                    help="use a training stage made elsewhere (e.g. by torchrun -m allroads.llm sft --fsdp, or another "

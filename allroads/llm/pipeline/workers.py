@@ -1,5 +1,6 @@
-r"""``run.py --workers N``: N processes of one command share a cache root, each taking the independent stages in
-another order (:meth:`allroads.llm.pipeline.context.Pipeline.in_turn`; the stage locks make the sharing safe).
+r"""``run.py --workers N``: N processes of one command share a cache root and take the independent stages from one
+list, each the next one no other holds (:meth:`allroads.llm.pipeline.context.Pipeline.in_turn`,
+:mod:`allroads.llm.pipeline.claims`; the stage locks make the sharing safe).
 Worker 0 — the process the user started — starts workers 1 … N−1 and waits for them. (A ``torchrun`` job is the
 other way to use several processes: every process runs every stage together, :mod:`allroads.llm.core.ranks`.)"""
 from __future__ import annotations
