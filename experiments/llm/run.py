@@ -49,8 +49,8 @@ stage's learning rate and epochs on held-out data (recorded in every figure JSON
 the figures with a ground-truth block beside the judge's numbers: the known score, its win rate against the
 references, KL to SFT and E[r*] − β·KL. ``--figure frontier`` sweeps every DPO-family method over lr × epochs
 instead of using one chosen point (the primary comparison; from an empty cache with --workers 2 on a quiet 2-core
-CPU one seed of the facts task took 31.7 min and three seeds 81.4 min, on a day the machine ran identical stages
-1.21x slower; experiments/llm/README.md).
+CPU one seed of the facts task took 24.5 min and three seeds 56.4 min, on a day the machine ran the same stages
+0.84x as long as on an earlier day (about 29 and 67 min at that day's speed); experiments/llm/README.md).
 
 Ctrl-C stops a run with one line (exit code 130): the stages finished and kept under --root, the stage that was
 running (it resumes from its checkpoints, or restarts, next time) and the command that resumes the run.

@@ -1,6 +1,7 @@
-"""``run.py --workers 2``: two processes on one root take the frontier's independent stages in different orders; the
-figure equals the one-process figure number for number, and the second worker built stages itself (it did work,
-it did not only wait)."""
+"""``run.py --workers 2``: two processes on one root take the frontier's independent stages from one list (claims); on
+two seeds (Online DPO (DPO) starts from the pick over both seeds' DPO sweeps, whoever builds it) the figure equals
+the one-process figure number for number, and the second worker built stages itself (it did work, it did not only
+wait)."""
 import json
 import os
 import re
@@ -21,7 +22,8 @@ def _run(tmp: Path, tag: str, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp / f"out-{tag}"
     cmd = [sys.executable, str(RUN), "--preset", "tiny", "--figure", "frontier", "--config", str(config),
-           "--root", str(tmp / f"root-{tag}"), "--out", str(out), "--workers", str(workers), *SMALL]
+           "--root", str(tmp / f"root-{tag}"), "--out", str(out), "--workers", str(workers), "--seeds", "0", "1",
+           *SMALL]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads((out / "frontier.json").read_text())
