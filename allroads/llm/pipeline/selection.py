@@ -218,8 +218,8 @@ def _choose(pipe: Pipeline, kind: str, lrs, max_epochs: int, sel: SelectionConfi
         guess = None if meanwhile is None else (lambda: runs and meanwhile(_best(runs)))
         for lr in pipe.in_turn([lr for lr in lrs if lr not in runs], what, meanwhile=guess):  # lrs not run yet
             runs[lr] = heldout_loss_curve(pipe, kind, lr, max_epochs, sel, sft, pairs, patience)
-        grid = [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
-        best = min(((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"]))
+        grid = _heldout(runs, lrs)
+        best = _lowest(grid)
         side = _side_to_grow(best[1], lrs, grown, grow)
         if side is None:
             break
@@ -242,12 +242,20 @@ def grid_name(kind: str, sft: Artifact | None, pairs: Artifact | None, max_epoch
     return f"select_{kind} {sft.hash if sft else '-'} {pairs.hash if pairs else '-'} {max_epochs} {patience}"
 
 
+def _heldout(runs: dict, lrs) -> list[dict]:
+    """The ``heldout.json`` of the grid runs ``runs`` (lr → artifact) at ``lrs``, in that order."""
+    return [json.loads((runs[lr].path / "heldout.json").read_text()) for lr in lrs]
+
+
+def _lowest(grid: list[dict]) -> tuple[float, float, int]:
+    """(held-out loss, lr, epochs) of the lowest held-out loss over the grid runs' ``heldout.json`` ``grid``."""
+    return min((g["heldout_loss"][e - 1], g["lr"], e) for g in grid for e in g["epochs"])
+
+
 def _best(runs: dict) -> dict:
     """``{lr, epochs, stage}`` of the lowest held-out loss over the grid runs ``runs`` (lr → artifact)."""
-    grid = [(json.loads((art.path / "heldout.json").read_text()), art) for art in runs.values()]
-    loss, lr, e, stage = min((g["heldout_loss"][e - 1], g["lr"], e, art.path.name) for g, art in grid
-                             for e in g["epochs"])
-    return {"lr": lr, "epochs": e, "stage": stage}
+    _, lr, e = _lowest(_heldout(runs, list(runs)))
+    return {"lr": lr, "epochs": e, "stage": runs[lr].path.name}
 
 
 def _rm_guess(pipe: Pipeline, sel: SelectionConfig) -> Callable[[dict], None]:
